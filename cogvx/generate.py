@@ -1,0 +1,153 @@
+"""CogVideoX generation: load a variant's pipeline under the memory policy, check inputs, run."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from cogvx import checks
+from cogvx.gpu import MemoryPlan, apply_plan, cpu_generator, current_plan, resolve_seed, torch_dtype
+from cogvx.models import Variant, get_variant
+from cogvx.video import to_uint8_frames
+
+CACHE_ENV = "COGVX_WEIGHTS_CACHE"  # where tarballs are installed (default ./weights)
+Log = Callable[[str], None]
+
+
+def weights_cache_root() -> Path:
+    """Folder holding installed weight folders, one per variant."""
+    return Path(os.environ.get(CACHE_ENV, "weights")).absolute()
+
+
+def find_pipeline_root(folder: Path) -> Path:
+    """The folder holding model_index.json (tarballs may wrap it in one or two folders)."""
+    for depth in range(3):
+        hits = sorted(folder.glob("/".join(["*"] * depth + ["model_index.json"])))
+        if hits:
+            return hits[0].parent
+    raise RuntimeError(
+        f"no diffusers pipeline (model_index.json) found in {folder}; the weights must be a "
+        "diffusers folder such as `save_pretrained` writes"
+    )
+
+
+def missing_weights_message(v: Variant) -> str:
+    """How to provide weights for a model with no known public tarball."""
+    return (
+        f"model {v.name} ({v.hf_repo}) has no public weight tarball. Build one and point "
+        f"COG_WEIGHTS at it: download the diffusers folder of {v.hf_repo}, run "
+        "`python tools/pack_weights.py <folder> weights.tar`, host the tar on any HTTPS server "
+        "and set COG_WEIGHTS=<its URL> (or COG_WEIGHTS=<local folder> on the machine itself)."
+    )
+
+
+def resolve_weights(v: Variant, weights: str | None, log: Log) -> Path:
+    """Install (or reuse) the variant's weights and return the pipeline folder."""
+    from cogvx.weights import install_weights
+
+    source = str(weights) if weights else v.weights_url
+    if not source:
+        raise RuntimeError(missing_weights_message(v))
+    folder = install_weights(source, weights_cache_root() / v.name, log=log)
+    return find_pipeline_root(Path(folder))
+
+
+@dataclass
+class Request:
+    """One generation, already checked (see `checks`)."""
+
+    prompt: str
+    negative_prompt: str
+    num_frames: int
+    num_inference_steps: int
+    guidance_scale: float
+    use_dynamic_cfg: bool
+    seed: int | None
+    image: Any = None  # PIL image for image-to-video
+
+
+@dataclass
+class Result:
+    frames: np.ndarray  # (T, H, W, 3) uint8
+    seed: int
+    seconds: float
+
+
+class VideoModel:
+    """A loaded CogVideoX pipeline, its variant row and the memory plan it runs under."""
+
+    def __init__(self, variant: Variant, pipe: Any, plan: MemoryPlan, log: Log = print):
+        self.variant, self.pipe, self.plan, self.log = variant, pipe, plan, log
+
+    @classmethod
+    def load(cls, model: str, weights: str | None = None, log: Log = print) -> VideoModel:
+        """Fetch weights (COG_WEIGHTS overrides the table's URL), load, place on the device."""
+        import diffusers
+
+        v = get_variant(model)
+        folder = resolve_weights(v, weights, log)
+        v = v.with_folder_overrides(folder)
+        plan = current_plan(v.memory)
+        t0 = time.perf_counter()
+        pipe = getattr(diffusers, v.pipeline).from_pretrained(
+            folder, torch_dtype=torch_dtype(v.dtype, plan.device)
+        )
+        pipe.set_progress_bar_config(mininterval=1.0)
+        apply_plan(pipe, plan, log)
+        log(f"loaded {v.name} from {folder} in {time.perf_counter() - t0:.1f}s")
+        return cls(v, pipe, plan, log)
+
+    def count_tokens(self, text: str) -> int:
+        """T5 tokens of `text` including the end-of-sequence token."""
+        return len(self.pipe.tokenizer(text, truncation=False).input_ids)
+
+    def check(self, req: Request) -> None:
+        """Validate a request against this variant; ValueError names the input."""
+        v = self.variant
+        req.prompt = checks.prompt(req.prompt)
+        checks.choice("num_frames", req.num_frames, v.allowed_frames)
+        for name, text in (("prompt", req.prompt), ("negative_prompt", req.negative_prompt)):
+            n = self.count_tokens(text) if text else 0
+            if n > v.max_tokens:
+                self.log(
+                    f"{name} is {n} T5 tokens; {v.name} reads the first {v.max_tokens}, "
+                    "the rest is ignored (truncated)"
+                )
+
+    def generate(self, req: Request) -> Result:
+        """Run the pipeline once and return uint8 frames."""
+        self.check(req)
+        v = self.variant
+        seed = resolve_seed(req.seed, self.log)
+        kwargs: dict[str, Any] = dict(
+            prompt=req.prompt,
+            negative_prompt=req.negative_prompt or None,
+            num_frames=req.num_frames,
+            num_inference_steps=req.num_inference_steps,
+            guidance_scale=req.guidance_scale,
+            use_dynamic_cfg=req.use_dynamic_cfg,
+            height=v.height,
+            width=v.width,
+            generator=cpu_generator(seed),
+            max_sequence_length=v.max_tokens,
+            output_type="np",
+        )
+        if req.image is not None:
+            kwargs["image"] = req.image
+        self.log(
+            f"generating {req.num_frames} frames at {v.width}x{v.height}, "
+            f"{req.num_inference_steps} steps, guidance {req.guidance_scale}"
+        )
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            frames = self.pipe(**kwargs).frames[0]
+        seconds = time.perf_counter() - t0
+        self.log(f"generated in {seconds:.1f}s")
+        return Result(to_uint8_frames(frames), seed, seconds)

@@ -1,0 +1,119 @@
+"""GPU-memory policy (offload mode from free VRAM), dtype choice and seeding."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from cogvx.models import MemoryNeed
+
+HEADROOM_GB = 1.5  # CUDA context, allocator fragmentation, the encoder's output tensors
+OFFLOAD_MODES = ("none", "model", "sequential")
+OFFLOAD_ENV = "COGVX_OFFLOAD"  # force a mode: none | model | sequential
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """What to do with a pipeline before the first run, and why."""
+
+    device: str  # "cuda" | "cpu"
+    offload: str  # "none" | "model" | "sequential" | "cpu"
+    vae_tiling: bool
+    vae_slicing: bool
+    reason: str
+
+
+def plan_memory(
+    need: MemoryNeed,
+    free_gb: float | None,
+    total_gb: float | None = None,
+    forced: str | None = None,
+) -> MemoryPlan:
+    """Pick the cheapest offload mode that fits `free_gb` of VRAM (None means no GPU).
+
+    Pure function: the caller measures the card. Offload and `.to("cuda")` are exclusive.
+    """
+    if free_gb is None:
+        return MemoryPlan("cpu", "cpu", False, False, "no CUDA device: running on CPU")
+    card = f"{free_gb:.1f} GB free" + (f" of {total_gb:.1f} GB" if total_gb else "")
+    if forced:
+        if forced not in OFFLOAD_MODES:
+            raise ValueError(f"{OFFLOAD_ENV}={forced!r} is not allowed; use one of {OFFLOAD_MODES}")
+        return MemoryPlan("cuda", forced, True, True, f"{card}; offload forced by {OFFLOAD_ENV}")
+    steps = [
+        ("none", need.no_offload),
+        ("model", need.model_offload),
+        ("sequential", need.sequential_offload),
+    ]
+    for mode, gb in steps:
+        if free_gb >= gb + HEADROOM_GB:
+            return MemoryPlan(
+                "cuda", mode, True, True, f"{card}; needs ~{gb:.0f} GB with offload={mode}"
+            )
+    raise RuntimeError(
+        f"GPU has {card}; this model needs at least ~{need.sequential_offload + HEADROOM_GB:.1f}"
+        " GB even with sequential CPU offload"
+    )
+
+
+def measure_gpu() -> tuple[float, float] | None:
+    """(free_gb, total_gb) of the current CUDA device, or None without one."""
+    if not torch.cuda.is_available():
+        return None
+    free, total = torch.cuda.mem_get_info()
+    return free / 2**30, total / 2**30
+
+
+def current_plan(need: MemoryNeed) -> MemoryPlan:
+    """Measure the card and plan; honours the COGVX_OFFLOAD override."""
+    measured = measure_gpu()
+    if measured is None:
+        return plan_memory(need, None)
+    return plan_memory(need, *measured, forced=os.environ.get(OFFLOAD_ENV) or None)
+
+
+def apply_plan(pipe: Any, plan: MemoryPlan, log: Callable[[str], None] = print) -> None:
+    """Place a diffusers pipeline according to `plan` (never .to('cuda') and offload together)."""
+    if plan.offload == "cpu":
+        pipe.to("cpu")
+    elif plan.offload == "none":
+        pipe.to("cuda")
+    elif plan.offload == "model":
+        pipe.enable_model_cpu_offload()
+    elif plan.offload == "sequential":
+        pipe.enable_sequential_cpu_offload()
+    vae = getattr(pipe, "vae", None)
+    if vae is not None:
+        if plan.vae_tiling:
+            vae.enable_tiling()
+        if plan.vae_slicing:
+            vae.enable_slicing()
+    log(
+        f"memory plan: device={plan.device} offload={plan.offload} vae_tiling={plan.vae_tiling} "
+        f"vae_slicing={plan.vae_slicing} ({plan.reason})"
+    )
+
+
+def torch_dtype(name: str, device: str) -> torch.dtype:
+    """The model's dtype on GPU; float32 on CPU (bf16/fp16 kernels there are slow or missing)."""
+    if device == "cpu":
+        return torch.float32
+    return getattr(torch, name)
+
+
+def resolve_seed(seed: int | None, log: Callable[[str], None] = print) -> int:
+    """Use the given seed or draw one; always log it so a run can be reproduced."""
+    if seed is None:
+        seed = secrets.randbelow(2**31)
+    log(f"seed: {seed}")
+    return seed
+
+
+def cpu_generator(seed: int) -> torch.Generator:
+    """A CPU generator: the same seed gives the same noise whatever the offload mode."""
+    return torch.Generator("cpu").manual_seed(seed)

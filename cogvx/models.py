@@ -1,0 +1,170 @@
+"""The variants table: one row per CogVideoX model the repository serves."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+SEED_TARBALL_BASE = "https://weights.replicate.delivery/default/THUDM/CogVideo"
+FOLDER_OVERRIDES = "cogvx.json"  # optional file in a weights folder: {"height": .., "width": ..}
+
+
+@dataclass(frozen=True)
+class MemoryNeed:
+    """Peak GPU memory (GB) of one generation under each offload mode, VAE tiling on.
+
+    Estimates: bf16/fp16 weight sizes (transformer, T5-XXL 9.5 GB, VAE 0.4 GB) plus attention
+    activations at the model's native size, checked against THUDM's published figures
+    (SAT 26 GB for 5b, diffusers "from 5 GB" with sequential offload).
+    """
+
+    no_offload: float
+    model_offload: float
+    sequential_offload: float
+
+
+@dataclass(frozen=True)
+class Variant:
+    """Everything that differs between models: data, not branches."""
+
+    name: str
+    task: str  # "t2v" | "i2v"
+    hf_repo: str
+    pipeline: str  # diffusers pipeline class name
+    weights_url: str | None  # public tarball of the diffusers folder, if one is known
+    dtype: str  # torch dtype name the model was trained in
+    generation: str  # "1.0" | "1.5"
+    frame_step: int  # num_frames must be frame_step * N + 1
+    min_frames: int
+    max_frames: int
+    default_frames: int
+    fps: int  # native frame rate
+    height: int
+    width: int
+    max_tokens: int  # T5 prompt length the transformer was trained with
+    memory: MemoryNeed
+    default_guidance: float = 6.0
+    default_steps: int = 50
+
+    @property
+    def allowed_frames(self) -> list[int]:
+        """Frame counts the model accepts, ascending."""
+        return list(range(self.min_frames, self.max_frames + 1, self.frame_step))
+
+    def with_folder_overrides(self, folder: str | Path) -> Variant:
+        """Apply the folder's `cogvx.json` (native size of a fine-tune or of a tiny test model)."""
+        path = Path(folder) / FOLDER_OVERRIDES
+        if not path.is_file():
+            return self
+        data = json.loads(path.read_text())
+        allowed = {"height", "width", "fps"}
+        unknown = sorted(set(data) - allowed)
+        if unknown:
+            raise ValueError(f"{path}: unknown keys {unknown}; allowed: {sorted(allowed)}")
+        return replace(self, **{k: int(v) for k, v in data.items()})
+
+
+VARIANTS: dict[str, Variant] = {
+    v.name: v
+    for v in [
+        Variant(
+            name="t2v-2b",
+            task="t2v",
+            hf_repo="THUDM/CogVideoX-2b",
+            pipeline="CogVideoXPipeline",
+            weights_url=None,
+            dtype="float16",
+            generation="1.0",
+            frame_step=8,
+            min_frames=9,
+            max_frames=49,
+            default_frames=49,
+            fps=8,
+            height=480,
+            width=720,
+            max_tokens=226,
+            memory=MemoryNeed(no_offload=18.0, model_offload=12.0, sequential_offload=4.0),
+        ),
+        Variant(
+            name="t2v-5b",
+            task="t2v",
+            hf_repo="THUDM/CogVideoX-5b",
+            pipeline="CogVideoXPipeline",
+            weights_url=f"{SEED_TARBALL_BASE}/model_cache.tar",
+            dtype="bfloat16",
+            generation="1.0",
+            frame_step=8,
+            min_frames=9,
+            max_frames=49,
+            default_frames=49,
+            fps=8,
+            height=480,
+            width=720,
+            max_tokens=226,
+            memory=MemoryNeed(no_offload=26.0, model_offload=16.0, sequential_offload=5.0),
+        ),
+        Variant(
+            name="t2v-1.5",
+            task="t2v",
+            hf_repo="THUDM/CogVideoX1.5-5B",
+            pipeline="CogVideoXPipeline",
+            weights_url=None,
+            dtype="bfloat16",
+            generation="1.5",
+            frame_step=16,
+            min_frames=17,
+            max_frames=161,
+            default_frames=81,
+            fps=16,
+            height=768,
+            width=1360,
+            max_tokens=224,
+            memory=MemoryNeed(no_offload=42.0, model_offload=24.0, sequential_offload=10.0),
+        ),
+        Variant(
+            name="i2v-5b",
+            task="i2v",
+            hf_repo="THUDM/CogVideoX-5b-I2V",
+            pipeline="CogVideoXImageToVideoPipeline",
+            weights_url=f"{SEED_TARBALL_BASE}/model_cache_i2v.tar",
+            dtype="bfloat16",
+            generation="1.0",
+            frame_step=8,
+            min_frames=49,
+            max_frames=49,
+            default_frames=49,
+            fps=8,
+            height=480,
+            width=720,
+            max_tokens=226,
+            memory=MemoryNeed(no_offload=27.0, model_offload=17.0, sequential_offload=5.0),
+        ),
+        Variant(
+            name="i2v-1.5",
+            task="i2v",
+            hf_repo="THUDM/CogVideoX1.5-5B-I2V",
+            pipeline="CogVideoXImageToVideoPipeline",
+            weights_url=None,
+            dtype="bfloat16",
+            generation="1.5",
+            frame_step=16,
+            min_frames=17,
+            max_frames=161,
+            default_frames=81,
+            fps=16,
+            height=768,
+            width=1360,
+            max_tokens=224,
+            memory=MemoryNeed(no_offload=43.0, model_offload=25.0, sequential_offload=10.0),
+        ),
+    ]
+}
+
+
+def get_variant(name: str) -> Variant:
+    """Look a variant up by name, with an error listing the known names."""
+    try:
+        return VARIANTS[name]
+    except KeyError:
+        raise ValueError(f"unknown model {name!r}; known models: {sorted(VARIANTS)}") from None

@@ -1,0 +1,139 @@
+"""Tiny randomly-initialised pipelines with the real layout of every variant (offline, seconds)."""
+
+from __future__ import annotations
+
+import json
+import string
+from pathlib import Path
+
+import torch
+
+from cogvx.models import FOLDER_OVERRIDES, Variant, get_variant
+
+TINY_HEIGHT, TINY_WIDTH = 64, 96  # non-square, so height/width mix-ups show
+TEXT_DIM = 32
+
+
+def tiny_tokenizer(max_tokens: int = 226):
+    """A T5 tokenizer with an in-memory unigram vocabulary (no file, no hub)."""
+    from transformers import T5Tokenizer
+
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -2.0)]
+    vocab += [(c, -5.0) for c in string.ascii_lowercase + string.digits + string.punctuation]
+    vocab += [("▁" + c, -4.0) for c in string.ascii_lowercase]
+    vocab += [("▁" + w, -3.0) for w in ("a", "the", "cat", "dog", "on", "in", "of", "and")]
+    return T5Tokenizer(vocab=vocab, extra_ids=3, model_max_length=max_tokens)
+
+
+def tiny_text_encoder(vocab_size: int, seed: int = 0):
+    """A 1-layer T5 encoder with dropout off."""
+    from transformers import T5Config, T5EncoderModel
+
+    torch.manual_seed(seed)
+    config = T5Config(
+        vocab_size=vocab_size,
+        d_model=TEXT_DIM,
+        d_kv=8,
+        d_ff=64,
+        num_layers=1,
+        num_heads=4,
+        dropout_rate=0.0,
+        relative_attention_num_buckets=8,
+    )
+    return T5EncoderModel(config).eval()
+
+
+def save_tiny_t5(out_dir: str | Path, max_tokens: int = 226) -> None:
+    """Write `text_encoder/` and `tokenizer/` subfolders (for tools that need a T5 path)."""
+    out = Path(out_dir)
+    tok = tiny_tokenizer(max_tokens)
+    tok.save_pretrained(out / "tokenizer")
+    tiny_text_encoder(len(tok)).save_pretrained(out / "text_encoder")
+
+
+def _transformer(v: Variant, seed: int):
+    from diffusers import CogVideoXTransformer3DModel
+
+    torch.manual_seed(seed)
+    gen15 = v.generation == "1.5"
+    latent_frames = (v.default_frames - 1) // 4 + 1
+    kwargs = dict(
+        num_attention_heads=2,
+        attention_head_dim=16,
+        in_channels=32 if v.task == "i2v" else 16,
+        out_channels=16,
+        time_embed_dim=16,
+        text_embed_dim=TEXT_DIM,
+        num_layers=1,
+        sample_height=TINY_HEIGHT // 8,
+        sample_width=TINY_WIDTH // 8,
+        sample_frames=v.default_frames,
+        max_text_seq_length=v.max_tokens,
+        use_rotary_positional_embeddings=v.name != "t2v-2b",
+        use_learned_positional_embeddings=v.name == "i2v-5b",
+    )
+    if gen15:
+        kwargs.update(patch_size_t=2, patch_bias=False)
+    if v.name == "i2v-1.5":
+        kwargs.update(ofs_embed_dim=16)
+    assert latent_frames > 0
+    return CogVideoXTransformer3DModel(**kwargs).eval()
+
+
+def _vae(v: Variant, seed: int):
+    from diffusers import AutoencoderKLCogVideoX
+
+    torch.manual_seed(seed)
+    kwargs = dict(
+        block_out_channels=(8, 8, 16, 16),
+        layers_per_block=1,
+        norm_num_groups=4,
+        latent_channels=16,
+        sample_height=TINY_HEIGHT,
+        sample_width=TINY_WIDTH,
+    )
+    if v.generation == "1.5":
+        kwargs.update(invert_scale_latents=True, scaling_factor=0.7)
+    return AutoencoderKLCogVideoX(**kwargs).eval()
+
+
+def _scheduler(v: Variant):
+    from diffusers import CogVideoXDDIMScheduler, CogVideoXDPMScheduler
+
+    cls = CogVideoXDDIMScheduler if v.name == "t2v-2b" else CogVideoXDPMScheduler
+    return cls(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        num_train_timesteps=1000,
+        prediction_type="v_prediction",
+        rescale_betas_zero_snr=True,
+        set_alpha_to_one=True,
+        snr_shift_scale=3.0 if v.name == "t2v-2b" else 1.0,
+        timestep_spacing="trailing",
+    )
+
+
+def build_tiny_pipeline(model: str, seed: int = 0):
+    """The variant's diffusers pipeline with tiny random weights, in eval mode."""
+    import diffusers
+
+    v = get_variant(model)
+    tokenizer = tiny_tokenizer(v.max_tokens)
+    cls = getattr(diffusers, v.pipeline)
+    return cls(
+        tokenizer=tokenizer,
+        text_encoder=tiny_text_encoder(len(tokenizer), seed),
+        vae=_vae(v, seed + 1),
+        transformer=_transformer(v, seed + 2),
+        scheduler=_scheduler(v),
+    )
+
+
+def save_tiny_weights(model: str, out_dir: str | Path, seed: int = 0) -> Path:
+    """Save a tiny pipeline folder (+ cogvx.json with its native size) and return it."""
+    out = Path(out_dir)
+    build_tiny_pipeline(model, seed).save_pretrained(out)
+    (out / FOLDER_OVERRIDES).write_text(json.dumps({"height": TINY_HEIGHT, "width": TINY_WIDTH}))
+    return out

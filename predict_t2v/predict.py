@@ -1,0 +1,141 @@
+"""CogVideoX text-to-video runners: one class per model, Inputs only; the work is in cogvx."""
+
+from typing import Optional
+
+from cog import BaseRunner, Input, Path
+
+from cogvx.service import VideoService
+
+
+class Inputs:
+    """Inputs every text-to-video model shares (the Go CLI resolves `Inputs.x` statically)."""
+
+    prompt = Input(
+        description="What the video shows. CogVideoX reads at most 226 T5 tokens (224 for 1.5); "
+        "longer prompts are truncated and the logs say so. Detailed prompts work best."
+    )
+    negative_prompt = Input(
+        description="What the video should not show (leave empty for none).", default=""
+    )
+    num_inference_steps = Input(
+        description="Denoising steps: fewer is faster, 50 is the reference quality.",
+        default=50,
+        ge=1,
+        le=100,
+    )
+    guidance_scale = Input(
+        description="Classifier-free guidance: how closely to follow the prompt.",
+        default=6.0,
+        ge=0.0,
+        le=20.0,
+    )
+    use_dynamic_cfg = Input(
+        description="Cosine guidance schedule over the steps (recommended by THUDM for 5b / 1.5).",
+        default=True,
+    )
+    seed = Input(
+        description="Random seed. Leave blank to randomize; the seed used is logged.", default=None
+    )
+    output_format = Input(
+        description="mp4 (H.264, plays everywhere), webm (VP9) or gif.",
+        choices=["mp4", "webm", "gif"],
+        default="mp4",
+    )
+    output_quality = Input(
+        description="Encoder quality 1-100 (mp4/webm; 80 = CRF 18 for H.264). GIF ignores it.",
+        default=80,
+        ge=1,
+        le=100,
+    )
+
+
+class T2VRunner(BaseRunner):
+    """Shared setup and run for the text-to-video models."""
+
+    MODEL = "t2v-5b"
+
+    def setup(self, weights: Optional[str] = None) -> None:
+        """Fetch the weights (COG_WEIGHTS: tarball URL or folder) and load the pipeline."""
+        self.service = VideoService(self.MODEL, weights)
+
+    def _run(self, inputs: dict) -> Path:
+        inputs.pop("self", None)
+        return Path(self.service.run(**inputs, record_metric=self.record_metric))
+
+
+class Runner(T2VRunner):
+    """CogVideoX-5b text-to-video: 720x480, up to 49 frames at 8 fps."""
+
+    MODEL = "t2v-5b"
+
+    def run(
+        self,
+        prompt: str = Inputs.prompt,
+        negative_prompt: str = Inputs.negative_prompt,
+        num_frames: int = Input(
+            description="Frames to generate (8N+1); 49 frames = 6 s at 8 fps.",
+            choices=[9, 17, 25, 33, 41, 49],
+            default=49,
+        ),
+        num_inference_steps: int = Inputs.num_inference_steps,
+        guidance_scale: float = Inputs.guidance_scale,
+        use_dynamic_cfg: bool = Inputs.use_dynamic_cfg,
+        seed: Optional[int] = Inputs.seed,
+        fps: int = Input(description="Frame rate of the output file.", default=8, ge=1, le=60),
+        output_format: str = Inputs.output_format,
+        output_quality: int = Inputs.output_quality,
+    ) -> Path:
+        return self._run(locals())
+
+
+class Runner2b(T2VRunner):
+    """CogVideoX-2b text-to-video: 720x480, up to 49 frames at 8 fps."""
+
+    MODEL = "t2v-2b"
+
+    def run(
+        self,
+        prompt: str = Inputs.prompt,
+        negative_prompt: str = Inputs.negative_prompt,
+        num_frames: int = Input(
+            description="Frames to generate (8N+1); 49 frames = 6 s at 8 fps.",
+            choices=[9, 17, 25, 33, 41, 49],
+            default=49,
+        ),
+        num_inference_steps: int = Inputs.num_inference_steps,
+        guidance_scale: float = Inputs.guidance_scale,
+        use_dynamic_cfg: bool = Input(
+            description="Cosine guidance schedule (THUDM leaves it off for 2b's DDIM scheduler).",
+            default=False,
+        ),
+        seed: Optional[int] = Inputs.seed,
+        fps: int = Input(description="Frame rate of the output file.", default=8, ge=1, le=60),
+        output_format: str = Inputs.output_format,
+        output_quality: int = Inputs.output_quality,
+    ) -> Path:
+        return self._run(locals())
+
+
+class Runner15(T2VRunner):
+    """CogVideoX1.5-5B text-to-video: 1360x768, up to 161 frames at 16 fps."""
+
+    MODEL = "t2v-1.5"
+
+    def run(
+        self,
+        prompt: str = Inputs.prompt,
+        negative_prompt: str = Inputs.negative_prompt,
+        num_frames: int = Input(
+            description="Frames to generate (16N+1); 81 frames = 5 s, 161 = 10 s at 16 fps.",
+            choices=[17, 33, 49, 65, 81, 97, 113, 129, 145, 161],
+            default=81,
+        ),
+        num_inference_steps: int = Inputs.num_inference_steps,
+        guidance_scale: float = Inputs.guidance_scale,
+        use_dynamic_cfg: bool = Inputs.use_dynamic_cfg,
+        seed: Optional[int] = Inputs.seed,
+        fps: int = Input(description="Frame rate of the output file.", default=16, ge=1, le=60),
+        output_format: str = Inputs.output_format,
+        output_quality: int = Inputs.output_quality,
+    ) -> Path:
+        return self._run(locals())
