@@ -1,0 +1,1 @@
+"""VEnhancer (space-time video super-resolution) re-implemented on diffusers."""
