@@ -1,0 +1,446 @@
+"""Fetch a weight tarball (pget, else parallel HTTP ranges into GNU tar), verify, install it.
+
+`install_weights(source, dest)` takes an http(s) URL of a tarball, a local .tar or a local folder.
+`pack_folder(src, out_tar)` writes a tarball with a sha256 manifest first, which installs check.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import http.client
+import io
+import json
+import os
+import shutil
+import socket
+import stat
+import subprocess
+import tarfile
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from cogvx._fetch import (
+    MANIFEST_NAME,
+    MARKER_NAME,
+    RangeReader,
+    TarChecker,
+    WeightsError,
+    content_range_total,
+    extract_stream,
+    file_chunks,
+    is_url,
+    open_first,
+    parse_manifest,
+    safe_url,
+    stream_chunks,
+)
+
+__all__ = ["MANIFEST_NAME", "MARKER_NAME", "WeightsError", "install_weights", "pack_folder"]
+
+Log = Callable[[str], None]
+FAKE_FREE_ENV = "COGVX_FAKE_FREE_BYTES"  # tests: pretend the disk has this many free bytes
+SPACE_MARGIN = 64 << 20  # free space kept on top of 1.05 x the tarball
+
+
+def install_weights(
+    source: str | os.PathLike,
+    dest: str | os.PathLike,
+    *,
+    connections: int = 16,
+    chunk_size: int = 16 << 20,
+    stall_timeout: float = 60.0,
+    use_pget: bool | None = None,
+    log: Log = print,
+) -> Path:
+    """Install the tarball at `source` (URL or .tar) into `dest` once; a folder is returned as-is.
+
+    Returns the installed folder. A marker inside `dest` makes later calls skip the download.
+    """
+    if connections < 1:
+        raise ValueError(f"connections must be >= 1, got {connections}")
+    if chunk_size < 64 << 10:
+        raise ValueError(f"chunk_size must be >= 65536 bytes, got {chunk_size}")
+    if not stall_timeout > 0:
+        raise ValueError(f"stall_timeout must be > 0 seconds, got {stall_timeout}")
+    src = os.fspath(source)
+    remote = is_url(src)
+    if not remote:
+        path = Path(src)
+        if path.is_dir():
+            return path
+        if not path.is_file():
+            raise WeightsError(
+                f"weights source {src} does not exist (expected an http(s) URL of a tarball, "
+                "a local .tar file or a local folder)"
+            )
+    label = safe_url(src) if remote else str(Path(src).resolve())
+    pget = _find_pget(use_pget) if remote else None
+    dest = Path(dest).absolute()
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with _install_lock(dest, log):
+        if _marker_ok(dest, label, log):
+            log(f"weights: {dest} already holds {label}; skipping download")
+            return dest
+        _remove(dest)
+        for stale in dest.parent.glob(f".{dest.name}.partial-*"):
+            _remove(stale)
+        tmp = dest.parent / f".{dest.name}.partial-{os.getpid()}"
+        t0 = time.monotonic()
+        try:
+            if pget is not None:
+                _run_pget(pget, src, tmp, label, log)
+                checker = None
+            elif remote:
+                checker = _download(
+                    src, tmp, label, connections, chunk_size, stall_timeout, log=log
+                )
+            else:
+                checker = _extract_local(Path(src), tmp, label, chunk_size, log)
+            files = _scan_tree(tmp, label)
+            verified = _verify(tmp, files, checker, label)
+            _write_marker(tmp, label, files, verified, log)
+            os.rename(tmp, dest)
+        except BaseException:
+            _remove(tmp)
+            raise
+    seconds = time.monotonic() - t0
+    size = sum(files.values())
+    log(
+        f"weights: installed {label} into {dest}: {len(files)} files, {size / 1e6:.0f} MB in "
+        f"{seconds:.1f} s ({size / 1e6 / max(seconds, 1e-9):.0f} MB/s)"
+        + (", sha256 verified" if verified else ", no manifest (sizes only)")
+    )
+    return dest
+
+
+def pack_folder(src: str | os.PathLike, out_tar: str | os.PathLike, log: Log = print) -> Path:
+    """Write an uncompressed tarball of `src`'s files (sorted, links dereferenced), manifest first.
+
+    The manifest member `cogvx-manifest.json` is {"format": 1, "files": {rel: {size, sha256}}}.
+    """
+    root = Path(src)
+    out = Path(out_tar)
+    if not root.is_dir():
+        raise ValueError(f"pack_folder: source {root} is not a folder")
+    skip = {out.resolve(), out.with_name(out.name + ".partial").resolve()}
+    rels = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        dirnames.sort()
+        for name in filenames:
+            full = Path(dirpath) / name
+            rel = full.relative_to(root).as_posix()
+            if rel in (MANIFEST_NAME, MARKER_NAME) or full.resolve() in skip:
+                continue
+            if not full.is_file():
+                raise ValueError(f"pack_folder: {full} is not a regular file (broken link?)")
+            rels.append(rel)
+    rels.sort()
+    sizes = {rel: (root / rel).stat().st_size for rel in rels}
+    digests = _hash_files(root, rels)
+    manifest = {
+        "format": 1,
+        "files": {rel: {"size": sizes[rel], "sha256": digests[rel]} for rel in rels},
+    }
+    data = json.dumps(manifest, indent=1, sort_keys=True).encode()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".partial")
+    try:
+        with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT, copybufsize=8 << 20) as tf:
+            tf.addfile(
+                _tarinfo(MANIFEST_NAME, len(data), int(time.time()), 0o644), io.BytesIO(data)
+            )
+            for rel in rels:
+                st = (root / rel).stat()
+                if st.st_size != sizes[rel]:
+                    raise RuntimeError(f"pack_folder: {root / rel} changed while packing")
+                mode = 0o755 if st.st_mode & 0o111 else 0o644
+                with open(root / rel, "rb") as f:
+                    tf.addfile(_tarinfo(rel, st.st_size, int(st.st_mtime), mode), f)
+        os.replace(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    total = sum(sizes.values())
+    log(f"packed {len(rels)} files ({total / 1e9:.2f} GB) from {root} into {out}")
+    return out
+
+
+# --- helpers ----------------------------------------------------------------------------------
+
+
+def _tarinfo(name: str, size: int, mtime: int, mode: int) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode = size, mtime, mode
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    return info
+
+
+def _free_bytes(path: Path) -> int:
+    """Free bytes on the filesystem of `path` (COGVX_FAKE_FREE_BYTES overrides, for tests)."""
+    fake = os.environ.get(FAKE_FREE_ENV)
+    if fake:
+        return int(fake)
+    return shutil.disk_usage(path).free
+
+
+def _check_space(total: int, where: Path, label: str) -> None:
+    need = int(total * 1.05) + SPACE_MARGIN
+    free = _free_bytes(where)
+    if need > free:
+        raise WeightsError(
+            f"not enough disk space to install {label} into {where}: "
+            f"{need / 1e9:.2f} GB needed, {free / 1e9:.2f} GB free"
+        )
+
+
+@contextlib.contextmanager
+def _install_lock(dest: Path, log: Log) -> Iterator[None]:
+    lock_path = dest.with_name(dest.name + ".lock")
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log(f"weights: waiting for another process installing {dest} (lock {lock_path})")
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _marker_ok(dest: Path, label: str, log: Log) -> bool:
+    if not dest.exists() and not dest.is_symlink():
+        return False
+    try:
+        marker = json.loads((dest / MARKER_NAME).read_text())
+        files = marker["files"]
+        source = marker["source"]
+    except FileNotFoundError:
+        log(f"weights: {dest} exists without {MARKER_NAME} (half-installed?); reinstalling")
+        return False
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        log(f"weights: unreadable {MARKER_NAME} in {dest} ({e}); reinstalling")
+        return False
+    if source != label:
+        log(f"weights: {dest} holds {source}, not {label}; reinstalling")
+        return False
+    for rel, size in files.items():
+        try:
+            st = os.stat(dest / rel)
+        except OSError:
+            log(f"weights: {dest / rel} is missing; reinstalling")
+            return False
+        if st.st_size != size:
+            log(f"weights: {dest / rel} has {st.st_size} bytes, expected {size}; reinstalling")
+            return False
+    return True
+
+
+def _remove(path: Path) -> None:
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    elif path.is_dir():
+        shutil.rmtree(path)
+
+
+def _find_pget(use_pget: bool | None) -> str | None:
+    if use_pget is False:
+        return None
+    found = shutil.which("pget")
+    if use_pget and found is None:
+        raise WeightsError("use_pget=True but pget is not on PATH")
+    return found
+
+
+def _download(
+    url: str,
+    tmp: Path,
+    label: str,
+    connections: int,
+    chunk_size: int,
+    stall_timeout: float,
+    *,
+    log: Log,
+) -> TarChecker:
+    target, conn, resp = open_first(url, chunk_size, stall_timeout, log)
+    try:
+        if resp.status == 206:
+            total = content_range_total(resp, label)
+            _check_space(total, tmp.parent, label)
+            chunks = RangeReader(
+                target,
+                total,
+                chunk_size=chunk_size,
+                connections=connections,
+                timeout=stall_timeout,
+                first=(conn, resp),
+            )
+            log(
+                f"weights: downloading {label} ({total / 1e6:.0f} MB) over {chunks.threads} "
+                f"connections into {tmp.parent}"
+            )
+        else:
+            length = resp.getheader("Content-Length")
+            total = int(length) if length and length.isdigit() else None
+            if total is not None:
+                _check_space(total, tmp.parent, label)
+            log(f"weights: {label} ignores Range requests; streaming it over one connection")
+            chunks = stream_chunks(
+                resp.readinto,
+                chunk_size=chunk_size,
+                expected=total,
+                label=label,
+                close=lambda: _shutdown(conn),
+            )
+    except BaseException:
+        conn.close()
+        raise
+    try:
+        return extract_stream(chunks, tmp, label=label, total=total, log=log)
+    finally:
+        conn.close()
+
+
+def _shutdown(conn: http.client.HTTPConnection) -> None:
+    if conn.sock is not None:
+        conn.sock.shutdown(socket.SHUT_RDWR)
+
+
+def _extract_local(path: Path, tmp: Path, label: str, chunk_size: int, log: Log) -> TarChecker:
+    size = path.stat().st_size
+    _check_space(size, tmp.parent, label)
+    log(f"weights: extracting {label} ({size / 1e6:.0f} MB) into {tmp.parent}")
+    with open(path, "rb", buffering=0) as f:
+        chunks = file_chunks(f, chunk_size=chunk_size, label=label)
+        return extract_stream(chunks, tmp, label=label, total=size, log=log)
+
+
+def _run_pget(pget: str, url: str, tmp: Path, label: str, log: Log) -> None:
+    query = urlsplit(url).query
+
+    def redact(line: str) -> str:
+        line = line.replace(url, label)
+        return line.replace(query, "<redacted>") if query else line
+
+    pid_file = tmp.parent / f"{tmp.name}.pget.pid"
+    log(f"weights: pget -x {label} {tmp}")
+    rc, tail = _run_logged([pget, "-x", "--pid-file", str(pid_file), url, str(tmp)], redact, log)
+    if rc != 0 and any("pid-file" in line and "unknown" in line for line in tail):
+        log("weights: this pget has no --pid-file option; retrying without it")
+        _remove(tmp)
+        rc, tail = _run_logged([pget, "-x", url, str(tmp)], redact, log)
+    pid_file.unlink(missing_ok=True)
+    if rc != 0:
+        raise WeightsError(f"pget failed downloading {label} (exit {rc}): {'; '.join(tail[-5:])}")
+    if not tmp.exists():
+        raise WeightsError(f"pget reported success for {label} but created nothing at {tmp}")
+
+
+def _run_logged(cmd: list[str], redact: Callable[[str], str], log: Log) -> tuple[int, list[str]]:
+    tail: list[str] = []
+    with subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace"
+    ) as proc:
+        assert proc.stdout is not None
+        for raw in proc.stdout:
+            line = redact(raw.rstrip())
+            log(f"pget: {line}")
+            tail = (tail + [line])[-20:]
+    return proc.returncode, tail
+
+
+def _scan_tree(root: Path, label: str) -> dict[str, int]:
+    """Regular files under root -> size; refuse links leading outside and special files."""
+    base = os.path.realpath(root)
+    files = {}
+    for dirpath, dirnames, filenames in os.walk(base):
+        for name in dirnames + filenames:
+            full = os.path.join(dirpath, name)
+            rel = os.path.relpath(full, base)
+            st = os.lstat(full)
+            if stat.S_ISLNK(st.st_mode):
+                real = os.path.realpath(full)
+                if real != base and not real.startswith(base + os.sep):
+                    raise WeightsError(
+                        f"{label}: symbolic link {rel} -> {os.readlink(full)} points outside "
+                        "the weights folder"
+                    )
+            elif stat.S_ISREG(st.st_mode):
+                if rel != MARKER_NAME:
+                    files[rel] = st.st_size
+            elif not stat.S_ISDIR(st.st_mode):
+                raise WeightsError(f"{label}: {rel} is not a regular file, folder or link")
+    return files
+
+
+def _verify(root: Path, files: dict[str, int], checker: TarChecker | None, label: str) -> bool:
+    """Check files against the manifest when there is one; True when sha256 was verified."""
+    if checker is not None:
+        manifest = checker.manifest
+    elif (root / MANIFEST_NAME).is_file():
+        manifest = parse_manifest((root / MANIFEST_NAME).read_bytes(), label)
+    else:
+        manifest = None
+    if manifest is None:
+        return False
+    expected: dict[str, dict[str, Any]] = manifest["files"]
+    for rel, info in expected.items():
+        if rel not in files:
+            raise WeightsError(f"{label}: {rel} is listed in the manifest but missing")
+        if files[rel] != info["size"]:
+            raise WeightsError(
+                f"{label}: {rel} has {files[rel]} bytes, the manifest says {info['size']} "
+                "(truncated or modified tarball)"
+            )
+    extra = sorted(set(files) - set(expected) - {MANIFEST_NAME})
+    if extra:
+        raise WeightsError(f"{label}: files not listed in the manifest: {', '.join(extra[:5])}")
+    if checker is not None:
+        digests = {name: sha for name, (_, sha) in checker.digests().items()}
+    else:
+        digests = _hash_files(root, sorted(expected))
+    for rel, info in expected.items():
+        if digests.get(rel) != info["sha256"]:
+            raise WeightsError(
+                f"{label}: sha256 mismatch for {rel} (manifest {info['sha256'][:16]}..., "
+                f"got {str(digests.get(rel))[:16]}...): corrupt download or modified tarball"
+            )
+    return True
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    buf = bytearray(8 << 20)
+    view = memoryview(buf)
+    with open(path, "rb", buffering=0) as f:
+        while n := f.readinto(buf):
+            h.update(view[:n])
+    return h.hexdigest()
+
+
+def _hash_files(root: Path, rels: list[str]) -> dict[str, str]:
+    workers = max(1, min(8, os.cpu_count() or 1, len(rels)))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return dict(zip(rels, pool.map(lambda rel: _sha256_file(root / rel), rels), strict=True))
+
+
+def _write_marker(root: Path, label: str, files: dict[str, int], verified: bool, log: Log) -> None:
+    marker = {
+        "format": 1,
+        "source": label,
+        "sha256_verified": verified,
+        "bytes": sum(files.values()),
+        "files": files,
+        "installed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    try:
+        (root / MARKER_NAME).write_text(json.dumps(marker, indent=1, sort_keys=True))
+    except OSError as e:  # pget's cache shim can hand back a read-only folder
+        log(f"weights: could not write {MARKER_NAME} in {root} ({e}); it will be checked again")

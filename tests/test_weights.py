@@ -1,0 +1,426 @@
+"""Weight tarball fetcher: real loopback HTTP servers, real GNU tar, real files."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import pytest
+
+from cogvx import _fetch
+from cogvx.weights import (
+    MANIFEST_NAME,
+    MARKER_NAME,
+    WeightsError,
+    install_weights,
+    pack_folder,
+)
+from tests.weights_server import WeightsServer
+
+REPO = Path(__file__).resolve().parents[1]
+CHUNK = 256 << 10
+
+
+@pytest.fixture(scope="module")
+def packed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, bytes]:
+    """A small multi-chunk folder, its tarball (via pack_folder) and the tarball's bytes."""
+    root = tmp_path_factory.mktemp("packed")
+    src = root / "src"
+    (src / "transformer").mkdir(parents=True)
+    (src / "vae").mkdir()
+    rng = __import__("random").Random(0)
+    (src / "transformer" / "model.safetensors").write_bytes(rng.randbytes(1_700_000))
+    (src / "vae" / "diffusion_pytorch_model.bin").write_bytes(rng.randbytes(300_001))
+    (src / "model_index.json").write_text('{"_class_name": "CogVideoXPipeline"}')
+    (src / "vae" / ("long_name_" * 14 + ".json")).write_text("{}")  # > 100 chars: pax header
+    (src / "empty.txt").write_bytes(b"")
+    tar = pack_folder(src, root / "weights.tar", log=lambda _: None)
+    return src, tar, tar.read_bytes()
+
+
+def n_chunks(data: bytes) -> int:
+    return -(-len(data) // CHUNK)
+
+
+def same_tree(a: Path, b: Path) -> None:
+    """Every file under a exists under b with the same bytes."""
+    files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
+    assert files
+    for rel in files:
+        assert (b / rel).read_bytes() == (a / rel).read_bytes(), rel
+
+
+def fetch(url: str, dest: Path, logs: list[str] | None = None, **kw: object) -> Path:
+    opts: dict = {"connections": 4, "chunk_size": CHUNK, "use_pget": False}
+    opts.update(kw)
+    return install_weights(url, dest, log=(logs.append if logs is not None else print), **opts)
+
+
+def no_leftovers(dest: Path) -> None:
+    assert not dest.exists()
+    assert not list(dest.parent.glob(f".{dest.name}.partial-*"))
+
+
+def test_ranges_install_verifies_marks_and_then_skips(packed, tmp_path):
+    src, _, data = packed
+    dest = tmp_path / "w"
+    logs: list[str] = []
+    with WeightsServer({"/w.tar": data}) as srv:
+        out = fetch(srv.url("/w.tar?token=secret"), dest, logs)
+        assert out == dest
+        assert srv.count("/w.tar") == n_chunks(data)  # each range exactly once
+        assert all(r and r.startswith("bytes=") for _, r in srv.requests)
+        same_tree(src, dest)
+        marker = json.loads((dest / MARKER_NAME).read_text())
+        assert marker["sha256_verified"] is True
+        assert marker["source"] == srv.url("/w.tar")
+        assert marker["files"]["transformer/model.safetensors"] == 1_700_000
+        assert any("MB/s" in line and "%" in line for line in logs)
+        assert "sha256 verified" in logs[-1] and "installed" in logs[-1]
+        assert not any("secret" in line for line in logs)
+
+        logs.clear()
+        assert fetch(srv.url("/w.tar?token=other"), dest, logs) == dest
+        assert srv.count("/w.tar") == n_chunks(data)  # no request at all
+        assert "skipping download" in logs[-1]
+
+
+def test_server_ignoring_ranges_is_streamed(packed, tmp_path):
+    src, _, data = packed
+    with WeightsServer({"/w.tar": data}, ranges=False) as srv:
+        logs: list[str] = []
+        fetch(srv.url("/w.tar"), tmp_path / "w", logs)
+        assert srv.count("/w.tar") == 1
+        assert any("ignores Range" in line for line in logs)
+    same_tree(src, tmp_path / "w")
+    assert json.loads((tmp_path / "w" / MARKER_NAME).read_text())["sha256_verified"]
+
+
+def test_dropped_connections_resume_their_chunk(packed, tmp_path):
+    src, _, data = packed
+    with WeightsServer({"/w.tar": data}, drop=lambda start: start % (2 * CHUNK) == 0) as srv:
+        fetch(srv.url("/w.tar"), tmp_path / "w")
+        assert srv.dropped == -(-n_chunks(data) // 2)
+        resumed = [r for _, r in srv.requests if int(r[6:].split("-")[0]) % CHUNK]
+        assert len(resumed) == srv.dropped  # each dropped chunk resumed from its last byte
+    same_tree(src, tmp_path / "w")
+
+
+def test_redirect_is_followed_without_leaking_signatures(packed, tmp_path):
+    _, _, data = packed
+    logs: list[str] = []
+    with WeightsServer({"/w.tar": data}) as srv:
+        srv.redirects["/signed"] = srv.url("/w.tar?X-Amz-Signature=secret")
+        fetch(srv.url("/signed?sig=secret"), tmp_path / "w", logs)
+        assert srv.count("/w.tar") == n_chunks(data)
+    assert any("redirected to" in line for line in logs)
+    assert not any("secret" in line for line in logs)
+
+
+@pytest.mark.parametrize(
+    ("path", "words"),
+    [("/missing.tar", "not found (HTTP 404"), ("/forbidden.tar", "forbidden")],
+)
+def test_http_errors_name_the_url_without_query(tmp_path, path, words):
+    with WeightsServer({}, statuses={"/forbidden.tar": 403}) as srv:
+        with pytest.raises(WeightsError) as err:
+            fetch(srv.url(f"{path}?token=secret"), tmp_path / "w")
+    msg = str(err.value)
+    assert words in msg and srv.url(path) in msg and "secret" not in msg
+    no_leftovers(tmp_path / "w")
+
+
+def test_not_a_tar(tmp_path):
+    page = b"<!doctype html><html><body>" + b"x" * 2000 + b"</body></html>"
+    with WeightsServer({"/page.html": page}) as srv:
+        with pytest.raises(WeightsError, match="is not a tar archive"):
+            fetch(srv.url("/page.html"), tmp_path / "w")
+    no_leftovers(tmp_path / "w")
+
+
+def test_too_little_disk(packed, tmp_path, monkeypatch):
+    _, _, data = packed
+    monkeypatch.setenv("COGVX_FAKE_FREE_BYTES", "1000")
+    with WeightsServer({"/w.tar": data}) as srv:
+        with pytest.raises(WeightsError) as err:
+            fetch(srv.url("/w.tar?token=secret"), tmp_path / "w")
+    msg = str(err.value)
+    assert "GB needed, 0.00 GB free" in msg and srv.url("/w.tar") in msg
+    assert "secret" not in msg
+    no_leftovers(tmp_path / "w")
+
+
+def test_flipped_byte_fails_sha256_naming_the_file(packed, tmp_path):
+    _, tar, data = packed
+    with tarfile.open(tar) as tf:
+        at = tf.getmember("transformer/model.safetensors").offset_data + 123_456
+    bad = bytearray(data)
+    bad[at] ^= 0xFF
+    with WeightsServer({"/w.tar": bytes(bad)}) as srv:
+        with pytest.raises(
+            WeightsError, match=r"sha256 mismatch for transformer/model\.safetensors"
+        ):
+            fetch(srv.url("/w.tar"), tmp_path / "w")
+    no_leftovers(tmp_path / "w")
+
+
+@pytest.mark.parametrize("ranges", [True, False])
+def test_truncated_tarball(packed, tmp_path, ranges):
+    _, _, data = packed
+    with WeightsServer({"/w.tar": data[: len(data) * 6 // 10]}, ranges=ranges) as srv:
+        with pytest.raises(WeightsError, match="is truncated"):
+            fetch(srv.url("/w.tar"), tmp_path / "w")
+    no_leftovers(tmp_path / "w")
+
+
+@pytest.mark.parametrize("ranges", [True, False])
+def test_server_sending_less_than_content_length(packed, tmp_path, monkeypatch, ranges):
+    _, _, data = packed
+    monkeypatch.setattr(_fetch, "BACKOFF_S", 0.001)
+    with WeightsServer({"/w.tar": data}, ranges=ranges, short_by=1000) as srv:
+        with pytest.raises(WeightsError) as err:
+            fetch(srv.url("/w.tar"), tmp_path / "w")
+    if ranges:
+        assert "failed at bytes" in str(err.value) and "after 6 attempts" in str(err.value)
+    else:
+        assert f"truncated: received {len(data) - 1000} of {len(data)} bytes" in str(err.value)
+    no_leftovers(tmp_path / "w")
+
+
+def test_two_processes_race_one_downloads(packed, tmp_path):
+    _, _, data = packed
+    dest = tmp_path / "w"
+    code = (
+        "import sys; from cogvx.weights import install_weights; "
+        "install_weights(sys.argv[1], sys.argv[2], connections=4, chunk_size=262144, "
+        "use_pget=False)"
+    )
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    with WeightsServer({"/w.tar": data}) as srv:
+        srv.gate.clear()  # hold the first process inside its download
+
+        def start() -> subprocess.Popen:
+            cmd = [sys.executable, "-u", "-c", code, srv.url("/w.tar"), str(dest)]
+            return subprocess.Popen(
+                cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+            )
+
+        first = start()
+        deadline = time.monotonic() + 30
+        while srv.count("/w.tar") == 0:
+            assert time.monotonic() < deadline and first.poll() is None
+            time.sleep(0.02)
+        second = start()
+        seen = []
+        for line in second.stdout:
+            seen.append(line)
+            if "waiting for another process" in line:
+                break
+        srv.gate.set()
+        out_first, _ = first.communicate(timeout=60)
+        out_second = "".join(seen) + second.communicate(timeout=60)[0]
+        assert first.returncode == 0 and second.returncode == 0, out_first + out_second
+        assert "installed" in out_first
+        assert "waiting for another process" in out_second
+        assert "skipping download" in out_second
+        assert srv.count("/w.tar") == n_chunks(data)  # one download in all
+    assert json.loads((dest / MARKER_NAME).read_text())["sha256_verified"]
+
+
+def test_half_installed_dest_is_repaired(packed, tmp_path):
+    src, _, data = packed
+    dest = tmp_path / "w"
+    dest.mkdir()
+    (dest / "junk.bin").write_bytes(b"left over from a killed install")
+    (tmp_path / ".w.partial-99999").mkdir()  # a crashed process's temp folder
+    logs: list[str] = []
+    with WeightsServer({"/w.tar": data}) as srv:
+        fetch(srv.url("/w.tar"), dest, logs)
+        assert any("half-installed" in line for line in logs)
+        assert not (dest / "junk.bin").exists()
+        same_tree(src, dest)
+        (dest / "vae" / "diffusion_pytorch_model.bin").write_bytes(b"short")
+        logs.clear()
+        fetch(srv.url("/w.tar"), dest, logs)
+        assert srv.count("/w.tar") == 2 * n_chunks(data)
+        assert any("expected 300001; reinstalling" in line for line in logs)
+    same_tree(src, dest)
+    no_leftovers(tmp_path / "not-there")
+    assert not (tmp_path / ".w.partial-99999").exists()
+
+
+def evil_tar(path: Path, kind: str, outside: Path) -> None:
+    """A tarball with one dangerous member, as an attacker would build it."""
+    with tarfile.open(path, "w", format=tarfile.GNU_FORMAT) as tf:
+
+        def add(info: tarfile.TarInfo, data: bytes = b"") -> None:
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+
+        add(tarfile.TarInfo("ok.txt"), b"fine")
+        if kind == "absolute":
+            add(tarfile.TarInfo(str(outside / "evil")), b"pwned")
+        elif kind == "dotdot":
+            add(tarfile.TarInfo("sub/../../outside/evil"), b"pwned")
+        elif kind in ("symlink_abs", "symlink_rel"):
+            link = tarfile.TarInfo("link")
+            link.type = tarfile.SYMTYPE
+            link.linkname = str(outside) if kind == "symlink_abs" else "../outside"
+            add(link)
+            add(tarfile.TarInfo("link/evil"), b"pwned")
+        elif kind == "below_link":
+            link = tarfile.TarInfo("d")
+            link.type = tarfile.SYMTYPE
+            link.linkname = "sub"
+            add(link)
+            add(tarfile.TarInfo("d/evil"), b"pwned")
+        elif kind == "hardlink":
+            hard = tarfile.TarInfo("hl")
+            hard.type = tarfile.LNKTYPE
+            hard.linkname = "../outside/victim"
+            add(hard)
+        elif kind == "device":
+            dev = tarfile.TarInfo("dev")
+            dev.type = tarfile.CHRTYPE
+            dev.devmajor, dev.devminor = 1, 3
+            add(dev)
+
+
+@pytest.mark.parametrize(
+    ("kind", "why"),
+    [
+        ("absolute", "absolute path"),
+        ("dotdot", "'..' in path"),
+        ("symlink_abs", "points outside"),
+        ("symlink_rel", "points outside"),
+        ("below_link", "below a symbolic link"),
+        ("hardlink", "'..' in path"),
+        ("device", "device files"),
+    ],
+)
+def test_malicious_members_are_refused(tmp_path, kind, why):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "victim").write_text("original")
+    tar = tmp_path / "evil.tar"
+    evil_tar(tar, kind, outside)
+    with pytest.raises(WeightsError, match="refusing tar member") as err:
+        install_weights(tar, tmp_path / "w", log=lambda _: None)
+    assert why in str(err.value)
+    assert sorted(p.name for p in outside.iterdir()) == ["victim"]
+    assert (outside / "victim").read_text() == "original"
+    no_leftovers(tmp_path / "w")
+
+
+def test_local_tar_and_folder_sources(packed, tmp_path):
+    src, tar, _ = packed
+    out = install_weights(tar, tmp_path / "w", chunk_size=CHUNK, log=lambda _: None)
+    same_tree(src, out)
+    assert install_weights(src, tmp_path / "unused") == src
+    assert not (tmp_path / "unused").exists()
+    with pytest.raises(WeightsError, match="does not exist"):
+        install_weights(tmp_path / "nope", tmp_path / "w2")
+    with pytest.raises(ValueError, match="connections"):
+        install_weights(tar, tmp_path / "w3", connections=0)
+
+
+FAKE_PGET = """#!{python}
+import io, json, os, sys, tarfile, urllib.request
+args = sys.argv[1:]
+with open(os.environ["FAKE_PGET_ARGS"], "a") as f:
+    f.write(json.dumps(args) + "\\n")
+rest, skip = [], False
+for a in args:
+    if skip:
+        skip = False
+    elif a == "--pid-file":
+        skip = True
+    elif not a.startswith("-"):
+        rest.append(a)
+url, dest = rest
+assert "-x" in args and not os.path.exists(dest)
+print("fake pget: downloading " + url, flush=True)
+data = urllib.request.urlopen(url).read()
+os.makedirs(dest)
+tarfile.open(fileobj=io.BytesIO(data)).extractall(dest, filter="data")
+mode = os.environ.get("FAKE_PGET_MODE", "")
+if mode == "corrupt":
+    p = os.path.join(dest, "transformer", "model.safetensors")
+    b = bytearray(open(p, "rb").read()); b[10] ^= 1; open(p, "wb").write(bytes(b))
+elif mode == "escape":
+    os.symlink("/etc", os.path.join(dest, "etc"))
+"""
+
+
+@pytest.mark.parametrize("mode", ["", "corrupt", "escape"])
+def test_pget_on_path_is_used_then_verified(packed, tmp_path, monkeypatch, mode):
+    src, _, data = packed
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    pget = bindir / "pget"
+    pget.write_text(FAKE_PGET.format(python=sys.executable))
+    pget.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_PGET_ARGS", str(tmp_path / "args.jsonl"))
+    monkeypatch.setenv("FAKE_PGET_MODE", mode)
+    dest = tmp_path / "w"
+    logs: list[str] = []
+    with WeightsServer({"/w.tar": data}) as srv:
+        url = srv.url("/w.tar?token=secret")
+        if mode == "corrupt":
+            with pytest.raises(WeightsError, match="sha256 mismatch for transformer/model"):
+                install_weights(url, dest, log=logs.append)
+        elif mode == "escape":
+            with pytest.raises(WeightsError, match="points outside"):
+                install_weights(url, dest, log=logs.append)
+        else:
+            install_weights(url, dest, log=logs.append)
+    args = json.loads((tmp_path / "args.jsonl").read_text().splitlines()[0])
+    assert args[0] == "-x" and "--pid-file" in args and url in args
+    assert any(line.startswith("pget: fake pget: downloading") for line in logs)
+    assert not any("secret" in line for line in logs)
+    if mode:
+        no_leftovers(dest)
+    else:
+        same_tree(src, dest)
+        assert json.loads((dest / MARKER_NAME).read_text())["sha256_verified"]
+
+
+def test_pack_folder_manifest_first_sorted_links_dereferenced(tmp_path):
+    src = tmp_path / "src"
+    (src / "b").mkdir(parents=True)
+    (src / "b" / "z.bin").write_bytes(b"zz")
+    (src / "a.txt").write_text("hello")
+    (tmp_path / "blob").write_bytes(b"blob-bytes")
+    (src / "b" / "link.bin").symlink_to(tmp_path / "blob")  # like a Hugging Face snapshot
+    (src / MARKER_NAME).write_text("{}")  # an installed folder can be re-packed
+    tar = pack_folder(src, tmp_path / "out" / "w.tar", log=lambda _: None)
+    with tarfile.open(tar) as tf:
+        members = tf.getmembers()
+        names = [m.name for m in members]
+        assert names == [MANIFEST_NAME, "a.txt", "b/link.bin", "b/z.bin"]
+        assert all(m.isreg() for m in members)
+        manifest = json.load(tf.extractfile(MANIFEST_NAME))
+    assert manifest["format"] == 1
+    assert manifest["files"]["b/link.bin"] == {
+        "size": 10,
+        "sha256": hashlib.sha256(b"blob-bytes").hexdigest(),
+    }
+    assert sorted(manifest["files"]) == names[1:]
+
+
+def test_pack_weights_cli(packed, tmp_path):
+    src, _, _ = packed
+    out = tmp_path / "cli.tar"
+    cmd = [sys.executable, str(REPO / "tools" / "pack_weights.py"), str(src), str(out)]
+    res = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    assert "5 files" in res.stdout and "COG_WEIGHTS=" in res.stdout
+    assert install_weights(out, tmp_path / "w", log=lambda _: None).is_dir()
+    same_tree(src, tmp_path / "w")
