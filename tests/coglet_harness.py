@@ -1,0 +1,235 @@
+"""Drive a real coglet server (started through tools/serve.py) from tests.
+
+    from tests.coglet_harness import CogletServer, save_output
+
+    with CogletServer("cog.yaml", env={"COG_WEIGHTS": str(tiny)}) as server:
+        health = server.wait_ready(timeout=120)
+        assert health["status"] == "READY", server.logs()
+        status, body = server.predict({"prompt": "a cat"}, timeout=300)
+        video = save_output(body["output"], tmp_path / "out.mp4")
+
+Each server gets a free port and, by default, its own temporary working directory (so several
+servers, even for different configs of one repo, can run at once). The server runs in its own
+process group and is always stopped on exit, with its worker.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+SERVE = REPO / "tools" / "serve.py"
+TERMINAL = {"READY", "SETUP_FAILED", "DEFUNCT"}
+
+__all__ = ["CogletServer", "ServerError", "decode_data_uri", "free_port", "save_output"]
+
+
+class ServerError(RuntimeError):
+    """The server exited, or did not answer in time; the message ends with its logs."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """Ask the OS for a TCP port that is free right now."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def decode_data_uri(uri: str) -> tuple[str, bytes]:
+    """Split a `data:<mime>;base64,<payload>` URI into (mime type, bytes)."""
+    if not uri.startswith("data:") or "," not in uri:
+        raise ValueError(f"output {uri[:60]!r}: not a data: URI")
+    header, payload = uri[5:].split(",", 1)
+    mime = header.split(";")[0]
+    data = (
+        base64.b64decode(payload)
+        if header.endswith(";base64")
+        else urllib.parse.unquote_to_bytes(payload)
+    )
+    return mime, data
+
+
+def save_output(uri: str, dest: str | Path) -> Path:
+    """Write a data-URI output (what coglet returns for a Path) to `dest`; return the path."""
+    _, data = decode_data_uri(uri)
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_bytes(data)
+    return dest
+
+
+class CogletServer:
+    """One coglet server for a cog config, reachable at `self.url` once `wait_ready()` returns.
+
+    config: cog.yaml path (relative paths are taken from the repo root).
+    env: extra environment variables (e.g. COG_WEIGHTS) on top of this process's environment.
+    port: fixed port; default a free one. cwd: coglet's working directory; default a fresh
+    temporary folder (removed on stop); pass "root" to run in the config's folder as an image
+    does. extra_args: more tools/serve.py arguments (e.g. ["--upload-url", url]).
+    """
+
+    def __init__(
+        self,
+        config: str | Path,
+        env: dict[str, str] | None = None,
+        port: int | None = None,
+        cwd: str | Path | None = None,
+        host: str = "127.0.0.1",
+        extra_args: list[str] | None = None,
+    ) -> None:
+        config = Path(config)
+        self.config = config if config.is_absolute() else REPO / config
+        self.env = dict(env or {})
+        self.port = port or free_port(host)
+        self.host = host
+        self.extra_args = list(extra_args or [])
+        self._own_cwd = cwd is None
+        self.cwd = None if cwd in (None, "root") else Path(cwd)  # type: ignore[arg-type]
+        self.proc: subprocess.Popen | None = None
+        self._log_file: Any = None
+        self._tmp: Path | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    def start(self) -> CogletServer:
+        """Launch tools/serve.py in a new process group, logging to a temporary file."""
+        if self.proc is not None:
+            raise RuntimeError("server already started")
+        self._tmp = Path(tempfile.mkdtemp(prefix="coglet_harness_"))
+        if self._own_cwd:
+            self.cwd = self._tmp / "work"
+            self.cwd.mkdir()
+        cmd = [sys.executable, str(SERVE), str(self.config), "--port", str(self.port)]
+        cmd += ["--host", self.host, *self.extra_args]
+        if self.cwd is not None:
+            cmd += ["--workdir", str(self.cwd)]
+        self._log_file = open(self._tmp / "server.log", "w+b")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            cmd,
+            env={**os.environ, **self.env},
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the server and its worker (SIGTERM, then SIGKILL), and remove temporary files."""
+        if self.proc is not None and self.proc.poll() is None:
+            for sig in (signal.SIGTERM, signal.SIGKILL):
+                try:
+                    os.killpg(self.proc.pid, sig)
+                except ProcessLookupError:
+                    break
+                try:
+                    self.proc.wait(timeout)
+                    break
+                except subprocess.TimeoutExpired:
+                    continue
+        if self.proc is not None:
+            try:  # the worker may outlive the server process for a moment
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        if self._tmp is not None:
+            self._final_logs = self.logs()
+            self._log_file.close()
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            self._tmp = None
+
+    def __enter__(self) -> CogletServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def logs(self) -> str:
+        """Everything the server (serve.py, coglet, the worker) wrote to stdout/stderr so far."""
+        if self._tmp is None:
+            return getattr(self, "_final_logs", "")
+        return (self._tmp / "server.log").read_bytes().decode(errors="replace")
+
+    def _fail(self, message: str) -> ServerError:
+        tail = self.logs()[-6000:]
+        return ServerError(f"{message} ({self.config.name} on {self.url})\n--- logs ---\n{tail}")
+
+    # -- HTTP ---------------------------------------------------------------------------------
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        headers: dict[str, str] | None = None,
+        timeout: float = 30.0,
+    ) -> tuple[int, Any]:
+        """Send one request; return (HTTP status, decoded JSON body or raw text)."""
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(self.url + path, data=data, method=method)
+        req.add_header("Content-Type", "application/json")
+        for key, value in (headers or {}).items():
+            req.add_header(key, value)
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
+                status, raw = resp.status, resp.read()
+        except urllib.error.HTTPError as err:
+            status, raw = err.code, err.read()
+        try:
+            return status, json.loads(raw) if raw else None
+        except ValueError:
+            return status, raw.decode(errors="replace")
+
+    def health(self) -> dict:
+        """GET /health-check (raises if the server does not answer)."""
+        status, body = self.request("GET", "/health-check", timeout=5)
+        if status != 200 or not isinstance(body, dict):
+            raise self._fail(f"/health-check answered {status}: {body!r}")
+        return body
+
+    def wait_ready(self, timeout: float = 120.0) -> dict:
+        """Poll /health-check until READY or SETUP_FAILED; return that health JSON."""
+        if self.proc is None:
+            self.start()
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:  # type: ignore[union-attr]
+                raise self._fail(f"server exited with code {self.proc.returncode} before ready")  # type: ignore[union-attr]
+            try:
+                health = self.health()
+                if health.get("status") in TERMINAL:
+                    return health
+            except (OSError, ServerError):
+                pass  # not listening yet
+            if time.monotonic() > deadline:
+                raise self._fail(f"server not ready after {timeout:.0f} s")
+            time.sleep(0.1)
+
+    def predict(
+        self, inputs: dict, timeout: float = 300.0, headers: dict[str, str] | None = None
+    ) -> tuple[int, dict]:
+        """POST /predictions {"input": inputs}; return (HTTP status, response JSON)."""
+        try:
+            return self.request("POST", "/predictions", {"input": inputs}, headers, timeout)
+        except OSError as exc:
+            raise self._fail(f"POST /predictions failed: {exc}") from exc
+
+    def cancel(self, prediction_id: str) -> tuple[int, Any]:
+        """POST /predictions/<id>/cancel."""
+        return self.request("POST", f"/predictions/{prediction_id}/cancel")
