@@ -661,6 +661,7 @@ class _StaticChecker:
             what = f"{cls}.{fn.name}({p.arg})"
             if p.annotation is None:
                 self.report(p, what, "missing type annotation (the Go CLI fails the build)")
+                self.seen_calls.add(id(d))
                 continue
             optional, supported = self.optional(p.annotation)
             if not supported:
