@@ -151,7 +151,8 @@ class CogletServer:
                 pass
         if self._tmp is not None:
             self._final_logs = self.logs()
-            self._log_file.close()
+            if self._log_file is not None:
+                self._log_file.close()
             shutil.rmtree(self._tmp, ignore_errors=True)
             self._tmp = None
 
@@ -230,6 +231,28 @@ class CogletServer:
         except OSError as exc:
             raise self._fail(f"POST /predictions failed: {exc}") from exc
 
+    def predict_async(self, inputs: dict) -> str:
+        """Start a prediction with `Prefer: respond-async` (202); return its id.
+
+        coglet has no GET /predictions/<id>: results of async predictions only go to a
+        webhook, so use this for cancel tests and wait_idle() for the end.
+        """
+        status, body = self.request(
+            "POST", "/predictions", {"input": inputs}, {"Prefer": "respond-async"}
+        )
+        if status != 202:
+            raise self._fail(f"async POST /predictions answered {status}: {body!r}")
+        return body["id"]
+
     def cancel(self, prediction_id: str) -> tuple[int, Any]:
-        """POST /predictions/<id>/cancel."""
+        """POST /predictions/<id>/cancel (200 when the id is running)."""
         return self.request("POST", f"/predictions/{prediction_id}/cancel")
+
+    def wait_idle(self, timeout: float = 60.0) -> dict:
+        """Poll /health-check until it is READY again (not BUSY); return the health JSON."""
+        deadline = time.monotonic() + timeout
+        while (health := self.health())["status"] != "READY":
+            if health["status"] in TERMINAL or time.monotonic() > deadline:
+                raise self._fail(f"server is {health['status']}, not READY")
+            time.sleep(0.05)
+        return health

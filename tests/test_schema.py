@@ -130,6 +130,17 @@ def test_value_error_fails_the_prediction_and_server_stays_ready(server):
     assert status == 200 and record(body)["prompt"] == "after"
 
 
+def test_busy_server_refuses_a_second_prediction_and_cancel_frees_it(server):
+    prediction_id = server.predict_async({"prompt": "sleep:30"})
+    assert server.health()["status"] == "BUSY"
+    status, body = server.predict({"prompt": "x"})
+    assert status == 409, body
+    assert server.cancel(prediction_id)[0] == 200
+    assert server.wait_idle(timeout=10)["status"] == "READY"
+    status, body = server.predict({"prompt": "after cancel"})
+    assert status == 200 and record(body)["prompt"] == "after cancel"
+
+
 def test_setup_failure_is_reported():
     with CogletServer(SAMPLE / "cog.yaml", env={"COG_WEIGHTS": "fail:x"}) as srv:
         health = srv.wait_ready(timeout=60)

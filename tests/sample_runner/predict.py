@@ -3,6 +3,7 @@
 import json
 import os
 import tempfile
+import time
 from typing import Optional
 
 from cog import BaseRunner, Input, Path
@@ -37,6 +38,10 @@ class Runner(BaseRunner):
         """Validate like a real predictor, then write the inputs to out.json."""
         if prompt == "fail":
             raise ValueError("prompt: 'fail' is not allowed; use any other text")
+        if prompt.startswith("sleep:"):  # lets tests cancel or overlap a running prediction
+            deadline = time.monotonic() + float(prompt[6:])
+            while time.monotonic() < deadline:
+                time.sleep(0.02)
         record = {
             "label": self.label,
             "weights": self.weights,
