@@ -17,6 +17,7 @@ import math
 import os
 import re
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -158,21 +159,114 @@ def _input_schemas(info: Any, run_fn: Any) -> tuple[dict, list[tuple[str, dict]]
     return schema, enums
 
 
-def _ok(ref: str, extra: dict | None = None) -> dict:
-    body: dict[str, Any] = {
-        "description": "Successful Response",
-        "content": {"application/json": {"schema": {"$ref": ref} if ref else {}}},
+def _responses(ref: str = "", validated: bool = False) -> dict:
+    """A `responses` object: 200 with `ref` (or any JSON), plus 422 when inputs are validated."""
+    out = {
+        "200": {
+            "description": "Successful Response",
+            "content": {"application/json": {"schema": {"$ref": ref} if ref else {}}},
+        }
     }
-    responses = {"200": body}
-    if extra:
-        responses.update(extra)
-    return responses
+    if validated:
+        error = {"$ref": "#/components/schemas/HTTPValidationError"}
+        out["422"] = {
+            "description": "Validation Error",
+            "content": {"application/json": {"schema": error}},
+        }
+    return out
+
+
+def _envelope_schemas() -> dict:
+    """The request/response envelope and error schemas, the same for every model."""
+    ref = "#/components/schemas/"
+    string, date = {"type": "string"}, {"type": "string", "format": "date-time"}
+    response = {"input": {"$ref": ref + "Input"}, "output": {"$ref": ref + "Output"}}
+    for name in ("id", "version", "created_at", "started_at", "completed_at", "status", "error"):
+        response[name] = {"title": _title(name), **(date if "_at" in name else string)}
+    response["logs"] = {"title": "Logs", **string}
+    response["metrics"] = {"title": "Metrics", "type": "object"}
+    location = {"anyOf": [{"type": "string"}, {"type": "integer"}]}
+    return {
+        "PredictionRequest": {
+            "title": "PredictionRequest",
+            "type": "object",
+            "properties": {"id": {"title": "Id", **string}, "input": {"$ref": ref + "Input"}},
+        },
+        "PredictionResponse": {
+            "title": "PredictionResponse",
+            "type": "object",
+            "properties": response,
+        },
+        "Status": {
+            "title": "Status",
+            "description": "An enumeration.",
+            "enum": ["starting", "processing", "succeeded", "canceled", "failed"],
+            "type": "string",
+        },
+        "HTTPValidationError": {
+            "title": "HTTPValidationError",
+            "type": "object",
+            "properties": {
+                "detail": {
+                    "title": "Detail",
+                    "type": "array",
+                    "items": {"$ref": ref + "ValidationError"},
+                }
+            },
+        },
+        "ValidationError": {
+            "title": "ValidationError",
+            "required": ["loc", "msg", "type"],
+            "type": "object",
+            "properties": {
+                "loc": {"title": "Location", "type": "array", "items": location},
+                "msg": {"title": "Message", **string},
+                "type": {"title": "Error Type", **string},
+            },
+        },
+    }
+
+
+def _paths() -> dict:
+    """The predict-mode paths the Go CLI lists."""
+    cancel_param = {
+        "required": True,
+        "schema": {"title": "Prediction_id", "type": "string"},
+        "name": "prediction_id",
+        "in": "path",
+    }
+    request = {"$ref": "#/components/schemas/PredictionRequest"}
+    return {
+        "/": {"get": {"summary": "Root", "operationId": "root__get", "responses": _responses()}},
+        "/health-check": {
+            "get": {
+                "summary": "Healthcheck",
+                "operationId": "healthcheck_health_check_get",
+                "responses": _responses(),
+            }
+        },
+        "/predictions": {
+            "post": {
+                "summary": "Predict",
+                "description": "Run a single prediction on the model",
+                "operationId": "predict_predictions_post",
+                "requestBody": {"content": {"application/json": {"schema": request}}},
+                "responses": _responses("#/components/schemas/PredictionResponse", True),
+            }
+        },
+        "/predictions/{prediction_id}/cancel": {
+            "post": {
+                "summary": "Cancel",
+                "operationId": "cancel_predictions__prediction_id__cancel_post",
+                "parameters": [cancel_param],
+                "responses": _responses(validated=True),
+            }
+        },
+    }
 
 
 def openapi_schema(ref: str, root: Path) -> dict:
     """Return the OpenAPI 3.0.2 document `cog build` would bake in for predictor `ref`."""
-    import warnings
-
     from cog import _inspector
 
     mod_name, cls_name = load_runner(ref, root)
@@ -182,119 +276,16 @@ def openapi_schema(ref: str, root: Path) -> dict:
             info = _inspector.create_predictor(mod_name, cls_name)
         except (ValueError, TypeError, ImportError) as exc:
             raise SchemaError(f"predictor ref {ref!r}: {exc}") from exc
-    cls = getattr(sys.modules[mod_name], cls_name)
-    run_fn = cls.run if inspect.isclass(cls) and cls._run_owner is not None else cls.predict
-    input_schema, enums = _input_schemas(info, run_fn if inspect.isclass(cls) else cls)
-    schemas: dict[str, Any] = {"Input": input_schema, "Output": info.output.json_type()}
-    schemas.update(enums)
-    in_ref, out_ref = "#/components/schemas/Input", "#/components/schemas/Output"
-    schemas["PredictionRequest"] = {
-        "title": "PredictionRequest",
-        "type": "object",
-        "properties": {"id": {"title": "Id", "type": "string"}, "input": {"$ref": in_ref}},
-    }
-    str_prop = {"type": "string"}
-    date_prop = {"type": "string", "format": "date-time"}
-    schemas["PredictionResponse"] = {
-        "title": "PredictionResponse",
-        "type": "object",
-        "properties": {
-            "input": {"$ref": in_ref},
-            "output": {"$ref": out_ref},
-            "id": {"title": "Id", **str_prop},
-            "version": {"title": "Version", **str_prop},
-            "created_at": {"title": "Created At", **date_prop},
-            "started_at": {"title": "Started At", **date_prop},
-            "completed_at": {"title": "Completed At", **date_prop},
-            "status": {"title": "Status", **str_prop},
-            "error": {"title": "Error", **str_prop},
-            "logs": {"title": "Logs", **str_prop},
-            "metrics": {"title": "Metrics", "type": "object"},
-        },
-    }
-    schemas["Status"] = {
-        "title": "Status",
-        "description": "An enumeration.",
-        "enum": ["starting", "processing", "succeeded", "canceled", "failed"],
-        "type": "string",
-    }
-    schemas["HTTPValidationError"] = {
-        "title": "HTTPValidationError",
-        "type": "object",
-        "properties": {
-            "detail": {
-                "title": "Detail",
-                "type": "array",
-                "items": {"$ref": "#/components/schemas/ValidationError"},
-            }
-        },
-    }
-    schemas["ValidationError"] = {
-        "title": "ValidationError",
-        "required": ["loc", "msg", "type"],
-        "type": "object",
-        "properties": {
-            "loc": {
-                "title": "Location",
-                "type": "array",
-                "items": {"anyOf": [{"type": "string"}, {"type": "integer"}]},
-            },
-            "msg": {"title": "Message", "type": "string"},
-            "type": {"title": "Error Type", "type": "string"},
-        },
-    }
-    invalid = {
-        "422": {
-            "description": "Validation Error",
-            "content": {
-                "application/json": {"schema": {"$ref": "#/components/schemas/HTTPValidationError"}}
-            },
-        }
-    }
-    paths = {
-        "/": {"get": {"summary": "Root", "operationId": "root__get", "responses": _ok("")}},
-        "/health-check": {
-            "get": {
-                "summary": "Healthcheck",
-                "operationId": "healthcheck_health_check_get",
-                "responses": _ok(""),
-            }
-        },
-        "/predictions": {
-            "post": {
-                "summary": "Predict",
-                "description": "Run a single prediction on the model",
-                "operationId": "predict_predictions_post",
-                "requestBody": {
-                    "content": {
-                        "application/json": {
-                            "schema": {"$ref": "#/components/schemas/PredictionRequest"}
-                        }
-                    }
-                },
-                "responses": _ok("#/components/schemas/PredictionResponse", invalid),
-            }
-        },
-        "/predictions/{prediction_id}/cancel": {
-            "post": {
-                "summary": "Cancel",
-                "operationId": "cancel_predictions__prediction_id__cancel_post",
-                "parameters": [
-                    {
-                        "required": True,
-                        "schema": {"title": "Prediction_id", "type": "string"},
-                        "name": "prediction_id",
-                        "in": "path",
-                    }
-                ],
-                "responses": _ok("", invalid),
-            }
-        },
-    }
+    obj = getattr(sys.modules[mod_name], cls_name)
+    if inspect.isclass(obj):
+        obj = obj.run if getattr(obj, "_run_owner", None) is not None else obj.predict
+    input_schema, enums = _input_schemas(info, obj)
+    schemas = {"Input": input_schema, "Output": info.output.json_type(), **dict(enums)}
+    schemas.update(_envelope_schemas())
     return {
         "openapi": "3.0.2",
         "info": {"title": "Cog", "version": "0.1.0"},
-        "paths": paths,
+        "paths": _paths(),
         "components": {"schemas": schemas},
     }
 
