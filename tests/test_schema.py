@@ -115,6 +115,12 @@ def test_bad_inputs_get_422(server, inputs, field, message):
     assert message in detail[0]["msg"]
 
 
+def test_integer_json_for_a_float_input_arrives_as_int(server):
+    """coglet does not convert: predictors must call float() on float inputs."""
+    out = record(server.predict({"prompt": "x", "guidance_scale": 3})[1])
+    assert out["guidance_scale"] == 3 and isinstance(out["guidance_scale"], int)
+
+
 def test_unknown_inputs_are_stripped(server):
     status, body = server.predict({"prompt": "x", "not_an_input": 1})
     assert status == 200 and record(body)["prompt"] == "x"
