@@ -94,6 +94,7 @@ class CogletServer:
         config = Path(config)
         self.config = config if config.is_absolute() else REPO / config
         self.env = dict(env or {})
+        self._auto_port = port is None
         self.port = port or free_port(host)
         self.host = host
         self.extra_args = list(extra_args or [])
@@ -209,8 +210,15 @@ class CogletServer:
         if self.proc is None:
             self.start()
         deadline = time.monotonic() + timeout
+        retries = 3 if self._auto_port else 0
         while True:
             if self.proc.poll() is not None:  # type: ignore[union-attr]
+                if retries and "Address already in use" in self.logs():
+                    retries -= 1  # another process took the free port first: take a new one
+                    self.stop()
+                    self.proc, self.port = None, free_port(self.host)
+                    self.start()
+                    continue
                 raise self._fail(f"server exited with code {self.proc.returncode} before ready")  # type: ignore[union-attr]
             try:
                 health = self.health()

@@ -3,6 +3,7 @@
 import ast
 import base64
 import json
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -174,6 +175,15 @@ def test_second_config_runs_beside_the_first(server):
         ".cog",
         "openapi_schema.json",
     )
+
+
+def test_harness_moves_to_a_new_port_when_its_free_port_is_taken():
+    srv = CogletServer(SAMPLE / "cog.yaml")
+    with socket.socket() as taken:
+        taken.bind((srv.host, srv.port))  # someone else got the port first
+        with srv:
+            assert srv.wait_ready(timeout=60)["status"] == "READY"
+            assert srv.port != taken.getsockname()[1]
 
 
 def serve(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
