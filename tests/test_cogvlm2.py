@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,7 @@ from cogvx.cogvlm2 import (
     sample_frame_indices,
 )
 from cogvx.cogvlm2.model import CheckpointRotaryEmbedding
+from cogvx.cogvlm2.quantize import QuantizationUnavailableError
 
 _CANDIDATES = [
     Path(__file__).resolve().parents[1] / "shared" / "fixtures" / "cogvlm2",
@@ -392,6 +394,40 @@ def test_missing_or_bad_files_name_the_problem(tmp_path):
     (folder / "config.json").write_text(json.dumps(config))
     with pytest.raises(CogVLM2CheckpointError, match="query_key_value"):
         CogVLM2Model.from_folder(folder)
+
+
+# ---- optional bitsandbytes quantization ----
+
+
+def test_quantize_mode_is_checked():
+    with pytest.raises(ValueError, match="quantize"):
+        CogVLM2Captioner.from_folder(FIXTURE, quantize="int4")
+
+
+def test_quantize_without_bitsandbytes_says_so(monkeypatch):
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # as if not installed
+    with pytest.raises(QuantizationUnavailableError, match="bitsandbytes"):
+        CogVLM2Model.from_folder(FIXTURE, quantize="int8")
+
+
+@pytest.mark.parametrize("mode", ["int8", "nf4"])
+def test_quantized_model_runs(mode, video, ref):
+    bnb = pytest.importorskip("bitsandbytes")
+    cap = CogVLM2Captioner.from_folder(FIXTURE, quantize=mode)
+    layer = cap.model.language_model.model.layers[0]
+    assert isinstance(layer.self_attn.q_proj, (bnb.nn.Linear8bitLt, bnb.nn.Linear4bit))
+    assert isinstance(cap.model.vision.transformer.layers[0].mlp.fc1, torch.nn.Module)
+    assert type(cap.model.language_model.lm_head) is torch.nn.Linear
+    assert layer.self_attn.q_proj.weight.dtype in (torch.int8, torch.uint8)
+    inputs = cap.prepare(video)
+    with torch.no_grad():
+        logits = cap.model(inputs.input_ids, inputs.token_type_ids, inputs.pixel_values).logits
+    assert torch.isfinite(logits).all()
+    if mode == "int8":  # 8-bit stays close to the float model on this checkpoint
+        close(logits[:, -1], ref["chat.logits_last"], 0.3)
+        agree = (logits.argmax(-1) == ref["chat.logits_argmax"]).float().mean().item()
+        assert agree > 0.8
+    assert len(cap.generate_ids(video, max_new_tokens=3)) == 3
 
 
 # ---- another tiny configuration: sizes come from config.json ----

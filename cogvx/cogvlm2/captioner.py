@@ -40,8 +40,12 @@ class CogVLM2Captioner:
         path: str | Path,
         device: str | torch.device = "cpu",
         dtype: torch.dtype | None = None,
+        quantize: str | None = None,
     ) -> CogVLM2Captioner:
-        """Load an official CogVLM2-Caption folder; dtype None: bf16 on CUDA, float32 on CPU."""
+        """Load an official CogVLM2-Caption folder; dtype None: bf16 on CUDA, float32 on CPU.
+
+        quantize: None, "int8" or "nf4" to store the linear layers with bitsandbytes.
+        """
         folder = Path(path)
         if not folder.is_dir():
             raise CogVLM2CheckpointError(f"{folder}: not a folder")
@@ -53,7 +57,7 @@ class CogVLM2Captioner:
             raise CogVLM2CheckpointError(f"{folder}: cannot load the tokenizer ({exc})") from exc
         if tokenizer.bos_token_id is None:
             raise CogVLM2CheckpointError(f"{folder}: the tokenizer defines no bos token")
-        model = CogVLM2Model.from_folder(folder, device=device, dtype=dtype)
+        model = CogVLM2Model.from_folder(folder, device=device, dtype=dtype, quantize=quantize)
         return cls(model, tokenizer)
 
     def prepare(

@@ -12,6 +12,7 @@ from transformers import GenerationConfig, LlamaForCausalLM
 from .checkpoint import CogVLM2CheckpointError, load_state_dicts
 from .config import CogVLM2Config
 from .prompt import VISION, build_position_ids
+from .quantize import check_mode, quantize_linears
 from .vision import VisionTower
 
 
@@ -59,13 +60,19 @@ class CogVLM2Model(nn.Module):
         folder: str | Path,
         device: str | torch.device = "cpu",
         dtype: torch.dtype | None = None,
+        quantize: str | None = None,
     ) -> CogVLM2Model:
-        """Load the official layout (config.json, safetensors possibly sharded); no remote code."""
+        """Load the official layout (config.json, safetensors possibly sharded); no remote code.
+
+        quantize: None, "int8" or "nf4" (bitsandbytes; the LM head stays in `dtype`).
+        """
+        check_mode(quantize)
         cfg = CogVLM2Config.from_folder(folder)
         dtype = dtype or default_dtype(device)
         with torch.device("meta"):
             model = cls(cfg)
-        llama_sd, vision_sd, inv_freq = load_state_dicts(folder, cfg, dtype, device)
+        load_device = "cpu" if quantize else device
+        llama_sd, vision_sd, inv_freq = load_state_dicts(folder, cfg, dtype, load_device)
         _load(model.language_model, llama_sd, folder, "language model")
         _load(model.vision, vision_sd, folder, "vision tower")
         if inv_freq is None:  # not stored: fall back to the formula the original used to init it
@@ -77,9 +84,13 @@ class CogVLM2Model(nn.Module):
                 f"{folder}: rotary inv_freq has shape {tuple(inv_freq.shape)}, expected "
                 f"({cfg.head_dim // 2},) for head width {cfg.head_dim}"
             )
-        model.language_model.model.rotary_emb = CheckpointRotaryEmbedding(inv_freq.to(device))
+        model.language_model.model.rotary_emb = CheckpointRotaryEmbedding(inv_freq.to(load_device))
         model.language_model.generation_config = generation_config(folder, cfg)
-        return model.eval().requires_grad_(False)
+        model.requires_grad_(False)
+        if quantize:
+            quantize_linears(model, quantize, compute_dtype=dtype)
+            model.to(device)  # bitsandbytes quantizes the weights on this move
+        return model.eval()
 
     @property
     def device(self) -> torch.device:
