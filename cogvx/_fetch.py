@@ -8,6 +8,7 @@ import fcntl
 import hashlib
 import http.client
 import json
+import mmap
 import os
 import queue
 import socket
@@ -28,6 +29,7 @@ BACKOFF_S = 0.25  # first retry delay; doubles up to BACKOFF_MAX_S
 BACKOFF_MAX_S = 8.0
 MAX_REDIRECTS = 10
 PIECE = 1 << 20  # socket reads per call: a dropped connection loses at most this much
+RAMP_MIN = 64 << 10  # smallest chunk of the ramp-up
 RETRY_STATUSES = {408, 425, 429, 500, 502, 503, 504}
 _BLOCK = 512
 _ZERO_BLOCK = bytes(_BLOCK)
@@ -103,16 +105,16 @@ def _sleep_backoff(attempt: int, stop: threading.Event | None = None) -> None:
 
 
 def open_first(
-    url: str, chunk_size: int, timeout: float, log: Log
+    url: str, first_size: int, timeout: float, log: Log
 ) -> tuple[_Target, http.client.HTTPConnection, http.client.HTTPResponse]:
-    """Ask for the first chunk, following redirects; return the answer once it is 200 or 206."""
+    """Ask for the first range, following redirects; return the answer once it is 200 or 206."""
     target = _Target(url)
     redirects = 0
     failures = 0
     while True:
         conn = target.connect(timeout)
         try:
-            headers = dict(_HEADERS, Range=f"bytes=0-{chunk_size - 1}")
+            headers = dict(_HEADERS, Range=f"bytes=0-{first_size - 1}")
             conn.request("GET", target.request_path, headers=headers)
             resp = conn.getresponse()
         except (OSError, http.client.HTTPException) as e:
@@ -165,8 +167,37 @@ def content_range_total(resp: http.client.HTTPResponse, safe: str) -> int:
 # --- sources of ordered chunks ---------------------------------------------------------------
 
 
+def _buffer(size: int) -> mmap.mmap:
+    """A chunk buffer: anonymous memory, zero pages mapped on first write (no up-front memset)."""
+    return mmap.mmap(-1, size)
+
+
+def first_span(chunk_size: int, connections: int) -> int:
+    """Size of the first range: the ramp-up's first step."""
+    return max(min(RAMP_MIN, chunk_size), chunk_size // max(1, connections))
+
+
+def plan_spans(total: int, chunk_size: int, connections: int) -> list[tuple[int, int]]:
+    """(start, length) of each range: chunk/N, 2 chunk/N, ... chunk, then chunk-sized ranges.
+
+    Connections share an uncapped link, so equal big first chunks would all finish late
+    together and leave tar idle; the ramp hands tar its first bytes almost at once.
+    """
+    spans = []
+    start = 0
+    while start < total:
+        i = len(spans)
+        size = chunk_size
+        if i < connections:
+            size = max(first_span(chunk_size, connections), chunk_size * (i + 1) // connections)
+        length = min(size, total - start)
+        spans.append((start, length))
+        start += length
+    return spans or [(0, 0)]
+
+
 class RangeReader:
-    """Download [0, total) as chunk_size ranges over parallel connections; iterate in order.
+    """Download [0, total) in ranges (see `plan_spans`) over parallel connections, in order.
 
     Memory is (threads + 2) chunk buffers. A yielded view is valid until the next step.
     """
@@ -183,19 +214,19 @@ class RangeReader:
     ) -> None:
         self.target = target
         self.total = total
-        self.chunk = chunk_size
-        self.n = max(1, -(-total // chunk_size))
+        self.spans = plan_spans(total, chunk_size, connections)
+        self.n = len(self.spans)
         self.threads = max(1, min(connections, self.n))
         self.timeout = timeout
         self._first = first
-        self._pool: queue.Queue[bytearray] = queue.Queue()
-        for _ in range(min(self.n, self.threads + 2) - 1):
-            self._pool.put(bytearray(chunk_size))
-        self._first_buf: bytearray | None = bytearray(chunk_size)  # chunk 0 never waits
+        self._chunk = chunk_size
+        self._pool: queue.Queue[mmap.mmap] = queue.Queue()
+        self._unmade = min(self.n, self.threads + 2) - 1  # buffers not allocated yet
+        self._first_buf: mmap.mmap | None = _buffer(chunk_size)  # chunk 0 never waits
         self._next = 1
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
-        self._ready: dict[int, bytearray] = {}
+        self._ready: dict[int, mmap.mmap] = {}
         self._error: BaseException | None = None
         self._stop = threading.Event()
         self._conns: set[http.client.HTTPConnection] = set()
@@ -215,7 +246,7 @@ class RangeReader:
                     if self._error is not None:
                         raise self._error
                     buf = self._ready.pop(idx)
-                yield memoryview(buf)[: self._length(idx)]
+                yield memoryview(buf)[: self.spans[idx][1]]
                 self._pool.put(buf)
         finally:
             self._stop.set()
@@ -228,10 +259,11 @@ class RangeReader:
             for w in workers:
                 w.join(timeout=5)
 
-    def _length(self, idx: int) -> int:
-        return min(self.chunk, self.total - idx * self.chunk)
-
-    def _take_buffer(self) -> bytearray | None:
+    def _take_buffer(self) -> mmap.mmap | None:
+        with self._lock:
+            if self._unmade > 0 and self._pool.empty():
+                self._unmade -= 1
+                return _buffer(self._chunk)
         while not self._stop.is_set():
             try:
                 return self._pool.get(timeout=0.2)
@@ -289,12 +321,11 @@ class RangeReader:
     def _fetch(
         self,
         idx: int,
-        buf: bytearray,
+        buf: mmap.mmap,
         conn: http.client.HTTPConnection | None,
         resp: http.client.HTTPResponse | None,
     ) -> http.client.HTTPConnection | None:
-        start = idx * self.chunk
-        length = self._length(idx)
+        start, length = self.spans[idx]
         end = start + length - 1
         view = memoryview(buf)
         got = 0
@@ -369,10 +400,10 @@ def stream_chunks(
     close: Callable[[], None] | None = None,
 ) -> Iterator[memoryview]:
     """Read a byte stream in a helper thread into a few reused buffers; iterate in order."""
-    pool: queue.Queue[bytearray] = queue.Queue()
+    pool: queue.Queue[mmap.mmap | None] = queue.Queue()
     for _ in range(3):
-        pool.put(bytearray(chunk_size))
-    out: queue.Queue[tuple[bytearray, int] | BaseException | None] = queue.Queue()
+        pool.put(_buffer(chunk_size))
+    out: queue.Queue[tuple[mmap.mmap, int] | BaseException | None] = queue.Queue()
     stop = threading.Event()
 
     def read() -> None:
@@ -380,7 +411,7 @@ def stream_chunks(
         try:
             while not stop.is_set():
                 buf = pool.get()
-                if stop.is_set():
+                if buf is None or stop.is_set():
                     return
                 view = memoryview(buf)
                 n = 0
@@ -418,7 +449,7 @@ def stream_chunks(
             pool.put(buf)
     finally:
         stop.set()
-        pool.put(bytearray(0))
+        pool.put(None)
         if close is not None:
             with contextlib.suppress(OSError):
                 close()
@@ -776,7 +807,8 @@ def extract_stream(
             raise WeightsError(f"{label} is not a tar archive (it starts with {head!r})")
         checker = TarChecker(label)
         dest.mkdir(parents=True, exist_ok=True)
-        cmd = ["tar", "-x", "-f", "-", "-C", str(dest), "--no-same-owner"]
+        # 1 MiB records (-b 2048, -B: accept short pipe reads) halve tar's CPU vs 10 KiB ones
+        cmd = ["tar", "-x", "-f", "-", "-b", "2048", "-B", "-C", str(dest), "--no-same-owner"]
         try:
             proc = subprocess.Popen(
                 cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE

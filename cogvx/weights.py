@@ -34,6 +34,7 @@ from cogvx._fetch import (
     content_range_total,
     extract_stream,
     file_chunks,
+    first_span,
     is_url,
     open_first,
     parse_manifest,
@@ -269,7 +270,8 @@ def _download(
     *,
     log: Log,
 ) -> TarChecker:
-    target, conn, resp = open_first(url, chunk_size, stall_timeout, log)
+    first = first_span(chunk_size, connections)
+    target, conn, resp = open_first(url, first, stall_timeout, log)
     try:
         if resp.status == 206:
             total = content_range_total(resp, label)
