@@ -1,0 +1,162 @@
+"""SAT LoRA (`matrix_A`/`matrix_B` on query_key_value and dense) to a diffusers LoRA file.
+
+SAT's LoraLinear adds `scale * x @ A_i.T @ B_i.T` per output partition (q, k, v for
+query_key_value), with scale = lora_alpha / r and lora_alpha = 1 by default. diffusers' CogVideoX
+loader ignores network alphas, so the scale is folded into `lora_B`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from cogvx.sat import (
+    DTYPES,
+    SAT_PREFIX,
+    Log,
+    SatConversionError,
+    load_state_dict,
+    source_dtype,
+)
+
+LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
+_KEY = re.compile(
+    r"transformer\.layers\.(?P<n>\d+)\.attention\.(?P<mod>query_key_value|dense)"
+    r"\.matrix_(?P<ab>[AB])\.(?P<i>\d+)$"
+)
+_TARGETS = {"query_key_value": ("to_q", "to_k", "to_v"), "dense": ("to_out.0",)}
+
+
+@dataclass
+class LoraModule:
+    """One SAT LoRA linear: its layer, module and per-partition A/B matrices."""
+
+    layer: int
+    module: str
+    a: dict[int, torch.Tensor]
+    b: dict[int, torch.Tensor]
+
+    @property
+    def rank(self) -> int:
+        """LoRA rank r (rows of A)."""
+        return next(iter(self.a.values())).shape[0]
+
+
+def collect_lora(sd: dict[str, torch.Tensor], path: str | Path = "checkpoint") -> list[LoraModule]:
+    """Group SAT LoRA matrices (keys with or without the SAT prefix) by module; strict checks."""
+    mods: dict[tuple[int, str], LoraModule] = {}
+    unknown = []
+    for k, t in sd.items():
+        name = k[len(SAT_PREFIX) :] if k.startswith(SAT_PREFIX) else k
+        if ".matrix_" not in name:
+            continue
+        m = _KEY.match(name)
+        if not m:
+            unknown.append(k)
+            continue
+        key = (int(m["n"]), m["mod"])
+        mod = mods.setdefault(key, LoraModule(key[0], key[1], {}, {}))
+        (mod.a if m["ab"] == "A" else mod.b)[int(m["i"])] = t
+    if unknown:
+        raise SatConversionError(
+            f"{path}: LoRA matrices this exporter does not know: {unknown[:10]} "
+            "(supported: attention.query_key_value and attention.dense)"
+        )
+    if not mods:
+        raise SatConversionError(
+            f"{path} holds no SAT LoRA matrices (keys like {SAT_PREFIX}transformer.layers.0."
+            "attention.query_key_value.matrix_A.0)"
+        )
+    for mod in mods.values():
+        parts = len(_TARGETS[mod.module])
+        where = f"{path}: layer {mod.layer} {mod.module}"
+        if sorted(mod.a) != list(range(parts)) or sorted(mod.b) != list(range(parts)):
+            raise SatConversionError(
+                f"{where}: expected matrix_A.0-{parts - 1} and matrix_B.0-{parts - 1}, "
+                f"found A {sorted(mod.a)} and B {sorted(mod.b)}"
+            )
+        for i in range(parts):
+            a, b = mod.a[i], mod.b[i]
+            if a.ndim != 2 or b.ndim != 2 or a.shape[0] != b.shape[1] or a.shape[0] != mod.rank:
+                raise SatConversionError(
+                    f"{where}: matrix_A.{i} {tuple(a.shape)} and matrix_B.{i} {tuple(b.shape)} "
+                    "are not a rank-r pair [r, in] / [out, r]"
+                )
+    return [mods[k] for k in sorted(mods)]
+
+
+def lora_to_diffusers(
+    modules: list[LoraModule], alpha: float = 1.0, dtype: torch.dtype | None = None
+) -> dict[str, torch.Tensor]:
+    """diffusers LoRA tensors (`transformer_blocks.N.attn1.to_q.lora_A.weight`, ...).
+
+    SAT's scale alpha/r is folded into lora_B."""
+    out = {}
+    for mod in modules:
+        scale = alpha / mod.rank
+        for i, target in enumerate(_TARGETS[mod.module]):
+            base = f"transformer_blocks.{mod.layer}.attn1.{target}"
+            a, b = mod.a[i], mod.b[i]
+            dt = dtype or a.dtype
+            out[f"{base}.lora_A.weight"] = a.to(dt).contiguous()
+            out[f"{base}.lora_B.weight"] = (b.float() * scale).to(dt).contiguous()
+    return out
+
+
+def lora_deltas(
+    sd: dict[str, torch.Tensor], alpha: float = 1.0, path: str | Path = "checkpoint"
+) -> dict[str, Callable[[], torch.Tensor]]:
+    """Weight deltas alpha/r * B @ A per diffusers weight key (lazy, fp32), for merging."""
+    out = {}
+    for mod in collect_lora(sd, path):
+        scale = alpha / mod.rank
+        for i, target in enumerate(_TARGETS[mod.module]):
+            a, b = mod.a[i], mod.b[i]
+            key = f"transformer_blocks.{mod.layer}.attn1.{target}.weight"
+            out[key] = lambda a=a, b=b, s=scale: (b.float() @ a.float()) * s
+    return out
+
+
+def export_lora(
+    checkpoint: str | Path,
+    out_dir: str | Path,
+    alpha: float = 1.0,
+    dtype: str | None = None,
+    trust_pickle: bool = False,
+    log: Log = print,
+) -> Path:
+    """Export the SAT LoRA in `checkpoint` to `out_dir/pytorch_lora_weights.safetensors`."""
+    from diffusers import CogVideoXPipeline
+
+    if alpha <= 0:
+        raise ValueError(f"--alpha must be > 0, got {alpha}")
+    if dtype is not None and dtype not in DTYPES:
+        raise ValueError(f"--dtype {dtype!r} is not allowed; choose one of {sorted(DTYPES)}")
+    sd = load_state_dict(checkpoint, trust_pickle=trust_pickle)
+    modules = collect_lora(sd, checkpoint)
+    ignored = sum(1 for k in sd if ".matrix_" not in k)
+    ranks = sorted({m.rank for m in modules})
+    layers = sorted({m.layer for m in modules})
+    lora_tensors = [t for m in modules for t in (*m.a.values(), *m.b.values())]
+    out_dtype = DTYPES[dtype] if dtype else source_dtype(lora_tensors)
+    state = lora_to_diffusers(modules, alpha, out_dtype)
+    log(
+        f"SAT LoRA: {len(modules)} modules over {len(layers)} layers "
+        f"({layers[0]}..{layers[-1]}), rank {'/'.join(map(str, ranks))}, alpha {alpha:g} "
+        f"-> scale {'/'.join(f'{alpha / r:g}' for r in ranks)} folded into lora_B"
+    )
+    if ignored:
+        log(f"ignored {ignored} non-LoRA tensors (base model weights)")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    CogVideoXPipeline.save_lora_weights(
+        out, transformer_lora_layers=state, weight_name=LORA_WEIGHT_NAME
+    )
+    path = out / LORA_WEIGHT_NAME
+    log(f"wrote {path} ({len(state)} tensors, {str(out_dtype).removeprefix('torch.')}, "
+        f"{path.stat().st_size / 1e6:.1f} MB)")  # fmt: skip
+    return path

@@ -1,0 +1,49 @@
+"""Export a SAT CogVideoX LoRA to a diffusers LoRA file (`load_lora_weights` ready).
+
+    python tools/export_sat_lora_weight.py --sat-pt ckpts/lora/1000/mp_rank_00_model_states.pt \\
+        --output my-lora
+
+Any depth and rank; SAT's scale alpha/r (lora_alpha defaults to 1) is folded into lora_B.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from cogvx.sat import SatConversionError  # noqa: E402
+from cogvx.sat_lora import export_lora  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry point; returns the exit status (1 with a one-line error on bad input)."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument(
+        "--sat-pt", required=True, type=Path, help="SAT LoRA checkpoint .pt or its save folder"
+    )
+    p.add_argument(
+        "--output", required=True, type=Path, help="folder for pytorch_lora_weights.safetensors"
+    )
+    p.add_argument(
+        "--alpha", type=float, default=1.0, help="SAT lora_alpha used in training (default 1)"
+    )
+    p.add_argument(
+        "--dtype", choices=["fp32", "bf16", "fp16"], help="output dtype (default: as stored)"
+    )
+    p.add_argument(
+        "--trust-pickle", action="store_true", help="allow pickled objects (trusted files only)"
+    )
+    args = p.parse_args(argv)
+    try:
+        export_lora(args.sat_pt, args.output, args.alpha, args.dtype, args.trust_pickle)
+    except (ValueError, SatConversionError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
