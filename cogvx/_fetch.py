@@ -12,6 +12,7 @@ import mmap
 import os
 import queue
 import socket
+import struct
 import subprocess
 import threading
 import time
@@ -340,10 +341,11 @@ class RangeReader:
                     conn.request("GET", self.target.request_path, headers=headers)
                     resp = conn.getresponse()
                     self._check_answer(resp, start + got)
+                got, readinto = self._body_reader(conn, resp, view, got, length)
                 while got < length:
                     if self._stop.is_set():
                         raise _Stopped
-                    n = resp.readinto(view[got : min(length, got + PIECE)])
+                    n = readinto(view[got : min(length, got + PIECE)])
                     if not n:
                         raise ConnectionError(f"connection closed after {got} of {length} bytes")
                     got += n
@@ -363,6 +365,34 @@ class RangeReader:
                     ) from e
                 _sleep_backoff(failures, self._stop)
         return conn
+
+    def _body_reader(
+        self,
+        conn: http.client.HTTPConnection,
+        resp: http.client.HTTPResponse,
+        view: memoryview,
+        got: int,
+        length: int,
+    ) -> tuple[int, Callable[[memoryview], int]]:
+        """How to read this answer's body: (bytes already placed at view[got:], readinto)."""
+        sock = conn.sock
+        if type(sock) is not socket.socket or resp.will_close:
+            return got, resp.readinto
+        # Plain HTTP: take what http.client buffered, then read the socket itself in blocking
+        # mode with MSG_WAITALL: one call per PIECE instead of one per burst of packets.
+        head = resp.fp.read1(min(length - got, 1 << 16))
+        view[got : got + len(head)] = head
+        if sock.gettimeout() is not None:
+            sock.settimeout(None)
+            tv = struct.pack("ll", int(self.timeout), int(self.timeout % 1 * 1e6))
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, tv)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, tv)
+        resp.close()  # the body is read from the socket: the connection may send the next request
+
+        def readinto(piece: memoryview) -> int:
+            return sock.recv_into(piece, len(piece), socket.MSG_WAITALL)
+
+        return got + len(head), readinto
 
     def _check_answer(self, resp: http.client.HTTPResponse, start: int) -> None:
         if resp.status == 206:

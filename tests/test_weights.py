@@ -119,6 +119,18 @@ def test_dropped_connections_resume_their_chunk(packed, tmp_path):
     same_tree(src, tmp_path / "w")
 
 
+def test_stalled_connection_times_out_and_resumes(packed, tmp_path):
+    src, _, data = packed
+    starts = [start for start, _ in spans(data)]
+    hang = {starts[0], starts[3]}.__contains__  # the first answer (chunk 0) and a later one
+    with WeightsServer({"/w.tar": data}, hang=hang) as srv:
+        fetch(srv.url("/w.tar"), tmp_path / "w", stall_timeout=0.3)
+        assert srv.hung == 2
+        resumed = [r for _, r in srv.requests if int(r[6:].split("-")[0]) not in starts]
+        assert len(resumed) == 2
+    same_tree(src, tmp_path / "w")
+
+
 def test_redirect_is_followed_without_leaking_signatures(packed, tmp_path):
     _, _, data = packed
     logs: list[str] = []

@@ -34,9 +34,12 @@ class WeightsServer:
         statuses: dict[str, int] | None = None,
         redirects: dict[str, str] | None = None,
         short_by: int = 0,
+        hang: Callable[[int], bool] | None = None,
+        hang_s: float = 3.0,
     ) -> None:
         """files: URL path -> body; drop(start) -> True drops the first answer for that offset.
 
+        hang(start) -> True: the first answer for that offset stops half-way for hang_s seconds.
         rate: bytes/s per connection; short_by: send that many bytes fewer than announced.
         """
         self.files = files
@@ -46,10 +49,13 @@ class WeightsServer:
         self.statuses = statuses or {}
         self.redirects = redirects or {}
         self.short_by = short_by
+        self.hang = hang
+        self.hang_s = hang_s
         self.gate = threading.Event()
         self.gate.set()
         self.requests: list[tuple[str, str | None]] = []
         self.dropped = 0
+        self.hung = 0
         self._seen: set[tuple[str, int]] = set()
         self._lock = threading.Lock()
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
@@ -135,15 +141,22 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", "application/x-tar")
         self.end_headers()
         send = max(0, length - srv.short_by)
+        hang = False
         if srv.drop is not None and srv.drop(start) and srv._first_time(path, start):
             send = length // 2
             with srv._lock:
                 srv.dropped += 1
+        elif srv.hang is not None and srv.hang(start) and srv._first_time(path, start):
+            send, hang = length // 2, True
+            with srv._lock:
+                srv.hung += 1
         try:
             self._body(body, start, send, srv.rate)
         except OSError:
             self.close_connection = True
             return
+        if hang:
+            time.sleep(srv.hang_s)  # silent but open: only the client's stall timeout helps
         if send < length:
             self.close_connection = True
             try:
