@@ -341,15 +341,24 @@ class RangeReader:
                     conn.request("GET", self.target.request_path, headers=headers)
                     resp = conn.getresponse()
                     self._check_answer(resp, start + got)
-                got, readinto = self._body_reader(conn, resp, view, got, length)
-                while got < length:
+                # a short answer is read and the rest asked again; a long one ends the connection
+                size = resp.length if resp.length is not None else length - got
+                if size <= 0:
+                    raise ConnectionError("empty answer to a range request")
+                exact = size == length - got
+                stop_at = got + min(size, length - got)
+                got, readinto = self._body_reader(conn, resp, view, got, stop_at)
+                while got < stop_at:
                     if self._stop.is_set():
                         raise _Stopped
-                    n = readinto(view[got : min(length, got + PIECE)])
+                    n = readinto(view[got : min(stop_at, got + PIECE)])
                     if not n:
                         raise ConnectionError(f"connection closed after {got} of {length} bytes")
                     got += n
                 resp = None
+                if not exact:
+                    self._drop(conn)
+                    conn = None
             except (OSError, http.client.HTTPException) as e:
                 if self._stop.is_set():
                     raise _Stopped from e
@@ -376,7 +385,7 @@ class RangeReader:
     ) -> tuple[int, Callable[[memoryview], int]]:
         """How to read this answer's body: (bytes already placed at view[got:], readinto)."""
         sock = conn.sock
-        if type(sock) is not socket.socket or resp.will_close:
+        if type(sock) is not socket.socket or resp.will_close or resp.chunked:
             return got, resp.readinto
         # Plain HTTP: take what http.client buffered, then read the socket itself in blocking
         # mode with MSG_WAITALL: one call per PIECE instead of one per burst of packets.

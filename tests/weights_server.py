@@ -36,11 +36,15 @@ class WeightsServer:
         short_by: int = 0,
         hang: Callable[[int], bool] | None = None,
         hang_s: float = 3.0,
+        max_answer: int | None = None,
+        open_ended: bool = False,
     ) -> None:
         """files: URL path -> body; drop(start) -> True drops the first answer for that offset.
 
         hang(start) -> True: the first answer for that offset stops half-way for hang_s seconds.
         rate: bytes/s per connection; short_by: send that many bytes fewer than announced.
+        max_answer: answer at most this many bytes of a range (honestly, in Content-Range);
+        open_ended: answer every range up to the end of the file.
         """
         self.files = files
         self.ranges = ranges
@@ -51,6 +55,8 @@ class WeightsServer:
         self.short_by = short_by
         self.hang = hang
         self.hang_s = hang_s
+        self.max_answer = max_answer
+        self.open_ended = open_ended
         self.gate = threading.Event()
         self.gate.set()
         self.requests: list[tuple[str, str | None]] = []
@@ -125,7 +131,9 @@ class _Handler(BaseHTTPRequestHandler):
         if srv.ranges and want and want.startswith("bytes="):
             first, _, last = want[6:].partition("-")
             start = int(first)
-            end = min(int(last), size - 1) if last else size - 1
+            end = min(int(last), size - 1) if last and not srv.open_ended else size - 1
+            if srv.max_answer:
+                end = min(end, start + srv.max_answer - 1)
             if start >= size:
                 self.send_response(416)
                 self.send_header("Content-Range", f"bytes */{size}")
