@@ -1,0 +1,148 @@
+"""SAT LoRA export: loaded with `load_lora_weights`, it reproduces the SAT LoRA model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from cogvx.sat import FAMILIES, SAT_PREFIX, SatConversionError
+from cogvx.sat_lora import export_lora
+from cogvx.sat_pipeline import convert_pipeline
+from cogvx.sat_synth import sat_lora_state, sat_transformer_state, tiny_transformer
+from tools.export_sat_lora_weight import main as export_main
+
+QUIET = {"log": lambda _msg: None}
+HIDDEN = 32  # tiny_transformer: 2 heads x 16
+
+
+def _sat_lora_merge(base: dict, lora: dict, layers: int, scale: float) -> dict:
+    """What SAT's LoraLinear computes, as merged weights: W + scale * cat_i(B_i @ A_i)."""
+    merged = dict(base)
+    for n in range(layers):
+        for mod, parts in (("query_key_value", 3), ("dense", 1)):
+            key = f"{SAT_PREFIX}transformer.layers.{n}.attention.{mod}"
+            delta = torch.cat(
+                [lora[f"{key}.matrix_B.{i}"] @ lora[f"{key}.matrix_A.{i}"] for i in range(parts)]
+            )
+            merged[f"{key}.weight"] = base[f"{key}.weight"] + scale * delta
+    return merged
+
+
+def _sat_lora_checkpoint(base: dict, lora: dict) -> dict:
+    """A SAT LoRA training checkpoint: LoRA'd linears keep their weights under `.original.`."""
+    out = {}
+    for k, v in base.items():
+        if ".attention.query_key_value." in k or ".attention.dense." in k:
+            k = k.replace(".weight", ".original.weight").replace(".bias", ".original.bias")
+        out[k] = v
+    return {**out, **lora}
+
+
+def _load_transformer(folder: Path):
+    from diffusers import CogVideoXTransformer3DModel
+
+    return CogVideoXTransformer3DModel.from_pretrained(folder / "transformer").eval()
+
+
+def _run(model, seed: int = 0) -> torch.Tensor:
+    from diffusers.models.embeddings import get_3d_rotary_pos_embed
+
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(1, 4, model.config.in_channels, 8, 12, generator=g)
+    text = torch.randn(1, 7, 32, generator=g)
+    rope = get_3d_rotary_pos_embed(16, ((0, 0), (4, 6)), (4, 6), 4)
+    with torch.no_grad():
+        return model(x, text, torch.tensor([700]), image_rotary_emb=rope, return_dict=False)[0]
+
+
+@pytest.mark.parametrize(("layers", "rank", "alpha"), [(2, 4, None), (3, 8, 16.0)])
+def test_exported_lora_reproduces_sat_lora_model(tmp_path, capsys, layers, rank, alpha):
+    from diffusers import CogVideoXDPMScheduler, CogVideoXPipeline
+
+    family = FAMILIES["t2v-5b"]
+    base = sat_transformer_state(
+        tiny_transformer(family, num_layers=layers, sample=(8, 12, 17), seed=layers), family
+    )
+    lora = sat_lora_state(layers, HIDDEN, rank, seed=rank)
+    scale = (alpha or 1.0) / rank
+    torch.save({"module": _sat_lora_merge(base, lora, layers, scale)}, tmp_path / "merged.pt")
+    torch.save({"module": _sat_lora_checkpoint(base, lora)}, tmp_path / "lora.pt")
+
+    want = _run(
+        _load_transformer(
+            convert_pipeline(tmp_path / "ref", transformer=tmp_path / "merged.pt", **QUIET)
+        )
+    )
+    args = ["--sat-pt", str(tmp_path / "lora.pt"), "--output", str(tmp_path / "export")]
+    assert export_main(args + (["--alpha", str(alpha)] if alpha else [])) == 0
+    printed = capsys.readouterr().out
+    assert f"{2 * layers} modules over {layers} layers" in printed and f"rank {rank}" in printed
+    assert f"{8 * layers} tensors" in printed  # (q, k, v, out) x (A, B) per layer
+
+    base_dir = convert_pipeline(
+        tmp_path / "base", transformer=tmp_path / "lora.pt", lora="drop", **QUIET
+    )
+    pipe = CogVideoXPipeline(
+        tokenizer=None,
+        text_encoder=None,
+        vae=None,
+        transformer=_load_transformer(base_dir),
+        scheduler=CogVideoXDPMScheduler(),
+    )
+    plain = _run(pipe.transformer)
+    pipe.load_lora_weights(tmp_path / "export")
+    got = _run(pipe.transformer)
+    assert (want - plain).abs().max() > 1e-2  # the LoRA changes the output
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+    pipe.unload_lora_weights()
+    assert torch.equal(_run(pipe.transformer), plain)
+
+    merged_dir = convert_pipeline(
+        tmp_path / "merge",
+        transformer=tmp_path / "lora.pt",
+        lora="merge",
+        lora_alpha=alpha or 1.0,
+        **QUIET,
+    )
+    torch.testing.assert_close(_run(_load_transformer(merged_dir)), want, rtol=0, atol=1e-5)
+
+
+def test_lora_errors(tmp_path):
+    family = FAMILIES["t2v-5b"]
+    base = sat_transformer_state(tiny_transformer(family), family)
+    torch.save({"module": base}, tmp_path / "base.pt")
+    with pytest.raises(SatConversionError, match="holds no SAT LoRA matrices"):
+        export_lora(tmp_path / "base.pt", tmp_path / "o1", **QUIET)
+    lora = sat_lora_state(2, HIDDEN, 4)
+    del lora[f"{SAT_PREFIX}transformer.layers.1.attention.query_key_value.matrix_B.2"]
+    torch.save({"module": {**base, **lora}}, tmp_path / "partial.pt")
+    with pytest.raises(
+        SatConversionError, match=r"layer 1 query_key_value: expected matrix_A\.0-2"
+    ):
+        export_lora(tmp_path / "partial.pt", tmp_path / "o2", **QUIET)
+    with pytest.raises(SatConversionError, match="--lora merge"):
+        convert_pipeline(tmp_path / "o3", transformer=tmp_path / "partial.pt", **QUIET)
+    with pytest.raises(ValueError, match="--alpha must be > 0"):
+        export_lora(tmp_path / "partial.pt", tmp_path / "o4", alpha=0, **QUIET)
+    odd = {f"{SAT_PREFIX}transformer.layers.0.cross_attention.dense.matrix_A.0": torch.zeros(4, 32)}
+    torch.save({"module": odd}, tmp_path / "odd.pt")
+    with pytest.raises(SatConversionError, match="does not know"):
+        export_lora(tmp_path / "odd.pt", tmp_path / "o5", **QUIET)
+
+
+def test_lora_dtype(tmp_path):
+    lora = {k: v.bfloat16() for k, v in sat_lora_state(2, HIDDEN, 4).items()}
+    torch.save({"module": lora}, tmp_path / "bf16.pt")
+    from safetensors.torch import load_file
+
+    path = export_lora(tmp_path / "bf16.pt", tmp_path / "a", **QUIET)
+    tensors = load_file(str(path))
+    assert {t.dtype for t in tensors.values()} == {torch.bfloat16}
+    assert len(tensors) == 16
+    key = "transformer.transformer_blocks.1.attn1.to_v.lora_B.weight"
+    src = lora[f"{SAT_PREFIX}transformer.layers.1.attention.query_key_value.matrix_B.2"]
+    assert torch.equal(tensors[key], (src.float() / 4).bfloat16())
+    path = export_lora(tmp_path / "bf16.pt", tmp_path / "b", dtype="fp32", **QUIET)
+    assert {t.dtype for t in load_file(str(path)).values()} == {torch.float32}
