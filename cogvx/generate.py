@@ -14,6 +14,7 @@ import torch
 
 from cogvx import checks
 from cogvx.gpu import MemoryPlan, apply_plan, cpu_generator, current_plan, resolve_seed, torch_dtype
+from cogvx.log import log as log_line
 from cogvx.models import Variant, get_variant
 from cogvx.video import to_uint8_frames
 
@@ -83,11 +84,11 @@ class Result:
 class VideoModel:
     """A loaded CogVideoX pipeline, its variant row and the memory plan it runs under."""
 
-    def __init__(self, variant: Variant, pipe: Any, plan: MemoryPlan, log: Log = print):
+    def __init__(self, variant: Variant, pipe: Any, plan: MemoryPlan, log: Log = log_line):
         self.variant, self.pipe, self.plan, self.log = variant, pipe, plan, log
 
     @classmethod
-    def load(cls, model: str, weights: str | None = None, log: Log = print) -> VideoModel:
+    def load(cls, model: str, weights: str | None = None, log: Log = log_line) -> VideoModel:
         """Fetch weights (COG_WEIGHTS overrides the table's URL), load, place on the device."""
         import diffusers
 
@@ -97,7 +98,7 @@ class VideoModel:
         plan = current_plan(v.memory)
         t0 = time.perf_counter()
         pipe = getattr(diffusers, v.pipeline).from_pretrained(
-            folder, torch_dtype=torch_dtype(v.dtype, plan.device)
+            folder, dtype=torch_dtype(v.dtype, plan.device)
         )
         pipe.set_progress_bar_config(mininterval=1.0)
         apply_plan(pipe, plan, log)

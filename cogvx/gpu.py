@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from cogvx.log import log as log_line
 from cogvx.models import MemoryNeed
 
 HEADROOM_GB = 1.5  # CUDA context, allocator fragmentation, the encoder's output tensors
@@ -77,7 +78,7 @@ def current_plan(need: MemoryNeed) -> MemoryPlan:
     return plan_memory(need, *measured, forced=os.environ.get(OFFLOAD_ENV) or None)
 
 
-def apply_plan(pipe: Any, plan: MemoryPlan, log: Callable[[str], None] = print) -> None:
+def apply_plan(pipe: Any, plan: MemoryPlan, log: Callable[[str], None] = log_line) -> None:
     """Place a diffusers pipeline according to `plan` (never .to('cuda') and offload together)."""
     if plan.offload == "cpu":
         pipe.to("cpu")
@@ -106,7 +107,7 @@ def torch_dtype(name: str, device: str) -> torch.dtype:
     return getattr(torch, name)
 
 
-def resolve_seed(seed: int | None, log: Callable[[str], None] = print) -> int:
+def resolve_seed(seed: int | None, log: Callable[[str], None] = log_line) -> int:
     """Use the given seed or draw one; always log it so a run can be reproduced."""
     if seed is None:
         seed = secrets.randbelow(2**31)

@@ -9,6 +9,7 @@ from typing import Any
 
 from cogvx import checks
 from cogvx.generate import Request, VideoModel
+from cogvx.log import log as log_line
 from cogvx.video import OUTPUT_FORMATS, fresh_output_path, write_video
 
 OUTPUT_ENV = "COGVX_OUTPUT_DIR"  # per-prediction output folders live here
@@ -23,7 +24,9 @@ def output_root() -> Path:
 class VideoService:
     """One loaded model serving predictions."""
 
-    def __init__(self, model: str, weights: str | None = None, log: Callable[[str], None] = print):
+    def __init__(
+        self, model: str, weights: str | None = None, log: Callable[[str], None] = log_line
+    ):
         self.log = log
         self.model = VideoModel.load(model, weights, log=log)
 

@@ -11,8 +11,7 @@ class Inputs:
     """Inputs every text-to-video model shares (the Go CLI resolves `Inputs.x` statically)."""
 
     prompt = Input(
-        description="What the video shows. CogVideoX reads at most 226 T5 tokens (224 for 1.5); "
-        "longer prompts are truncated and the logs say so. Detailed prompts work best."
+        description="What the video shows. Up to 226 T5 tokens (224 for 1.5) are read; longer prompts are truncated and the logs say so."  # noqa: E501
     )
     negative_prompt = Input(
         description="What the video should not show (leave empty for none).", default=""

@@ -26,17 +26,13 @@ from cogvx.cogvlm2 import (
 )
 from cogvx.cogvlm2.model import CheckpointRotaryEmbedding
 from cogvx.cogvlm2.quantize import QuantizationUnavailableError
+from tests.shared_fixtures import fixture_dir
 
-_CANDIDATES = [
-    Path(__file__).resolve().parents[1] / "shared" / "fixtures" / "cogvlm2",
-    Path("/work/shared/fixtures/cogvlm2"),
-]
-FIXTURE = next((p for p in _CANDIDATES if p.is_dir()), _CANDIDATES[-1])
+FIXTURE = fixture_dir("cogvlm2")
 PROMPT = "Please describe this video in detail."
 TEMPLATES = ["chat", "base"]
 TOKENIZER_FILES = ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"]
 
-pytestmark = pytest.mark.skipif(not FIXTURE.is_dir(), reason="CogVLM2 golden fixture not found")
 
 
 @pytest.fixture(scope="module")

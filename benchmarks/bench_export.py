@@ -1,0 +1,80 @@
+"""Encode 49 frames of 480x720: cogvx.video.write_video vs diffusers' export_to_video.
+
+    python benchmarks/bench_export.py [--repeats 5]
+
+Prints both times, PSNR against the source frames, whether each file is faststart, and the
+speed-up ratio last (target >= 1.8x).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from cogvx.video import write_video  # noqa: E402
+from tests.media import mp4_atoms  # noqa: E402
+
+
+def frames_like_a_generation(t: int = 49, h: int = 480, w: int = 720) -> np.ndarray:
+    """Float frames in [0, 1] (what a pipeline returns): moving gradients plus fine texture."""
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+    texture = rng.normal(0, 0.03, (h, w)).astype(np.float32)
+    out = np.empty((t, h, w, 3), np.float32)
+    for i in range(t):
+        out[i, ..., 0] = 0.5 + 0.5 * np.sin((x + 6 * i) / 40) + texture
+        out[i, ..., 1] = 0.5 + 0.5 * np.cos((y - 4 * i) / 30)
+        out[i, ..., 2] = 0.5 + 0.5 * np.sin((x + y + 5 * i) / 60) - texture
+    return np.clip(out, 0, 1)
+
+
+def psnr(path: Path, ref: np.ndarray) -> float:
+    import av
+
+    with av.open(str(path)) as c:
+        got = np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)]).astype(float)
+    mse = np.mean((got - ref.astype(float)) ** 2)
+    return float(10 * np.log10(255**2 / mse))
+
+
+def timed(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def main() -> None:
+    from diffusers.utils import export_to_video
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    frames = frames_like_a_generation()
+    ref = (frames * 255).round().astype(np.uint8)
+    with tempfile.TemporaryDirectory() as tmp:
+        ours, theirs = Path(tmp, "ours.mp4"), Path(tmp, "diffusers.mp4")
+        t_ours = timed(lambda: write_video(frames, ours, fps=8), args.repeats)
+        t_theirs = timed(lambda: export_to_video(list(frames), str(theirs), fps=8), args.repeats)
+        for name, path, t in (("cogvx", ours, t_ours), ("diffusers", theirs, t_theirs)):
+            atoms = mp4_atoms(path)
+            fast = atoms.index("moov") < atoms.index("mdat")
+            print(
+                f"{name:10s} {t:.3f}s  psnr {psnr(path, ref):.2f} dB  "
+                f"size {path.stat().st_size / 1e6:.2f} MB  faststart={fast}"
+            )
+    print(f"ratio (export_to_video / write_video): {t_theirs / t_ours:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,42 @@
+"""Fixtures for end-to-end tests: tiny weights built by the tools, packed, served over loopback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cogvx.weights import pack_folder
+from tests.weights_server import WeightsServer
+from tools.make_tiny_weights import main as make_tiny_weights
+
+
+@pytest.fixture(scope="session")
+def tiny_tarballs(tmp_path_factory) -> dict[str, Path]:
+    """model name -> packed tarball of its tiny weights (built once per session, lazily)."""
+    root = tmp_path_factory.mktemp("tiny")
+    cache: dict[str, Path] = {}
+
+    class Lazy(dict):
+        def __missing__(self, model: str) -> Path:
+            folder = root / model
+            assert make_tiny_weights(["--model", model, "--out", str(folder)]) == 0
+            cache[model] = pack_folder(folder, root / f"{model}.tar", log=lambda _: None)
+            self[model] = cache[model]
+            return cache[model]
+
+    return Lazy()
+
+
+@pytest.fixture(scope="session")
+def weights_server(tiny_tarballs):
+    """A Range-capable loopback server; `serve(model)` returns the URL of its tiny tarball."""
+    files: dict[str, Path | bytes] = {"/not-a-tar.tar": b"<html>Not a tarball</html>" * 40}
+    with WeightsServer(files, statuses={"/forbidden.tar": 403}) as server:
+
+        def serve(model: str) -> str:
+            files[f"/{model}.tar"] = tiny_tarballs[model]
+            return server.url(f"/{model}.tar")
+
+        server.serve = serve  # type: ignore[attr-defined]
+        yield server

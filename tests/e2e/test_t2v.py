@@ -1,0 +1,164 @@
+"""Text-to-video end to end: tiny weights over HTTP → real setup() → real coglet → ffprobe."""
+
+from __future__ import annotations
+
+import re
+
+import av
+import numpy as np
+import pytest
+
+from tests.coglet_harness import CogletServer, save_output
+from tests.media import ffprobe, mp4_atoms
+
+STEPS = 2
+
+
+def _env(tmp_path, url: str) -> dict[str, str]:
+    return {
+        "COG_WEIGHTS": url,
+        "COGVX_WEIGHTS_CACHE": str(tmp_path / "cache"),
+        "COGVX_OUTPUT_DIR": str(tmp_path / "outputs"),
+    }
+
+
+def _decode(path) -> np.ndarray:
+    with av.open(str(path)) as c:
+        return np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])
+
+
+@pytest.fixture(scope="module")
+def server_5b(weights_server, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("t2v5b")
+    url = weights_server.serve("t2v-5b") + "?X-Amz-Signature=secret"
+    with CogletServer("cog.yaml", env=_env(tmp, url)) as server:
+        health = server.wait_ready(timeout=300)
+        assert health["status"] == "READY", server.logs()
+        server.tmp = tmp  # type: ignore[attr-defined]
+        yield server
+
+
+def _ok(server, tmp_path, name: str, **inputs):
+    status, body = server.predict({"num_inference_steps": STEPS, **inputs}, timeout=300)
+    assert status == 200 and body["status"] == "succeeded", (body, server.logs()[-3000:])
+    return save_output(body["output"], tmp_path / name), body
+
+
+def test_default_model_writes_browser_ready_mp4(server_5b, tmp_path):
+    health = server_5b.health()
+    assert "sha256 verified" in health["setup"]["logs"]
+    assert "secret" not in health["setup"]["logs"]
+    assert "memory plan: device=cpu" in health["setup"]["logs"]
+    video, body = _ok(server_5b, tmp_path, "a.mp4", prompt="a cat on the dog", num_frames=9, seed=7)
+    info = ffprobe(video)
+    assert (info["codec"], info["pix_fmt"]) == ("h264", "yuv420p")
+    assert (info["width"], info["height"]) == (96, 64)  # the tiny folder's native size
+    assert (info["frames"], info["fps"]) == (9, 8.0)
+    assert info["duration"] == pytest.approx(9 / 8, abs=0.01)
+    atoms = mp4_atoms(video)
+    assert atoms.index("moov") < atoms.index("mdat")
+    assert "seed: 7" in body["logs"]
+    assert body["metrics"]["video_output_count"] == 1
+    assert body["metrics"]["video_output_duration_seconds"] == pytest.approx(9 / 8)
+
+
+def test_seed_is_reproducible_and_random_seed_is_logged(server_5b, tmp_path):
+    a, _ = _ok(server_5b, tmp_path, "a.mp4", prompt="a dog", num_frames=9, seed=11)
+    b, _ = _ok(server_5b, tmp_path, "b.mp4", prompt="a dog", num_frames=9, seed=11)
+    c, body = _ok(server_5b, tmp_path, "c.mp4", prompt="a dog", num_frames=9)
+    assert np.array_equal(_decode(a), _decode(b))
+    used = int(re.search(r"seed: (\d+)", body["logs"]).group(1))
+    d, _ = _ok(server_5b, tmp_path, "d.mp4", prompt="a dog", num_frames=9, seed=used)
+    assert np.array_equal(_decode(c), _decode(d))
+
+
+def test_older_outputs_are_deleted(server_5b, tmp_path):
+    _ok(server_5b, tmp_path, "x.mp4", prompt="a cat", num_frames=9, seed=1)
+    _ok(server_5b, tmp_path, "y.mp4", prompt="a cat", num_frames=9, seed=2)
+    files = [p for p in (server_5b.tmp / "outputs").rglob("*") if p.is_file()]
+    assert len(files) == 1 and files[0].name.startswith("cogvideox-2-")
+
+
+@pytest.mark.parametrize(("fmt", "codec"), [("webm", "vp9"), ("gif", "gif")])
+def test_webm_and_gif(server_5b, tmp_path, fmt, codec):
+    video, _ = _ok(
+        server_5b, tmp_path, f"v.{fmt}", prompt="a cat", num_frames=17, output_format=fmt, fps=16
+    )
+    info = ffprobe(video)
+    assert info["codec"] == codec and info["frames"] == 17
+
+
+def test_long_prompt_is_truncated_with_a_log_line(server_5b, tmp_path):
+    _, body = _ok(server_5b, tmp_path, "t.mp4", prompt="the cat and the dog " * 80, num_frames=9)
+    assert re.search(r"prompt is \d+ T5 tokens; t2v-5b reads the first 226", body["logs"])
+
+
+@pytest.mark.parametrize(
+    ("inputs", "field", "message"),
+    [
+        ({"num_frames": 10}, "num_frames", "10 is not one of [9,17,25,33,41,49]"),
+        ({"num_inference_steps": 999}, "num_inference_steps", "greater than the maximum of 100"),
+        ({"guidance_scale": "high"}, "guidance_scale", ""),
+        ({"output_format": "avi"}, "output_format", "is not one of"),
+        ({"output_quality": 0}, "output_quality", "less than the minimum of 1"),
+    ],
+)
+def test_schema_rejects_bad_values_with_422(server_5b, inputs, field, message):
+    status, body = server_5b.predict({"prompt": "a cat", **inputs})
+    assert status == 422, body
+    detail = body["detail"][0]
+    assert detail["loc"][-1] == field and message in detail["msg"]
+    assert server_5b.health()["status"] == "READY"
+
+
+def test_empty_prompt_fails_clearly_and_server_stays_ready(server_5b, tmp_path):
+    status, body = server_5b.predict({"prompt": "   ", "num_frames": 9})
+    assert status == 200 and body["status"] == "failed"
+    assert "prompt must not be empty" in body["error"]
+    assert server_5b.health()["status"] == "READY"
+    _ok(server_5b, tmp_path, "after.mp4", prompt="a cat", num_frames=9)
+
+
+@pytest.mark.parametrize(
+    ("config", "model", "frames", "fps"),
+    [("cog.t2v-2b.yaml", "t2v-2b", 9, 8), ("cog.t2v-1.5.yaml", "t2v-1.5", 17, 16)],
+)
+def test_other_t2v_models(weights_server, tmp_path, config, model, frames, fps):
+    env = _env(tmp_path, weights_server.serve(model))
+    with CogletServer(config, env=env) as server:
+        assert server.wait_ready(timeout=300)["status"] == "READY", server.logs()
+        status, body = server.predict({"prompt": "a cat", "num_frames": 10})
+        assert status == 422  # frame rule of the model
+        video, _ = _ok(server, tmp_path, "m.mp4", prompt="a cat", num_frames=frames)
+        info = ffprobe(video)
+        assert (info["frames"], info["fps"]) == (frames, float(fps))
+
+
+@pytest.mark.parametrize(
+    ("path", "words"),
+    [
+        ("/missing.tar", ["404", "not found"]),
+        ("/forbidden.tar", ["403", "forbidden"]),
+        ("/not-a-tar.tar", ["not a tar"]),
+    ],
+)
+def test_bad_weights_url_fails_setup_naming_the_url(weights_server, tmp_path, path, words):
+    url = weights_server.url(path) + "?token=hush"
+    with CogletServer("cog.yaml", env=_env(tmp_path, url)) as server:
+        health = server.wait_ready(timeout=300)
+        assert health["status"] == "SETUP_FAILED"
+        logs = health["setup"]["logs"]
+        assert weights_server.url(path) in logs and "hush" not in logs
+        for word in words:
+            assert word.lower() in logs.lower(), logs[-2000:]
+        status, _ = server.predict({"prompt": "a cat"})
+        assert status == 503
+
+
+def test_model_without_public_tarball_says_how_to_build_one(tmp_path):
+    env = {"COGVX_WEIGHTS_CACHE": str(tmp_path / "cache")}
+    with CogletServer("cog.t2v-2b.yaml", env=env) as server:
+        health = server.wait_ready(timeout=300)
+        assert health["status"] == "SETUP_FAILED"
+        assert "tools/pack_weights.py" in health["setup"]["logs"]
+        assert "COG_WEIGHTS" in health["setup"]["logs"]

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Create .venv with the pinned CPU test/dev environment, and make sure ffmpeg/ffprobe exist.
+# Idempotent: re-running only installs what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if ! command -v ffprobe >/dev/null 2>&1; then
+  echo "installing ffmpeg (ffprobe is used by the tests)"
+  if [ "$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi
+  $SUDO apt-get update -qq && $SUDO apt-get install -y -qq ffmpeg >/dev/null
+fi
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+.venv/bin/python -m pip install -q --disable-pip-version-check -r requirements/test.txt
+echo "environment ready: $(.venv/bin/python -c 'import torch, diffusers, cog; print("torch", torch.__version__, "diffusers", diffusers.__version__, "cog", cog.__version__)')"
