@@ -110,6 +110,7 @@ def open_first(
 ) -> tuple[_Target, http.client.HTTPConnection, http.client.HTTPResponse]:
     """Ask for the first range, following redirects; return the answer once it is 200 or 206."""
     target = _Target(url)
+    origin = target.safe
     redirects = 0
     failures = 0
     while True:
@@ -146,7 +147,8 @@ def open_first(
             if failures <= RETRIES:
                 _sleep_backoff(failures)
                 continue
-        raise _status_error(target.safe, status, resp.reason)
+        via = f" (redirected to {target.safe})" if redirects else ""
+        raise _status_error(origin + via, status, resp.reason)
 
 
 def content_range_total(resp: http.client.HTTPResponse, safe: str) -> int:
