@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import tempfile
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,15 +20,27 @@ def ffmpeg_exe() -> str:
     return imageio_ffmpeg.get_ffmpeg_exe()
 
 
-def to_uint8_frames(frames: np.ndarray | Sequence) -> np.ndarray:
-    """(T, H, W, 3) uint8 from uint8 arrays, [0, 1] float arrays or a list of PIL images."""
+def _uint8(frame: np.ndarray) -> np.ndarray:
+    """One frame to uint8: floats in [0, 1] are scaled, rounded and clipped."""
+    if frame.dtype == np.uint8:
+        return frame
+    return np.clip(frame * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+
+def _as_array(frames: np.ndarray | Sequence) -> np.ndarray:
     if not isinstance(frames, np.ndarray):
         frames = np.stack([np.asarray(f) for f in frames])
     if frames.ndim != 4 or frames.shape[-1] != 3:
         raise ValueError(f"frames must have shape (T, H, W, 3); got {frames.shape}")
-    if frames.dtype != np.uint8:
-        frames = (np.clip(frames, 0.0, 1.0) * 255.0).round().astype(np.uint8)
-    return np.ascontiguousarray(frames)
+    return frames
+
+
+def to_uint8_frames(frames: np.ndarray | Sequence) -> np.ndarray:
+    """(T, H, W, 3) uint8 from uint8 arrays, [0, 1] float arrays or a list of PIL images."""
+    frames = _as_array(frames)
+    if frames.dtype == np.uint8:
+        return np.ascontiguousarray(frames)
+    return np.stack([_uint8(f) for f in frames])
 
 
 def _crf(quality: int, worst: int, best: int) -> int:
@@ -67,20 +80,31 @@ def write_video(
         raise ValueError(f"output_quality must be between 1 and 100; got {quality}")
     if not fps > 0:
         raise ValueError(f"fps must be positive; got {fps}")
-    data = to_uint8_frames(frames)
+    data = _as_array(frames)
     t, h, w, _ = data.shape
     if fmt != "gif" and (h % 2 or w % 2):
-        data = np.ascontiguousarray(data[:, : h - h % 2, : w - w % 2])
-        t, h, w, _ = data.shape
+        h, w = h - h % 2, w - w % 2
+        data = data[:, :h, :w]
     path = Path(path)
     cmd = [
         ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y",
         "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{w}x{h}", "-r", f"{fps}", "-i", "-",
         *_encoder_args(fmt, quality), "-r", f"{fps}", str(path),
     ]  # fmt: skip
-    proc = subprocess.run(cmd, input=data.tobytes(), capture_output=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"ffmpeg failed writing {path.name}: {proc.stderr.decode()[-2000:]}")
+    # Frames are converted one at a time while ffmpeg encodes the previous ones.
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stderr=err)
+        try:
+            for frame in data:
+                proc.stdin.write(np.ascontiguousarray(_uint8(frame)).tobytes())
+        except BrokenPipeError:
+            pass  # ffmpeg exited early; its exit code and stderr say why
+        finally:
+            proc.stdin.close()
+            code = proc.wait()
+        if code != 0:
+            err.seek(0)
+            raise RuntimeError(f"ffmpeg failed writing {path.name}: {err.read().decode()[-2000:]}")
     return path
 
 
