@@ -13,6 +13,15 @@ from cogvx.venhancer.unet import RELEASED_CONFIG, check_latent_size
 FIX = Path("/work/shared/fixtures/venhancer/unet")
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Tiny tensors: intra-op threads only add contention on a shared 2-core machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def checkpoint():
     return load_file(FIX / "model.safetensors")
