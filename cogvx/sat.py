@@ -246,12 +246,36 @@ def sincos_grid(table: torch.Tensor) -> tuple[int, int, int, int]:
     return text, frames, h, w
 
 
-def _check_sincos(table: torch.Tensor, grid: list[int]) -> str:
+def sincos_scales(rows: torch.Tensor, grid: list[int]) -> tuple[float, float, float]:
+    """(height, width, time) interpolation scales of a SAT sincos table (patch rows only).
+
+    Each 1D part is [sin(pos * w_k) | cos(pos * w_k)] with w_0 = 1 and pos = index / scale, so
+    the scale is 1 / atan2(sin, cos) at index 1. Defaults (1.875, 1.875, 1.0) where a size is 1.
+    """
+    frames, h, w = grid
+    dim = rows.shape[-1]
+    dt, ds = dim // 4, dim // 8 * 3
+    t = rows.float()
+
+    def scale(row: int, col: int, half: int, default: float) -> float:
+        x = torch.atan2(t[row, col], t[row, col + half]).item()
+        return round(1.0 / x, 4) if x > 0 else default
+
+    return (
+        scale(w, dt + ds, ds // 2, 1.875) if h > 1 else 1.875,
+        scale(1, dt, ds // 2, 1.875) if w > 1 else 1.875,
+        scale(h * w, 0, dt // 2, 1.0) if frames > 1 else 1.0,
+    )
+
+
+def _check_sincos(table: torch.Tensor, grid: list[int], spatial: float, temporal: float) -> str:
     """Compare SAT's stored sincos table with the one diffusers recomputes (it is dropped)."""
     from diffusers.models.embeddings import get_3d_sincos_pos_embed
 
     frames, h, w = grid
-    ours = get_3d_sincos_pos_embed(table.shape[-1], (w, h), frames, 1.875, 1.0, output_type="pt")
+    ours = get_3d_sincos_pos_embed(
+        table.shape[-1], (w, h), frames, spatial, temporal, output_type="pt"
+    )
     diff = (table.float() - ours.flatten(0, 1).float()).abs().max().item()
     tol = 1e-4 if table.dtype == torch.float32 else torch.finfo(table.dtype).eps
     if diff > tol:
@@ -276,6 +300,7 @@ def detect_transformer(
     `max_text_seq_length` override what the stored position tables or the published config say.
     """
     notes: list[str] = []
+    interpolation: dict[str, float] = {}
     layers = sorted(
         {int(m.group(1)) for k in sd if (m := re.match(r"transformer\.layers\.(\d+)\.", k))}
     )
@@ -329,6 +354,12 @@ def detect_transformer(
     )
     if variant is not None:
         chosen = get_family(variant)
+        if (chosen.generation, chosen.i2v) != (generation, i2v):
+            raise SatConversionError(
+                f"{path}: --variant {chosen.name} does not fit the weights, which are CogVideoX "
+                f"{generation} {'image' if i2v else 'text'}-to-video ({in_ch} input channels, "
+                f"{'Linear' if pt else 'Conv2d'} patch embed)"
+            )
         if chosen.name != name:
             notes.append(f"--variant {chosen.name} overrides the detected {name}")
         family = chosen
@@ -344,8 +375,17 @@ def detect_transformer(
     if has_pos and family.positional == "sincos":
         table = sd["mixins.pos_embed.pos_embedding"]
         text_len, *grid = sincos_grid(table)
-        notes.append(f"sincos table in checkpoint: {text_len} text tokens, grid {tuple(grid)}")
-        notes.append(_check_sincos(table[0, text_len:], grid))
+        scale_h, scale_w, scale_t = sincos_scales(table[0, text_len:], grid)
+        notes.append(
+            f"sincos table in checkpoint: {text_len} text tokens, grid {tuple(grid)}, "
+            f"interpolation h {scale_h:g} w {scale_w:g} t {scale_t:g}"
+        )
+        if scale_h != scale_w:
+            notes.append("WARNING: diffusers has one spatial interpolation scale; using width's")
+        interpolation = dict(
+            spatial_interpolation_scale=scale_w, temporal_interpolation_scale=scale_t
+        )
+        notes.append(_check_sincos(table[0, text_len:], grid, scale_w, scale_t))
     if grid is not None and pt is None:
         sh, sw, sf = grid[1] * p, grid[2] * p, (grid[0] - 1) * 4 + 1
     if learned:
@@ -393,6 +433,7 @@ def detect_transformer(
         use_rotary_positional_embeddings=rope,
         use_learned_positional_embeddings=learned,
     )
+    config.update(interpolation)
     if "ofs_embed.0.weight" in sd:
         config["ofs_embed_dim"] = sd["ofs_embed.0.weight"].shape[1]
     notes.append(f"sample size {sh}x{sw} latent, {sf} frames, {text_len} text tokens")

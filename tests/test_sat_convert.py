@@ -195,7 +195,7 @@ def test_synthetic_layouts_round_trip(tmp_path, name):
     if family.generation == "1.0":  # 1.0 RoPE/sincos/learned tables depend on the training size
         keep += ["sample_height", "sample_width", "sample_frames"]
     if name in ("t2v-2b", "i2v-5b"):
-        keep += ["max_text_seq_length"]
+        keep += ["max_text_seq_length", "spatial_interpolation_scale"]
     assert {k: converted.config[k] for k in keep} == {k: model.config[k] for k in keep}
     sched = json.loads((out / "scheduler" / "scheduler_config.json").read_text())
     assert sched["_class_name"] == family.scheduler
@@ -337,13 +337,33 @@ def test_variant_override_and_size_conflict(tmp_path):
             tiny_transformer(family, sample=(8, 12, 17)), family
         ).items()
     }
-    layout = detect_transformer(dit, variant="i2v-5b")
-    assert layout.family.name == "i2v-5b"
+    layout = detect_transformer(dit, variant="2b")
+    assert layout.family.name == "t2v-2b"
+    assert layout.config["use_rotary_positional_embeddings"] is False
     assert any("overrides the detected t2v-5b" in n for n in layout.notes)
+    with pytest.raises(SatConversionError, match="does not fit the weights.*1.0 text-to-video"):
+        detect_transformer(dit, variant="i2v-5b")
     with pytest.raises(SatConversionError, match="conflicts with the position table"):
         detect_transformer(dit, sample_size=(60, 90))
     with pytest.raises(ValueError, match="variant 'xl' is unknown"):
         detect_transformer(dit, variant="xl")
+
+
+def test_2b_sincos_table_reveals_sizes_and_interpolation():
+    """SAT configs may set other interpolation scales: they are read back from the stored table."""
+    from diffusers.models.embeddings import get_3d_sincos_pos_embed
+
+    family = FAMILIES["t2v-2b"]
+    sd = sat_transformer_state(tiny_transformer(family, sample=(8, 12, 17), text_len=7), family)
+    dit = {k[len(SAT_PREFIX) :]: v for k, v in sd.items()}
+    patches = get_3d_sincos_pos_embed(32, (6, 4), 5, 1.0, 1.3, output_type="pt").flatten(0, 1)
+    dit["mixins.pos_embed.pos_embedding"] = torch.cat([torch.zeros(7, 32), patches.float()])[None]
+    layout = detect_transformer(dit)
+    c = layout.config
+    assert (c["sample_height"], c["sample_width"], c["sample_frames"]) == (8, 12, 17)
+    assert c["max_text_seq_length"] == 7
+    assert (c["spatial_interpolation_scale"], c["temporal_interpolation_scale"]) == (1.0, 1.3)
+    assert any("recomputation (max diff" in n for n in layout.notes)
 
 
 @needs_fixtures
