@@ -1,4 +1,7 @@
-"""Video output: uint8 frames to MP4 (H.264, yuv420p, faststart), WebM (VP9) or GIF."""
+"""Video output: uint8 frames to MP4 (H.264, yuv420p, faststart), WebM (VP9) or GIF.
+
+Video input: `probe_video` (timestamps from packets) and `read_frames` (one decoding pass).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +10,9 @@ import subprocess
 import tempfile
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import imageio_ffmpeg
 import numpy as np
@@ -121,3 +126,217 @@ def fresh_output_path(root: str | Path, fmt: str, stem: str = "video") -> Path:
     folder = root / uid
     folder.mkdir(parents=True)
     return folder / f"{stem}-{uid}.{fmt}"
+
+
+# --- Reading ------------------------------------------------------------------------------------
+# One reader: PyAV (FFmpeg 8 inside the wheel: H.264, HEVC, VP9, AV1). A probe demuxes packets only
+# (cheap) to learn each frame's timestamp; a single decoding pass then converts just the frames
+# asked for and stops after the last one. Frame i is the i-th frame in presentation order.
+
+SCAN_REORDER_MARGIN = 64  # packets read past the scan limit, so reordered (B-)frames are all seen
+
+
+class VideoReadError(ValueError):
+    """The file is not a video that can be decoded here; the message names the file and why."""
+
+    def __init__(self, message: str, frames_decoded: int | None = None) -> None:
+        super().__init__(message)
+        self.frames_decoded = frames_decoded  # read_frames: frames that came out before the end
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What a probe found: stream facts and the start time of every frame it scanned."""
+
+    path: Path
+    codec: str
+    width: int
+    height: int
+    fps: float  # average frame rate, as the container states it (decord's get_avg_fps)
+    duration: float  # seconds; the container's figure, else the last scanned frame's end
+    timestamps: np.ndarray = field(repr=False)  # (N,) float64 s from the stream start, sorted
+    pts: np.ndarray = field(repr=False)  # (N,) int64 presentation stamps in the stream time base
+    complete: bool = True  # False: the scan stopped at `scan_seconds`; the file goes on
+    index_frames: int = 0  # frames the container's index lists (0 when it has none)
+
+    @property
+    def num_frames(self) -> int:
+        """Frames scanned (all of them when `complete`)."""
+        return len(self.timestamps)
+
+    def head(self, frames: int) -> VideoInfo:
+        """The same probe limited to its first `frames` frames."""
+        return replace(self, timestamps=self.timestamps[:frames], pts=self.pts[:frames])
+
+
+def _open(path: Path) -> Any:
+    import av
+
+    if not path.is_file():
+        raise VideoReadError(f"video {path}: no such file")
+    if path.stat().st_size == 0:
+        raise VideoReadError(f"video {path.name}: the file is empty (0 bytes)")
+    try:
+        return av.open(str(path), metadata_errors="ignore")
+    except av.error.EOFError as exc:
+        raise VideoReadError(
+            f"video {path.name}: the file ends before its first frame (zero-length or truncated)"
+        ) from exc
+    except (av.FFmpegError, OSError, UnicodeDecodeError) as exc:
+        raise VideoReadError(
+            f"video {path.name}: not a video file FFmpeg can read ({exc}); send an MP4, WebM, MOV "
+            "or MKV file (H.264, HEVC, VP9 or AV1)"
+        ) from exc
+
+
+def _video_stream(container: Any, path: Path) -> Any:
+    import av
+
+    if not container.streams.video:
+        found = sorted({s.type for s in container.streams})
+        if not found:
+            raise VideoReadError(f"video {path.name}: the file holds no streams (zero-length?)")
+        raise VideoReadError(
+            f"video {path.name}: has no video stream (found: {', '.join(found)}); send a video file"
+        )
+    stream = container.streams.video[0]
+    try:
+        ctx = stream.codec_context
+        codec = ctx.codec.name
+    except (av.FFmpegError, AttributeError) as exc:
+        raise VideoReadError(
+            f"video {path.name}: no decoder for its video codec ({exc}); re-encode it to "
+            "H.264, HEVC, VP9 or AV1"
+        ) from exc
+    if not ctx.width or not ctx.height:
+        raise VideoReadError(f"video {path.name}: the {codec} stream states no frame size")
+    return stream
+
+
+def probe_video(path: str | Path, scan_seconds: float | None = None) -> VideoInfo:
+    """Stream facts and per-frame timestamps, from packets only (nothing is decoded).
+
+    scan_seconds: stop after that much of the video (its later frames are not listed and
+    `complete` is False); None scans the whole file.
+    """
+    import av
+
+    path = Path(path)
+    with _open(path) as container:
+        stream = _video_stream(container, path)
+        tb = stream.time_base
+        start = stream.start_time or 0
+        limit = None if scan_seconds is None else start + int(scan_seconds / tb)
+        stamps: list[int | None] = []
+        past_limit = 0
+        try:
+            for packet in container.demux(stream):
+                if packet.size == 0 or packet.is_discard:
+                    continue  # flush packets; frames an edit list cuts away
+                pts = packet.pts if packet.pts is not None else packet.dts
+                stamps.append(pts)
+                if limit is not None and pts is not None and pts > limit:
+                    past_limit += 1
+                    if past_limit > SCAN_REORDER_MARGIN:
+                        break
+        except av.FFmpegError as exc:
+            raise VideoReadError(
+                f"video {path.name}: damaged after {len(stamps)} frames ({exc})"
+            ) from exc
+        rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+        fps = float(rate) if rate else 0.0
+        if None in stamps:  # no timestamps (raw streams): frames follow each other at fps
+            step = 1 / (fps or 25.0) / tb
+            pts_arr = (np.arange(len(stamps)) * step).astype(np.int64) + start
+        else:
+            pts_arr = np.sort(np.asarray(stamps, dtype=np.int64))
+        complete = past_limit <= SCAN_REORDER_MARGIN
+        if not complete:
+            pts_arr = pts_arr[pts_arr <= limit]
+        if len(pts_arr) == 0:
+            raise VideoReadError(f"video {path.name}: the video stream holds no frames")
+        times = (pts_arr - start).astype(np.float64) * float(tb)
+        if not fps:
+            fps = (len(times) - 1) / times[-1] if times[-1] > 0 else 25.0
+        if stream.duration:
+            duration = float(stream.duration * tb)
+        elif container.duration:
+            duration = container.duration / 1e6
+        else:
+            duration = float(times[-1]) + 1 / fps
+        return VideoInfo(
+            path=path,
+            codec=stream.codec_context.codec.name,
+            width=stream.codec_context.width,
+            height=stream.codec_context.height,
+            fps=fps,
+            duration=duration,
+            timestamps=times,
+            pts=pts_arr,
+            complete=complete,
+            index_frames=int(stream.frames or 0),
+        )
+
+
+def read_frames(
+    path: str | Path,
+    indices: Sequence[int],
+    info: VideoInfo | None = None,
+    size: tuple[int, int] | None = None,
+) -> np.ndarray:
+    """Frames `indices` (presentation order, repeats allowed) as (T, H, W, 3) uint8 RGB.
+
+    One decoding pass from the start that converts only the wanted frames and stops after the
+    last; raises VideoReadError if any of them does not come back (truncated or damaged file).
+    size: (width, height) to scale every frame to (area filter); None keeps the stream's size.
+    """
+    import av
+
+    path = Path(path)
+    wanted_list = [int(i) for i in indices]
+    if not wanted_list:
+        raise ValueError("indices: no frames asked for")
+    if info is None:
+        info = probe_video(path)
+    if min(wanted_list) < 0 or max(wanted_list) >= info.num_frames:
+        raise ValueError(
+            f"indices: {wanted_list} reach outside frames 0..{info.num_frames - 1} of {path.name}"
+        )
+    wanted = set(wanted_list)
+    last = max(wanted)
+    index_of = {int(p): i for i, p in enumerate(info.pts)}
+    width, height = size or (info.width, info.height)
+    got: dict[int, np.ndarray] = {}
+    position = -1
+    with _open(path) as container:
+        stream = _video_stream(container, path)
+        stream.thread_type = "AUTO"
+        try:
+            for frame in container.decode(stream):
+                position = (
+                    index_of.get(frame.pts, position + 1)
+                    if frame.pts is not None
+                    else (position + 1)
+                )
+                if position in wanted and position not in got:
+                    if (frame.width, frame.height) == (width, height):
+                        got[position] = frame.to_ndarray(format="rgb24")
+                    else:
+                        got[position] = frame.to_ndarray(
+                            format="rgb24", width=width, height=height, interpolation="AREA"
+                        )
+                if position >= last:
+                    break
+        except av.FFmpegError as exc:
+            raise VideoReadError(
+                f"video {path.name}: decoding failed after frame {position} ({exc})"
+            ) from exc
+    missing = sorted(wanted - got.keys())
+    if missing:
+        raise VideoReadError(
+            f"video {path.name}: frames {missing[:8]}{' ...' if len(missing) > 8 else ''} did not "
+            f"decode (the decoder stopped after frame {position} of the {info.num_frames} the "
+            "file lists); the file is truncated or damaged",
+            frames_decoded=position + 1,
+        )
+    return np.stack([got[i] for i in wanted_list])

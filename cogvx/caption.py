@@ -1,0 +1,286 @@
+"""Caption service: weights -> CogVLM2-Caption under a memory plan; video file -> frames -> text."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from cogvx import checks
+from cogvx.cogvlm2.sampling import BASE_CLIP_SECONDS, STRATEGIES, sample_frame_indices
+from cogvx.generate import weights_cache_root
+from cogvx.gpu import HEADROOM_GB, measure_gpu, resolve_seed
+from cogvx.log import log as log_line
+from cogvx.video import VideoInfo, VideoReadError, probe_video, read_frames
+
+Log = Callable[[str], None]
+
+MODEL_NAME = "caption"  # folder name under the weights cache
+HF_REPO = "THUDM/cogvlm2-llama3-caption"
+WEIGHTS_URL: str | None = None  # no public tarball is known: COG_WEIGHTS must name one
+
+MAX_FRAMES = 24  # frames the model sees ('chat': one per second; 'base': spread over 60 s)
+READ_SECONDS = BASE_CLIP_SECONDS + 2  # neither rule looks further; longer videos are cut here
+MAX_FRAME_PIXELS = 3840 * 2160  # larger frames are downscaled before preprocessing
+DOWNSCALE_SHORT_SIDE = 1080  # ...to this short side (the model crops a 224 px square anyway)
+MAX_ASPECT = 32.0  # width/height (or height/width) above this is refused
+
+QUANTIZE_ENV = "COGVX_QUANTIZE"  # force: none | int8 | nf4 (default: chosen from free VRAM)
+QUANTIZE_CHOICES = ("none", "int8", "nf4")
+# Peak GPU memory (GiB) per mode, 24 frames and 2048 new tokens: 12.5 B parameters (bf16 25 GB;
+# int8 / nf4 keep embeddings, LM head, norms and convs in bf16) + ViT activations + KV cache.
+# Estimates from the parameter count, not measured on a GPU.
+MEMORY_GIB = {"none": 24.5, "int8": 13.5, "nf4": 8.0}
+
+
+class CaptionSetupError(RuntimeError):
+    """The caption model cannot be set up: missing weights, or a GPU too small for it."""
+
+
+def missing_weights_message() -> str:
+    """How to provide the caption weights, which have no known public tarball."""
+    return (
+        f"the caption model ({HF_REPO}) has no public weight tarball. Build one and point "
+        f"COG_WEIGHTS at it: download the {HF_REPO} folder (config.json, model safetensors, "
+        "tokenizer files), run `python tools/pack_weights.py <folder> weights.tar`, host the tar "
+        "on any HTTPS server and set COG_WEIGHTS=<its URL> (or COG_WEIGHTS=<local folder> on the "
+        "machine itself)."
+    )
+
+
+def find_caption_root(folder: Path) -> Path:
+    """The folder holding config.json and the safetensors (tarballs may wrap it in folders)."""
+    for depth in range(3):
+        for config in sorted(folder.glob("/".join(["*"] * depth + ["config.json"]))):
+            root = config.parent
+            if (root / "model.safetensors").is_file() or (
+                root / "model.safetensors.index.json"
+            ).is_file():
+                return root
+    raise CaptionSetupError(
+        f"no CogVLM2-Caption folder (config.json beside model.safetensors or "
+        f"model.safetensors.index.json) found in {folder}"
+    )
+
+
+@dataclass(frozen=True)
+class CaptionPlan:
+    """Where the model runs and how its weights are stored, and why."""
+
+    device: str  # "cuda" | "cpu"
+    quantize: str | None  # None (bf16 on GPU, float32 on CPU) | "int8" | "nf4"
+    reason: str
+
+
+def plan_caption_memory(
+    free_gib: float | None, can_quantize: bool, forced: str | None = None
+) -> CaptionPlan:
+    """Pick bf16, else int8, else nf4 (bitsandbytes) to fit `free_gib` of VRAM; None: no GPU."""
+    if forced is not None and forced not in QUANTIZE_CHOICES:
+        raise CaptionSetupError(
+            f"{QUANTIZE_ENV}={forced!r} is not allowed; use one of {list(QUANTIZE_CHOICES)}"
+        )
+    if free_gib is None:
+        return CaptionPlan("cpu", None, "no CUDA device: float32 on CPU (slow; for tests)")
+    card = f"{free_gib:.1f} GiB free"
+    if forced is not None:
+        mode = None if forced == "none" else forced
+        if mode and not can_quantize:
+            raise CaptionSetupError(
+                f"{QUANTIZE_ENV}={forced} needs the bitsandbytes package, which is not installed"
+            )
+        return CaptionPlan("cuda", mode, f"{card}; {QUANTIZE_ENV}={forced}")
+    modes = ["none", "int8", "nf4"] if can_quantize else ["none"]
+    for mode in modes:
+        if free_gib >= MEMORY_GIB[mode] + HEADROOM_GB:
+            stored = "bf16" if mode == "none" else f"{mode} (bitsandbytes)"
+            return CaptionPlan(
+                "cuda",
+                None if mode == "none" else mode,
+                f"{card}; weights in {stored} need ~{MEMORY_GIB[mode]:.1f} GiB",
+            )
+    smallest = MEMORY_GIB[modes[-1]] + HEADROOM_GB
+    how = "even in nf4" if can_quantize else "in bf16 (bitsandbytes is not installed)"
+    raise CaptionSetupError(
+        f"GPU has {card}; the caption model needs at least ~{smallest:.1f} GiB {how}"
+    )
+
+
+def bitsandbytes_available() -> bool:
+    """Whether the optional bitsandbytes package can be imported."""
+    return importlib.util.find_spec("bitsandbytes") is not None
+
+
+def downscaled_size(
+    width: int, height: int, max_pixels: int = MAX_FRAME_PIXELS
+) -> tuple[int, int] | None:
+    """(width, height) to scale frames to before preprocessing, or None to keep them as they are."""
+    if width * height <= max_pixels:
+        return None
+    scale = DOWNSCALE_SHORT_SIDE / min(width, height)
+    return max(2, round(width * scale / 2) * 2), max(2, round(height * scale / 2) * 2)
+
+
+@dataclass
+class Clip:
+    """The frames the model sees, where they come from, and the probe of the file."""
+
+    frames: np.ndarray  # (T, H, W, 3) uint8
+    indices: list[int]
+    info: VideoInfo
+
+
+def load_clip(
+    path: str | Path,
+    strategy: str,
+    log: Log = log_line,
+    read_seconds: float = READ_SECONDS,
+    max_pixels: int = MAX_FRAME_PIXELS,
+) -> Clip:
+    """Probe the video (its first `read_seconds` at most), pick frames by `strategy`, decode."""
+    checks.choice("strategy", strategy, STRATEGIES)
+    t0 = time.perf_counter()
+    info = probe_video(path, scan_seconds=read_seconds)
+    name = info.path.name
+    w, h = info.width, info.height
+    if max(w, h) / min(w, h) > MAX_ASPECT:
+        raise ValueError(
+            f"video {name}: {w}x{h} has an aspect ratio above {MAX_ASPECT:g}:1; crop it first"
+        )
+    if not info.complete:
+        seen = "one frame per second from the start" if strategy == "chat" else "the first 60 s"
+        log(
+            f"video {name} lasts {_clock(info.duration)}; the '{strategy}' rule sees {MAX_FRAMES} "
+            f"frames ({seen}), so only its first {read_seconds:g} s are read"
+        )
+    truncated = info.complete and info.index_frames > info.num_frames
+    if truncated:
+        log(
+            f"video {name}: its index lists {info.index_frames} frames but only "
+            f"{info.num_frames} are in the file (truncated); captioning those"
+        )
+    size = downscaled_size(w, h, max_pixels)
+    if size is not None:
+        log(f"video {name}: frames are {w}x{h}; downscaled to {size[0]}x{size[1]} on decoding")
+    indices = _select(info, strategy)
+    try:
+        frames = read_frames(path, indices, info=info, size=size)
+    except VideoReadError as exc:
+        # A cut-off file's last frames may be partial or lack their references: keep what decodes.
+        if not (truncated and exc.frames_decoded and exc.frames_decoded < info.num_frames):
+            raise
+        log(f"video {name}: only its first {exc.frames_decoded} frames decode; captioning those")
+        info = info.head(exc.frames_decoded)
+        indices = _select(info, strategy)
+        frames = read_frames(path, indices, info=info, size=size)
+    times = ", ".join(f"{info.timestamps[i]:.2f}" for i in indices)
+    log(
+        f"read {len(indices)} frames ('{strategy}') of {name} ({info.codec} {w}x{h}, "
+        f"{info.fps:.3g} fps, {info.duration:.1f} s) in {time.perf_counter() - t0:.2f} s; "
+        f"at t = {times} s"
+    )
+    return Clip(frames, indices, info)
+
+
+def _select(info: VideoInfo, strategy: str) -> list[int]:
+    return sample_frame_indices(
+        info.num_frames, info.fps, strategy, MAX_FRAMES, timestamps=info.timestamps
+    )
+
+
+def _clock(seconds: float) -> str:
+    s = int(round(seconds))
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
+class CaptionService:
+    """CogVLM2-Caption loaded once, captioning videos."""
+
+    def __init__(self, weights: str | None = None, log: Log = log_line) -> None:
+        from cogvx.cogvlm2 import CogVLM2Captioner
+        from cogvx.weights import install_weights
+
+        self.log = log
+        source = str(weights) if weights else WEIGHTS_URL
+        if not source:
+            raise CaptionSetupError(missing_weights_message())
+        folder = find_caption_root(
+            Path(install_weights(source, weights_cache_root() / MODEL_NAME, log=log))
+        )
+        forced = (os.environ.get(QUANTIZE_ENV) or "").strip().lower() or None
+        measured = measure_gpu()
+        plan = plan_caption_memory(
+            measured[0] if measured else None, bitsandbytes_available(), forced
+        )
+        log(f"memory plan: device={plan.device} quantize={plan.quantize} ({plan.reason})")
+        t0 = time.perf_counter()
+        self.captioner = CogVLM2Captioner.from_folder(
+            folder, device=plan.device, quantize=plan.quantize
+        )
+        self.plan = plan
+        log(f"loaded {HF_REPO} from {folder} in {time.perf_counter() - t0:.1f}s")
+
+    def check_length(
+        self, num_frames: int, prompt: str, strategy: str, max_new_tokens: int
+    ) -> None:
+        """ValueError if the prompt plus new tokens would run past the model's positions."""
+        from cogvx.cogvlm2 import build_inputs, build_position_ids
+
+        model = self.captioner.model
+        cfg = model.config
+        ids, types = build_inputs(
+            self.captioner.tokenizer,
+            prompt,
+            num_frames,
+            strategy,
+            cfg.tokens_per_frame,
+            cfg.pad_token_id,
+        )
+        needed = int(build_position_ids(types[None]).max()) + 1 + max_new_tokens
+        if needed > cfg.max_position_embeddings:
+            raise ValueError(
+                f"prompt is too long: with {num_frames} frames and max_new_tokens={max_new_tokens} "
+                f"the sequence needs {needed} positions; the model has "
+                f"{cfg.max_position_embeddings}. Shorten the prompt or lower max_new_tokens"
+            )
+
+    def run(
+        self,
+        *,
+        video: str | Path,
+        prompt: str,
+        strategy: str,
+        max_new_tokens: int,
+        temperature: float,
+        top_p: float,
+        seed: int | None,
+    ) -> str:
+        """Caption one video file."""
+        prompt = checks.prompt(prompt, "prompt")
+        checks.choice("strategy", strategy, STRATEGIES)
+        max_new_tokens = int(checks.in_range("max_new_tokens", max_new_tokens, 1, 4096))
+        temperature = float(checks.in_range("temperature", temperature, 0.0, 2.0))
+        top_p = float(checks.in_range("top_p", top_p, 0.01, 1.0))
+        clip = load_clip(video, strategy, self.log)
+        self.check_length(len(clip.indices), prompt, strategy, max_new_tokens)
+        if temperature > 0:
+            seed = resolve_seed(seed, self.log)
+        elif seed is not None:
+            self.log("temperature is 0 (greedy decoding): the seed has no effect")
+            seed = None
+        t0 = time.perf_counter()
+        ids = self.captioner.generate_ids(
+            clip.frames, prompt, strategy, max_new_tokens, temperature, top_p, seed
+        )
+        text = self.captioner.decode(ids)
+        seconds = time.perf_counter() - t0
+        self.log(
+            f"generated {len(ids)} tokens in {seconds:.1f}s ({len(ids) / max(seconds, 1e-9):.1f}"
+            f" tokens/s); caption: {len(text)} characters"
+        )
+        return text

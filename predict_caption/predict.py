@@ -1,0 +1,62 @@
+"""CogVLM2-Caption video captioning runner: Inputs only; the work is in cogvx.caption."""
+
+from typing import Optional
+
+from cog import BaseRunner, Input, Path
+
+from cogvx.caption import CaptionService
+
+
+class Runner(BaseRunner):
+    """Describe a video in text with THUDM/cogvlm2-llama3-caption (24 frames, 224 px)."""
+
+    def setup(self, weights: Optional[str] = None) -> None:
+        """Fetch the weights (COG_WEIGHTS: tarball URL or folder) and load the model."""
+        self.service = CaptionService(weights)
+
+    def run(
+        self,
+        video: Path = Input(
+            description="Video to caption: MP4, WebM, MOV or MKV (H.264, HEVC, VP9, AV1). Only the first 60 s can be seen; frames above 4K are downscaled."  # noqa: E501
+        ),
+        prompt: str = Input(
+            description="What to ask about the video.",
+            default="Please describe this video in detail.",
+        ),
+        strategy: str = Input(
+            description="Frame choice and prompt template: 'chat' = one frame per second, up to 24 (the model's captioning mode); 'base' = 24 frames evenly over the first 60 s.",  # noqa: E501
+            choices=["chat", "base"],
+            default="chat",
+        ),
+        max_new_tokens: int = Input(
+            description="Longest caption, in tokens (generation stops earlier at the end token).",
+            default=2048,
+            ge=1,
+            le=4096,
+        ),
+        temperature: float = Input(
+            description="0 = greedy (deterministic, as the original demo); above 0 samples.",
+            default=0.0,
+            ge=0.0,
+            le=2.0,
+        ),
+        top_p: float = Input(
+            description="Nucleus sampling: keep the smallest set of tokens with this much probability (used when temperature > 0).",  # noqa: E501
+            default=1.0,
+            ge=0.01,
+            le=1.0,
+        ),
+        seed: Optional[int] = Input(
+            description="Random seed for sampling (temperature > 0). Leave blank to randomize; the seed used is logged.",  # noqa: E501
+            default=None,
+        ),
+    ) -> str:
+        return self.service.run(
+            video=video,
+            prompt=prompt,
+            strategy=strategy,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            seed=seed,
+        )
