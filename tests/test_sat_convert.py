@@ -244,6 +244,24 @@ def test_vae_round_trip_and_scaling(tmp_path, sat_vae):
         convert_pipeline(tmp_path / "novariant", vae=path, **QUIET)
 
 
+def test_full_sat_model_checkpoint(tmp_path, sat_vae):
+    """A whole SAT model file: DiT + first_stage_model (VAE) + conditioner (T5, skipped)."""
+    from diffusers import AutoencoderKLCogVideoX
+
+    family = FAMILIES["t2v-5b"]
+    sd = sat_transformer_state(tiny_transformer(family), family)
+    vae_sd = torch.load(sat_vae[0], weights_only=True)["state_dict"]
+    sd.update({f"first_stage_model.{k}": v for k, v in vae_sd.items()})
+    sd["conditioner.embedders.0.transformer.shared.weight"] = torch.zeros(4, 32)
+    lines: list[str] = []
+    out = convert_pipeline(
+        tmp_path / "out", transformer=_save_sat(tmp_path, sd), vae_norm_groups=4, log=lines.append
+    )
+    assert any("skipped 1 conditioner.* keys" in line for line in lines)
+    vae = AutoencoderKLCogVideoX.from_pretrained(out / "vae").state_dict()
+    assert vae.keys() == sat_vae[1].keys() and all(torch.equal(vae[k], sat_vae[1][k]) for k in vae)
+
+
 def test_vae_strictness(tmp_path, sat_vae):
     sd = torch.load(sat_vae[0], weights_only=True)["state_dict"]
     extra = dict(sd, **{"decoder.up.0.block.0.attn.weight": torch.zeros(1)})
