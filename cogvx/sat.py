@@ -503,9 +503,10 @@ class Planned:
     make: Callable[[], torch.Tensor]
 
 
-def _adaln_split(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _adaln_half(t: torch.Tensor, i: int) -> torch.Tensor:
+    """norm1 (i=0: chunks 0-2, 6-8) or norm2 (i=1: chunks 3-5, 9-11) of SAT's 12 modulations."""
     c = t.chunk(12, dim=0)
-    return torch.cat(c[0:3] + c[6:9]), torch.cat(c[3:6] + c[9:12])
+    return torch.cat(c[3 * i : 3 * i + 3] + c[6 + 3 * i : 9 + 3 * i])
 
 
 def _add_delta(w: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
@@ -560,7 +561,7 @@ def plan_transformer(
             else:  # adaln
                 shape = (t.shape[0] // 2, *t.shape[1:])
                 for i, name in enumerate(names):
-                    plan[name] = Planned(shape, lambda t=t, i=i: _adaln_split(t)[i])
+                    plan[name] = Planned(shape, lambda t=t, i=i: _adaln_half(t, i))
             break
         else:
             unexpected.append(k)
