@@ -1,0 +1,7 @@
+"""Test-session settings shared by every test (and inherited by the servers tests start)."""
+
+import os
+
+# Tiny models on a shared 2-core machine: one OpenMP thread per process. With two, every small
+# conv3d waits on a thread barrier whenever another process holds a core (60 ms vs 2.5 ms a call).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
