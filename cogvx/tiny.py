@@ -10,7 +10,7 @@ import torch
 
 from cogvx.models import FOLDER_OVERRIDES, Variant, get_variant
 
-TINY_HEIGHT, TINY_WIDTH = 64, 96  # non-square, so height/width mix-ups show
+TINY_HEIGHT, TINY_WIDTH = 32, 48  # non-square, so height/width mix-ups show
 TEXT_DIM = 32
 
 

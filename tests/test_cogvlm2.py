@@ -34,7 +34,6 @@ TEMPLATES = ["chat", "base"]
 TOKENIZER_FILES = ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"]
 
 
-
 @pytest.fixture(scope="module")
 def ref() -> dict[str, torch.Tensor]:
     return load_file(str(FIXTURE / "reference.safetensors"))

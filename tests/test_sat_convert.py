@@ -20,14 +20,10 @@ from cogvx.sat import (
 from cogvx.sat_pipeline import convert_pipeline
 from cogvx.sat_synth import sat_transformer_state, sat_vae_state, tiny_transformer, tiny_vae
 from cogvx.tiny import save_tiny_t5
+from tests.shared_fixtures import fixture_dir
 from tools.convert_weight_sat2hf import main as convert_main
 
-_CANDIDATES = [
-    Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "sat",
-    Path("/work/shared/fixtures/sat"),
-]
-FIXTURES = next((p for p in _CANDIDATES if p.is_dir()), _CANDIDATES[-1])
-needs_fixtures = pytest.mark.skipif(not FIXTURES.is_dir(), reason="SAT golden fixtures not found")
+FIXTURES = fixture_dir("sat")
 QUIET = {"log": lambda _msg: None}
 
 
@@ -76,7 +72,6 @@ def _fixture_output(pipe, ref: dict[str, torch.Tensor]) -> torch.Tensor:
         )[0]
 
 
-@needs_fixtures
 @pytest.mark.parametrize(
     ("variant", "family", "pipeline"),
     [
@@ -117,7 +112,6 @@ def test_fixture_reproduces_sat_output(
     assert ref["output"].abs().max() > 1.0  # the comparison is not trivially small
 
 
-@needs_fixtures
 def test_converted_pipeline_generates(tmp_path, t5_dir, sat_vae):
     """The assembled folder loads as a pipeline and runs end to end (prompt -> frames)."""
     from diffusers import DiffusionPipeline
@@ -146,7 +140,6 @@ def test_converted_pipeline_generates(tmp_path, t5_dir, sat_vae):
     assert json.loads((out / "cogvx.json").read_text()) == {"height": 64, "width": 64}
 
 
-@needs_fixtures
 def test_dtype_and_shards(tmp_path):
     src = FIXTURES / "5b" / "mp_rank_00_model_states.pt"
     from diffusers import CogVideoXTransformer3DModel
@@ -384,7 +377,6 @@ def test_2b_sincos_table_reveals_sizes_and_interpolation():
     assert any("recomputation (max diff" in n for n in layout.notes)
 
 
-@needs_fixtures
 def test_tar(tmp_path):
     out = tmp_path / "out"
     tar = tmp_path / "weights.tar"

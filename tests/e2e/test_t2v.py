@@ -8,6 +8,7 @@ import av
 import numpy as np
 import pytest
 
+from cogvx.tiny import TINY_HEIGHT, TINY_WIDTH
 from tests.coglet_harness import CogletServer, save_output
 from tests.media import ffprobe, mp4_atoms
 
@@ -52,7 +53,7 @@ def test_default_model_writes_browser_ready_mp4(server_5b, tmp_path):
     video, body = _ok(server_5b, tmp_path, "a.mp4", prompt="a cat on the dog", num_frames=9, seed=7)
     info = ffprobe(video)
     assert (info["codec"], info["pix_fmt"]) == ("h264", "yuv420p")
-    assert (info["width"], info["height"]) == (96, 64)  # the tiny folder's native size
+    assert (info["width"], info["height"]) == (TINY_WIDTH, TINY_HEIGHT)  # the folder's size
     assert (info["frames"], info["fps"]) == (9, 8.0)
     assert info["duration"] == pytest.approx(9 / 8, abs=0.01)
     atoms = mp4_atoms(video)
