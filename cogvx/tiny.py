@@ -92,8 +92,10 @@ def _vae(v: Variant, seed: int):
         sample_height=TINY_HEIGHT,
         sample_width=TINY_WIDTH,
     )
+    if v.name != "t2v-2b":  # the released 5b / 1.5 VAEs scale latents by 0.7 (2b: 1.15258426)
+        kwargs.update(scaling_factor=0.7)
     if v.generation == "1.5":
-        kwargs.update(invert_scale_latents=True, scaling_factor=0.7)
+        kwargs.update(invert_scale_latents=True)
     return AutoencoderKLCogVideoX(**kwargs).eval()
 
 
