@@ -75,6 +75,22 @@ def pad_to_fit(h: int, w: int) -> tuple[int, int, int, int]:
     return left, right, top, bottom
 
 
+SIZE_POLICIES = ("original", "exact")
+
+
+def pad_minimal(h: int, w: int) -> tuple[int, int, int, int]:
+    """Padding (left, right, top, bottom) to the nearest size the UNet accepts (64k+16 x 64k)."""
+    padded_h = max(0, -(-(h - 16) // 64)) * 64 + 16
+    return 0, -(-w // 64) * 64 - w, 0, padded_h - h
+
+
+def exact_resolution(h: int, w: int, up_scale: float) -> tuple[int, int]:
+    """Target (height, width) = up_scale x input, floored to even (no area clamp)."""
+    if not up_scale > 0:
+        raise ValueError(f"up_scale must be > 0; got {up_scale}")
+    return int(up_scale * h // 2 * 2), int(up_scale * w // 2 * 2)
+
+
 def mask_cond(in_frames: int, interp: int) -> list[int]:
     """Per output frame: the key-frame index it copies, or -1 for an interpolated frame."""
     out: list[int] = []
@@ -122,12 +138,22 @@ def make_chunks(
     return sliding_windows(frames, chunk, o_len)
 
 
-def decode_tiles(frames: int, latent_h: int, latent_w: int) -> list[tuple[slice, slice, slice]]:
-    """(frames, height, width) latent slices of the tiled temporal VAE decode, row by row."""
+def decode_tiles(
+    frames: int,
+    latent_h: int,
+    latent_w: int,
+    tile: tuple[int, int] = (DECODE_TILE_H, DECODE_TILE_W),
+    overlap: tuple[int, int] = (DECODE_OVERLAP_H, DECODE_OVERLAP_W),
+    frame_window: tuple[int, int] = (DECODE_FRAMES, DECODE_OVERLAP_FRAMES),
+) -> list[tuple[slice, slice, slice]]:
+    """(frames, height, width) latent slices of the tiled temporal VAE decode, tile by tile.
+
+    Defaults are the original's: 72x128 latent tiles overlapping 12x25, 5 frames overlapping 2.
+    """
     tiles = []
-    for h0, h1 in sliding_windows(latent_h, DECODE_TILE_H, DECODE_OVERLAP_H):
-        for w0, w1 in sliding_windows(latent_w, DECODE_TILE_W, DECODE_OVERLAP_W):
-            for f0, f1 in sliding_windows(frames, DECODE_FRAMES, DECODE_OVERLAP_FRAMES):
+    for h0, h1 in sliding_windows(latent_h, tile[0], overlap[0]):
+        for w0, w1 in sliding_windows(latent_w, tile[1], overlap[1]):
+            for f0, f1 in sliding_windows(frames, *frame_window):
                 tiles.append((slice(f0, f1), slice(h0, h1), slice(w0, w1)))
     return tiles
 
@@ -191,14 +217,28 @@ def make_plan(
     up_scale: float,
     target_fps: float,
     chunk_overlap: int = DEFAULT_CHUNK_OVERLAP,
+    size_policy: str = "original",
 ) -> Plan:
-    """The original's arithmetic for one input; `chunk_overlap` 16 is the original."""
+    """The arithmetic for one input; chunk_overlap 16 and size_policy 'original' are the original.
+
+    size_policy 'exact' honours up_scale (no area clamp) and pads only to the nearest size the
+    UNet accepts instead of to 720x1280: cheaper for small outputs, off the training sizes.
+    """
+    if size_policy not in SIZE_POLICIES:
+        raise ValueError(f"size_policy must be one of {SIZE_POLICIES}; got {size_policy!r}")
     if in_frames < 2:
         raise ValueError(f"the input video needs at least 2 frames; got {in_frames}")
     if in_h < 2 or in_w < 2:
         raise ValueError(f"input frames must be at least 2x2 pixels; got {in_h}x{in_w}")
     interp = interp_count(in_fps, target_fps)
-    target_h, target_w = adjust_resolution(in_h, in_w, up_scale)
+    if size_policy == "original":
+        target_h, target_w = adjust_resolution(in_h, in_w, up_scale)
+        padding = pad_to_fit(target_h, target_w)
+    else:
+        target_h, target_w = exact_resolution(in_h, in_w, up_scale)
+        padding = pad_minimal(target_h, target_w)
+    if target_h < 2 or target_w < 2:
+        raise ValueError(f"up_scale {up_scale} makes a {target_h}x{target_w} output")
     out_frames = in_frames + (in_frames - 1) * interp
     return Plan(
         in_frames=in_frames,
@@ -209,6 +249,6 @@ def make_plan(
         out_fps=in_fps * (interp + 1),
         target_h=target_h,
         target_w=target_w,
-        padding=pad_to_fit(target_h, target_w),
+        padding=padding,
         chunks=tuple(make_chunks(out_frames, interp, chunk_overlap)),
     )
