@@ -5,9 +5,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from diffusers import UNet3DConditionModel
 from safetensors.torch import load_file, save_file
 
 from cogvx.venhancer import convert
+from cogvx.venhancer.controlnet import VEnhancerUNet, VideoControlNet
 from cogvx.venhancer.unet import RELEASED_CONFIG, check_latent_size
 
 FIX = Path("/work/shared/fixtures/venhancer/unet")
@@ -91,6 +93,19 @@ def test_checkpoint_formats(tmp_path, checkpoint, model):
         got = convert.load_venhancer_unet(path).state_dict()
         assert got.keys() == want.keys()
         assert all(torch.equal(got[k], want[k]) for k in want)
+
+
+def test_convert_to_folder_and_legacy_pickle(tmp_path, checkpoint, model):
+    legacy = tmp_path / "venhancer_paper.pt"
+    torch.save(checkpoint, legacy, _use_new_zipfile_serialization=False)  # no mmap possible
+    out = convert.convert_checkpoint(legacy, tmp_path / "w", dtype=torch.float32)
+    unet = UNet3DConditionModel.from_pretrained(out / "unet")
+    controlnet = VideoControlNet.from_pretrained(out / "controlnet")
+    assert (out / "unet/diffusion_pytorch_model.safetensors").is_file()
+    got = VEnhancerUNet(unet, controlnet).state_dict()
+    want = model.state_dict()
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+    assert unet.down_blocks[0].downsamplers[0].conv.padding == (2, 1)  # patched on load
 
 
 def test_checkpoint_errors(tmp_path, checkpoint):

@@ -36,7 +36,12 @@ def load_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
 
             sd = load_file(str(path))
         elif path.suffix in PICKLE_SUFFIXES:
-            sd = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            try:  # mmap: an 8 GB fp32 checkpoint is paged in, not copied
+                sd = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError as e:
+                if "mmap" not in str(e):
+                    raise
+                sd = torch.load(path, map_location="cpu", weights_only=True)  # legacy format
         else:
             raise CheckpointError(
                 f"VEnhancer checkpoint {path}: unknown suffix {path.suffix!r}; "
@@ -256,3 +261,25 @@ def load_venhancer_unet(
     if leftover:
         raise CheckpointError(f"weights not loaded: {leftover[:3]}")
     return model
+
+
+def convert_checkpoint(
+    src: str | Path, out_dir: str | Path, dtype: torch.dtype = torch.float16
+) -> Path:
+    """Write `unet/` and `controlnet/` (diffusers, safetensors) from an original checkpoint."""
+    model = load_venhancer_unet(src, dtype=dtype)
+    out = Path(out_dir)
+    model.unet.save_pretrained(out / "unet")
+    model.controlnet.save_pretrained(out / "controlnet")
+    return out
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description=convert_checkpoint.__doc__)
+    parser.add_argument("checkpoint", help="venhancer_paper.pt / venhancer_v2.pt or .safetensors")
+    parser.add_argument("out_dir", help="folder to write unet/ and controlnet/ into")
+    parser.add_argument("--dtype", choices=["float16", "bfloat16", "float32"], default="float16")
+    args = parser.parse_args()
+    print(convert_checkpoint(args.checkpoint, args.out_dir, getattr(torch, args.dtype)))
