@@ -104,6 +104,20 @@ def test_enhance_end_to_end(venhancer, tmp_path):
     assert not np.array_equal(a.frames, c.frames)
 
 
+def test_enhance_bf16():
+    v = tiny.tiny_venhancer(seed=2)
+    v = VEnhancer(v.model, v.vae, v.tokenizer, v.text_encoder, "cpu", torch.bfloat16)
+    logs = []
+    out = v.enhance(
+        _frames(3, 16, 16), in_fps=8, up_scale=1, target_fps=8, steps=3, guidance_scale=1.0,
+        size_policy="exact",
+        seed=0, log=logs.append,
+    )  # fmt: skip
+    assert out.frames.shape == (3, 16, 16, 3) and (out.cost.steps, out.cost.passes) == (14, 1)
+    assert "'fast' always runs 14 steps; steps=3 is unused" in logs[0]
+    assert next(v.model.parameters()).dtype == torch.bfloat16
+
+
 @pytest.mark.parametrize(
     "bad, match",
     [

@@ -173,6 +173,8 @@ class VEnhancer:
         _, n_frames, lh, lw = plan.latent_shape
         check_latent_size(lh, lw)
         cost = run_cost(plan, solver_mode, steps, guidance_scale)
+        if solver_mode == "fast" and steps not in (cost.steps, 15):
+            log(f"VEnhancer: 'fast' always runs {cost.steps} steps; steps={steps} is unused")
         log(
             f"VEnhancer: {t} frames {h}x{w} @ {in_fps:g} fps -> {n_frames} frames "
             f"{plan.target_h}x{plan.target_w} @ {plan.out_fps:g} fps; {len(plan.chunks)} chunk(s); "
