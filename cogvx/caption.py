@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from cogvx import checks
+from cogvx.cogvlm2.captioner import DEFAULT_PROMPT
 from cogvx.cogvlm2.sampling import BASE_CLIP_SECONDS, STRATEGIES, sample_frame_indices
 from cogvx.generate import weights_cache_root
 from cogvx.gpu import HEADROOM_GB, measure_gpu, resolve_seed
@@ -261,7 +262,11 @@ class CaptionService:
         seed: int | None,
     ) -> str:
         """Caption one video file."""
-        prompt = checks.prompt(prompt, "prompt")
+        prompt = (prompt or "").strip()
+        if not prompt:
+            raise ValueError(
+                f'prompt must not be empty; ask something about the video, e.g. "{DEFAULT_PROMPT}"'
+            )
         checks.choice("strategy", strategy, STRATEGIES)
         max_new_tokens = int(checks.in_range("max_new_tokens", max_new_tokens, 1, 4096))
         temperature = float(checks.in_range("temperature", temperature, 0.0, 2.0))

@@ -1,0 +1,190 @@
+"""Caption end to end: tiny CogVLM2 packed and served over HTTP -> real setup() -> real coglet.
+
+The tiny model is the golden fixture (../shared/fixtures/cogvlm2) with one change: its LM head
+keeps only the tokenizer's 463 ids, so greedy captions are real (random) text instead of ids
+that decode to "". Videos are made with ffmpeg and sent as URLs, as a client would.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+
+import decord
+import numpy as np
+import pytest
+from safetensors.torch import load_file, save_file
+
+from cogvx.caption import CaptionSetupError
+from cogvx.cogvlm2 import CogVLM2Captioner, sample_frame_indices
+from cogvx.weights import pack_folder
+from tests.coglet_harness import CogletServer
+from tests.shared_fixtures import fixture_dir
+from tests.weights_server import WeightsServer
+
+FILES = ["config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json"]
+FILES += ["special_tokens_map.json"]
+VOCAB = 463  # ids 0..462 are the tiny tokenizer's; 128000+ are special
+TOKENS = 6
+
+
+def _ffmpeg(*args: str) -> None:
+    subprocess.run(
+        ["/usr/bin/ffmpeg", "-hide_banner", "-loglevel", "error", "-y", *args], check=True
+    )
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory):
+    """The fixture model whose LM head can only say words of its own vocabulary."""
+    src, dst = fixture_dir("cogvlm2"), tmp_path_factory.mktemp("caption-tiny") / "cogvlm2"
+    dst.mkdir()
+    for name in FILES:
+        shutil.copy(src / name, dst / name)
+    state = load_file(str(src / "model.safetensors"))
+    head = state["lm_head.weight"].clone()
+    head[VOCAB:] = 0
+    state["lm_head.weight"] = head * 4
+    save_file(state, str(dst / "model.safetensors"), metadata={"format": "pt"})
+    return dst
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory):
+    """Input files: H.264 and VP9 clips, an audio-only file, a text file named .mp4."""
+    d = tmp_path_factory.mktemp("caption-media")
+    src = ["-f", "lavfi", "-i", "testsrc2=size=128x96:rate=12:duration=4.5"]
+    _ffmpeg(
+        *src, "-c:v", "libx264", "-preset", "veryfast", "-pix_fmt", "yuv420p", str(d / "clip.mp4")
+    )
+    _ffmpeg(
+        *src, "-c:v", "libvpx-vp9", "-deadline", "realtime", "-cpu-used", "8", str(d / "clip.webm")
+    )
+    _ffmpeg(
+        "-f", "lavfi", "-i", "sine=frequency=440:duration=1", "-c:a", "aac", str(d / "tone.m4a")
+    )
+    (d / "notes.mp4").write_text("not a video\n" * 100)
+    return d
+
+
+@pytest.fixture(scope="module")
+def http(tiny_folder, media, tmp_path_factory):
+    """Loopback server for the packed weights and the input videos."""
+    tar = pack_folder(tiny_folder, tmp_path_factory.mktemp("caption-tar") / "w.tar", log=print)
+    files = {"/caption.tar": tar, **{f"/media/{p.name}": p for p in media.iterdir()}}
+    with WeightsServer(files) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def server(http, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("caption-server")
+    env = {
+        "COG_WEIGHTS": http.url("/caption.tar") + "?X-Amz-Signature=secret",
+        "COGVX_WEIGHTS_CACHE": str(tmp / "cache"),
+    }
+    with CogletServer("cog.caption.yaml", env=env) as srv:
+        health = srv.wait_ready(timeout=300)
+        assert health["status"] == "READY", srv.logs()
+        yield srv
+
+
+def _caption(server, http, video: str, **inputs) -> tuple[str, str]:
+    body_in = {"video": http.url(f"/media/{video}"), "max_new_tokens": TOKENS, **inputs}
+    server.wait_idle()  # coglet may answer a sync prediction a moment before freeing its slot
+    status, body = server.predict(body_in, timeout=300)
+    assert status == 200 and body["status"] == "succeeded", (body, server.logs()[-3000:])
+    assert isinstance(body["output"], str)
+    return body["output"], body["logs"]
+
+
+def _original_demo_frames(path, strategy: str) -> np.ndarray:
+    """Frames as the original demo's load_video picks and decodes them (decord)."""
+    vr = decord.VideoReader(str(path))
+    stamps = [t[0] for t in vr.get_frame_timestamp(np.arange(len(vr)))]
+    idx = sample_frame_indices(len(vr), vr.get_avg_fps(), strategy, timestamps=stamps)
+    return vr.get_batch(idx).asnumpy()
+
+
+def test_setup_fetches_and_verifies_the_packed_weights(server):
+    logs = server.health()["setup"]["logs"]
+    assert "sha256 verified" in logs and "secret" not in logs
+    assert "memory plan: device=cpu quantize=None" in logs
+    # coglet 0.23.1 files the last line printed before setup() returns under the first
+    # prediction instead of setup.logs (a race on its side), so look in the server's log
+    assert "loaded THUDM/cogvlm2-llama3-caption" in server.logs()
+
+
+@pytest.mark.parametrize(("video", "strategy"), [("clip.mp4", "chat"), ("clip.webm", "base")])
+def test_caption_matches_the_model_on_the_original_demos_frames(
+    server, http, tiny_folder, media, video, strategy
+):
+    text, logs = _caption(server, http, video, strategy=strategy, prompt="What happens?")
+    frames = _original_demo_frames(media / video, strategy)
+    cap = CogVLM2Captioner.from_folder(tiny_folder)
+    expected = cap.caption(frames, "What happens?", strategy, max_new_tokens=TOKENS)
+    assert text == expected and text  # greedy: the same words, and some words
+    assert f"read {len(frames)} frames ('{strategy}')" in logs
+    assert f"generated {TOKENS} tokens" in logs
+    assert len(frames) == (5 if strategy == "chat" else 24)  # 4.5 s: seconds 0..4
+
+
+def test_sampling_is_reproducible_by_seed(server, http):
+    a, logs_a = _caption(server, http, "clip.mp4", temperature=1.0, top_p=0.9, seed=5)
+    b, _ = _caption(server, http, "clip.mp4", temperature=1.0, top_p=0.9, seed=5)
+    assert a == b and "seed: 5" in logs_a
+    c, logs_c = _caption(server, http, "clip.mp4", temperature=1.0, top_p=0.9)
+    used = int(re.search(r"seed: (\d+)", logs_c).group(1))
+    d, _ = _caption(server, http, "clip.mp4", temperature=1.0, top_p=0.9, seed=used)
+    assert c == d
+
+
+@pytest.mark.parametrize(
+    ("video", "message"),
+    [
+        ("notes.mp4", "notes.mp4: not a video file FFmpeg can read"),
+        ("tone.m4a", "tone.m4a: has no video stream (found: audio)"),
+    ],
+)
+def test_bad_video_fails_clearly_and_server_stays_ready(server, http, video, message):
+    server.wait_idle()
+    status, body = server.predict({"video": http.url(f"/media/{video}")})
+    assert status == 200 and body["status"] == "failed"
+    assert message in body["error"]
+    assert server.wait_idle(timeout=30)["status"] == "READY"  # BUSY for a moment, then READY
+
+
+@pytest.mark.parametrize(
+    ("inputs", "field", "message"),
+    [
+        ({"strategy": "every"}, "strategy", "is not one of"),
+        ({"max_new_tokens": 0}, "max_new_tokens", "less than the minimum of 1"),
+        ({"temperature": 5}, "temperature", "greater than the maximum of 2"),
+    ],
+)
+def test_schema_rejects_bad_values_with_422(server, http, inputs, field, message):
+    server.wait_idle()
+    status, body = server.predict({"video": http.url("/media/clip.mp4"), **inputs})
+    assert status == 422, body
+    detail = body["detail"][0]
+    assert detail["loc"][-1] == field and message in detail["msg"]
+
+
+def test_empty_prompt_fails_clearly(server, http):
+    server.wait_idle()
+    status, body = server.predict({"video": http.url("/media/clip.mp4"), "prompt": "  "})
+    assert status == 200 and body["status"] == "failed"
+    assert "prompt must not be empty" in body["error"]
+
+
+def test_no_weights_says_how_to_build_them():
+    """setup() without COG_WEIGHTS (coglet passes None); coglet's SETUP_FAILED path is tested
+    with the T2V models, so this runs the Runner in-process (saves a server start)."""
+    from predict_caption.predict import Runner
+
+    with pytest.raises(CaptionSetupError) as exc:
+        Runner().setup(weights=None)
+    message = str(exc.value)
+    assert "tools/pack_weights.py" in message and "COG_WEIGHTS" in message
+    assert "(THUDM/cogvlm2-llama3-caption) has no public weight tarball" in message
