@@ -15,6 +15,7 @@ import torch
 from cogvx import checks
 from cogvx.gpu import MemoryPlan, apply_plan, cpu_generator, current_plan, resolve_seed, torch_dtype
 from cogvx.log import log as log_line
+from cogvx.lora import LoraSlot
 from cogvx.models import Variant, get_variant
 from cogvx.video import to_uint8_frames
 
@@ -66,12 +67,16 @@ class Request:
 
     prompt: str
     negative_prompt: str
-    num_frames: int
+    num_frames: int | None  # None: the model's default (video-to-video: the video's count)
     num_inference_steps: int
     guidance_scale: float
     use_dynamic_cfg: bool
     seed: int | None
-    image: Any = None  # PIL image for image-to-video
+    image: Any = None  # PIL image for image-to-video, already at the output size
+    video: Any = None  # (T, H, W, 3) uint8 frames for video-to-video, already at the model size
+    strength: float = 0.8  # video-to-video: how much of the input is re-noised (1 = all)
+    lora_url: str | None = None
+    lora_scale: float = 1.0
 
 
 @dataclass
@@ -86,6 +91,18 @@ class VideoModel:
 
     def __init__(self, variant: Variant, pipe: Any, plan: MemoryPlan, log: Log = log_line):
         self.variant, self.pipe, self.plan, self.log = variant, pipe, plan, log
+        self.lora = LoraSlot(pipe, variant.name, log=log)
+        self._v2v: Any = None
+
+    @property
+    def v2v_pipe(self) -> Any:
+        """The video-to-video pipeline over the same modules (no extra memory), made once."""
+        if self._v2v is None:
+            from diffusers import CogVideoXVideoToVideoPipeline
+
+            self._v2v = CogVideoXVideoToVideoPipeline(**self.pipe.components)
+            self._v2v.set_progress_bar_config(mininterval=1.0)
+        return self._v2v
 
     @classmethod
     def load(cls, model: str, weights: str | None = None, log: Log = log_line) -> VideoModel:
@@ -113,7 +130,26 @@ class VideoModel:
         """Validate a request against this variant; ValueError names the input."""
         v = self.variant
         req.prompt = checks.prompt(req.prompt)
-        checks.choice("num_frames", req.num_frames, v.allowed_frames)
+        if v.task == "i2v" and req.image is None:
+            raise ValueError(f"image is required: {v.name} animates an input image")
+        if v.task != "i2v" and req.image is not None:
+            raise ValueError(f"image is not an input of {v.name} (a text-to-video model)")
+        if req.video is not None:
+            if v.task != "t2v":
+                raise ValueError(
+                    f"video is not an input of {v.name}; video-to-video needs a T2V model"
+                )
+            checks.choice("video frame count", len(req.video), v.v2v_frames)
+            checks.in_range("strength", req.strength, 0.0, 1.0)
+            if int(req.num_inference_steps * req.strength) < 1:
+                raise ValueError(
+                    f"strength={req.strength} with num_inference_steps={req.num_inference_steps} "
+                    "leaves no denoising step; raise either so steps x strength >= 1"
+                )
+        else:
+            if req.num_frames is None:
+                req.num_frames = v.default_frames
+            checks.choice("num_frames", req.num_frames, v.allowed_frames)
         for name, text in (("prompt", req.prompt), ("negative_prompt", req.negative_prompt)):
             n = self.count_tokens(text) if text else 0
             if n > v.max_tokens:
@@ -126,29 +162,41 @@ class VideoModel:
         """Run the pipeline once and return uint8 frames."""
         self.check(req)
         v = self.variant
+        self.lora.apply(req.lora_url, req.lora_scale)
         seed = resolve_seed(req.seed, self.log)
+        width, height = v.width, v.height
+        pipe = self.pipe
         kwargs: dict[str, Any] = dict(
             prompt=req.prompt,
             negative_prompt=req.negative_prompt or None,
-            num_frames=req.num_frames,
             num_inference_steps=req.num_inference_steps,
             guidance_scale=req.guidance_scale,
             use_dynamic_cfg=req.use_dynamic_cfg,
-            height=v.height,
-            width=v.width,
             generator=cpu_generator(seed),
             max_sequence_length=v.max_tokens,
             output_type="np",
         )
-        if req.image is not None:
-            kwargs["image"] = req.image
+        if req.video is not None:
+            from PIL import Image
+
+            pipe = self.v2v_pipe
+            height, width = req.video.shape[1:3]
+            kwargs.update(video=[Image.fromarray(f) for f in req.video], strength=req.strength)
+            what = f"video-to-video over {len(req.video)} frames (strength {req.strength})"
+        else:
+            if req.image is not None:
+                width, height = req.image.size
+                kwargs["image"] = req.image
+            kwargs["num_frames"] = req.num_frames
+            what = f"{req.num_frames} frames"
+        kwargs.update(height=height, width=width)
         self.log(
-            f"generating {req.num_frames} frames at {v.width}x{v.height}, "
+            f"generating {what} at {width}x{height}, "
             f"{req.num_inference_steps} steps, guidance {req.guidance_scale}"
         )
         t0 = time.perf_counter()
         with torch.inference_mode():
-            frames = self.pipe(**kwargs).frames[0]
+            frames = pipe(**kwargs).frames[0]
         seconds = time.perf_counter() - t0
         self.log(f"generated in {seconds:.1f}s")
         return Result(to_uint8_frames(frames), seed, seconds)

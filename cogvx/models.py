@@ -8,6 +8,7 @@ from pathlib import Path
 
 SEED_TARBALL_BASE = "https://weights.replicate.delivery/default/THUDM/CogVideo"
 FOLDER_OVERRIDES = "cogvx.json"  # optional file in a weights folder: {"height": .., "width": ..}
+OVERRIDE_KEYS = ("height", "width", "fps", "min_side", "max_side")
 
 
 @dataclass(frozen=True)
@@ -46,11 +47,31 @@ class Variant:
     memory: MemoryNeed
     default_guidance: float = 6.0
     default_steps: int = 50
+    # Image-to-video size rule: None = fixed height x width; else the short side is min_side and
+    # the long side follows the image's aspect ratio up to max_side, in multiples of size_multiple.
+    min_side: int | None = None
+    max_side: int | None = None
+    size_multiple: int = 16
+    patch_t: int = 1  # latent frames per temporal patch (1.5: 2)
 
     @property
     def allowed_frames(self) -> list[int]:
         """Frame counts the model accepts, ascending."""
         return list(range(self.min_frames, self.max_frames + 1, self.frame_step))
+
+    @property
+    def v2v_frames(self) -> list[int]:
+        """Input-video frame counts video-to-video accepts: whole temporal patches of latents.
+
+        The text-to-video pipeline pads an odd latent count for 1.5 (81 frames run as 22 latents,
+        85 frames) and drops the pad; the video-to-video pipeline cannot pad, so it takes 85.
+        """
+        out = []
+        for n in self.allowed_frames:
+            latents = (n - 1) // 4 + 1
+            latents += -latents % self.patch_t
+            out.append((latents - 1) * 4 + 1)
+        return out
 
     def with_folder_overrides(self, folder: str | Path) -> Variant:
         """Apply the folder's `cogvx.json` (native size of a fine-tune or of a tiny test model)."""
@@ -58,11 +79,19 @@ class Variant:
         if not path.is_file():
             return self
         data = json.loads(path.read_text())
-        allowed = {"height", "width", "fps"}
-        unknown = sorted(set(data) - allowed)
+        unknown = sorted(set(data) - set(OVERRIDE_KEYS))
         if unknown:
-            raise ValueError(f"{path}: unknown keys {unknown}; allowed: {sorted(allowed)}")
-        return replace(self, **{k: int(v) for k, v in data.items()})
+            raise ValueError(f"{path}: unknown keys {unknown}; allowed: {list(OVERRIDE_KEYS)}")
+        new = {k: int(v) for k, v in data.items()}
+        if self.min_side and "min_side" not in new and ({"height", "width"} & set(new)):
+            # A smaller native size (tiny test model, fine-tune) scales the size rule with it.
+            h, w = new.get("height", self.height), new.get("width", self.width)
+            ratio = min(h, w) / min(self.height, self.width)
+            m = self.size_multiple
+            new["min_side"] = max(m, round(self.min_side * ratio / m) * m)
+            if "max_side" not in new:
+                new["max_side"] = max(new["min_side"], int(self.max_side * ratio) // m * m)
+        return replace(self, **new)
 
 
 VARIANTS: dict[str, Variant] = {
@@ -121,6 +150,7 @@ VARIANTS: dict[str, Variant] = {
             width=1360,
             max_tokens=224,
             memory=MemoryNeed(no_offload=42.0, model_offload=24.0, sequential_offload=10.0),
+            patch_t=2,
         ),
         Variant(
             name="i2v-5b",
@@ -157,6 +187,9 @@ VARIANTS: dict[str, Variant] = {
             width=1360,
             max_tokens=224,
             memory=MemoryNeed(no_offload=43.0, model_offload=25.0, sequential_offload=10.0),
+            patch_t=2,
+            min_side=768,  # THUDM: min(W, H) = 768, 768 <= max(W, H) <= 1360, multiples of 16
+            max_side=1360,
         ),
     ]
 }

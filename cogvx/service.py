@@ -10,6 +10,7 @@ from typing import Any
 from cogvx import checks
 from cogvx.generate import Request, VideoModel
 from cogvx.log import log as log_line
+from cogvx.models import Variant
 from cogvx.video import OUTPUT_FORMATS, fresh_output_path, write_video
 
 OUTPUT_ENV = "COGVX_OUTPUT_DIR"  # per-prediction output folders live here
@@ -35,7 +36,7 @@ class VideoService:
         *,
         prompt: str,
         negative_prompt: str,
-        num_frames: int,
+        num_frames: int | None = None,
         num_inference_steps: int,
         guidance_scale: float,
         use_dynamic_cfg: bool,
@@ -43,13 +44,27 @@ class VideoService:
         fps: int,
         output_format: str,
         output_quality: int,
-        image: Any = None,
+        image: str | Path | None = None,
+        image_fit: str = "crop",
+        video: str | Path | None = None,
+        strength: float = 0.8,
+        lora_url: str | None = None,
+        lora_scale: float = 1.0,
         record_metric: Metric | None = None,
     ) -> Path:
-        """Generate one video and return the encoded file."""
+        """Generate one video and return the encoded file.
+
+        image: a file for image-to-video; video: a file for video-to-video (T2V models)."""
         checks.choice("output_format", output_format, OUTPUT_FORMATS)
         checks.in_range("output_quality", output_quality, 1, 100)
         checks.in_range("fps", fps, 1, 60)
+        checks.in_range("lora_scale", float(lora_scale), -1.0, 3.0)
+        v = self.model.variant
+        frames = None
+        if video is not None:
+            frames = read_v2v_video(video, v, self.log)
+            if num_frames is not None and num_frames != len(frames):
+                self.log(f"num_frames={num_frames} ignored: video-to-video keeps the video's count")
         req = Request(
             prompt=prompt,
             negative_prompt=(negative_prompt or "").strip(),
@@ -60,7 +75,11 @@ class VideoService:
             guidance_scale=float(checks.in_range("guidance_scale", guidance_scale, 0.0, 20.0)),
             use_dynamic_cfg=use_dynamic_cfg,
             seed=seed,
-            image=image,
+            image=None if image is None else fit_input_image(image, v, image_fit, self.log),
+            video=frames,
+            strength=float(strength),
+            lora_url=(lora_url or "").strip() or None,
+            lora_scale=float(lora_scale),
         )
         result = self.model.generate(req)
         path = fresh_output_path(output_root(), output_format, stem=f"cogvideox-{result.seed}")
@@ -71,3 +90,24 @@ class VideoService:
             record_metric("video_output_count", 1)
             record_metric("video_output_duration_seconds", duration)
         return path
+
+
+def fit_input_image(path: str | Path, v: Variant, fit: str, log: Callable[[str], None]) -> Any:
+    """Open an input image and fit it to the size the variant makes for it (see `images`)."""
+    from cogvx import images
+
+    checks.choice("image_fit", fit, images.FIT_MODES)
+    img = images.load_image(path, log=log)
+    if v.min_side and v.max_side:
+        w, h = images.derived_size(*img.size, v.min_side, v.max_side, v.size_multiple)
+    else:
+        w, h = v.width, v.height
+    log(f"image: {images.describe_fit(img.size, (w, h), fit)}")
+    return images.fit_image(img, w, h, fit)
+
+
+def read_v2v_video(path: str | Path, v: Variant, log: Callable[[str], None]) -> Any:
+    """Frames of an input video at the variant's size, fps and an accepted frame count."""
+    from cogvx.v2v import load_video
+
+    return load_video(path, v.width, v.height, v.fps, v.v2v_frames, log=log)

@@ -1,4 +1,4 @@
-"""CogVideoX text-to-video runners: one class per model, Inputs only; the work is in cogvx."""
+"""CogVideoX text-to-video runners (+ video-to-video, LoRA): Inputs only; the work is in cogvx."""
 
 from typing import Optional
 
@@ -46,6 +46,26 @@ class Inputs:
         ge=1,
         le=100,
     )
+    video = Input(
+        description="Optional input video: turns the run into video-to-video. Its frames are sampled at the model's frame rate, cut to the longest frame count the model takes (num_frames is then ignored) and centre-cropped to the model's size; the logs say what was used.",  # noqa: E501
+        default=None,
+    )
+    strength = Input(
+        description="Video-to-video only: how much of the input video is repainted (0 keeps it, 1 ignores it). Needs num_inference_steps x strength >= 1.",  # noqa: E501
+        default=0.8,
+        ge=0.0,
+        le=1.0,
+    )
+    lora_url = Input(
+        description="Optional LoRA (.safetensors only): an https URL of the file or of a .tar holding one, a Hugging Face repo as owner/repo (file pytorch_lora_weights.safetensors) or owner/repo/file.safetensors, or a replicate.com model URL. Downloads are cached; leave blank for the base model.",  # noqa: E501
+        default=None,
+    )
+    lora_scale = Input(
+        description="LoRA strength: 1 = as trained (alpha/rank applied), 0 = the base model.",
+        default=1.0,
+        ge=-1.0,
+        le=3.0,
+    )
 
 
 class T2VRunner(BaseRunner):
@@ -83,6 +103,10 @@ class Runner(T2VRunner):
         fps: int = Input(description="Frame rate of the output file.", default=8, ge=1, le=60),
         output_format: str = Inputs.output_format,
         output_quality: int = Inputs.output_quality,
+        video: Optional[Path] = Inputs.video,
+        strength: float = Inputs.strength,
+        lora_url: Optional[str] = Inputs.lora_url,
+        lora_scale: float = Inputs.lora_scale,
     ) -> Path:
         return self._run(locals())
 
@@ -111,6 +135,10 @@ class Runner2b(T2VRunner):
         fps: int = Input(description="Frame rate of the output file.", default=8, ge=1, le=60),
         output_format: str = Inputs.output_format,
         output_quality: int = Inputs.output_quality,
+        video: Optional[Path] = Inputs.video,
+        strength: float = Inputs.strength,
+        lora_url: Optional[str] = Inputs.lora_url,
+        lora_scale: float = Inputs.lora_scale,
     ) -> Path:
         return self._run(locals())
 
@@ -136,5 +164,9 @@ class Runner15(T2VRunner):
         fps: int = Input(description="Frame rate of the output file.", default=16, ge=1, le=60),
         output_format: str = Inputs.output_format,
         output_quality: int = Inputs.output_quality,
+        video: Optional[Path] = Inputs.video,
+        strength: float = Inputs.strength,
+        lora_url: Optional[str] = Inputs.lora_url,
+        lora_scale: float = Inputs.lora_scale,
     ) -> Path:
         return self._run(locals())

@@ -1,0 +1,184 @@
+"""Image-to-video end to end: tiny I2V weights over HTTP -> real coglet -> ffprobe, logs, errors."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+
+import av
+import numpy as np
+import pytest
+from PIL import Image
+
+from cogvx.tiny import TINY_HEIGHT, TINY_WIDTH
+from cogvx.weights import pack_folder
+from tests.coglet_harness import CogletServer, save_output
+from tests.media import ffprobe
+from tools.make_tiny_weights import main as make_tiny_weights
+
+STEPS = 2
+
+
+def _env(tmp, url: str) -> dict[str, str]:
+    return {
+        "COG_WEIGHTS": url,
+        "COGVX_WEIGHTS_CACHE": str(tmp / "cache"),
+        "COGVX_OUTPUT_DIR": str(tmp / "outputs"),
+        "COGVX_LORA_CACHE": str(tmp / "loras"),
+    }
+
+
+def data_uri(data: bytes, mime: str) -> str:
+    """A data: URI, the way a client sends a file input inline."""
+    return f"data:{mime};base64,{base64.b64encode(data).decode()}"
+
+
+def image_uri(img: Image.Image, fmt: str = "PNG") -> str:
+    buf = io.BytesIO()
+    img.save(buf, fmt)
+    return data_uri(buf.getvalue(), f"image/{fmt.lower()}")
+
+
+def gradient(w: int, h: int, mode: str = "RGB") -> Image.Image:
+    """A smooth test picture (not flat, so fitting mistakes would show)."""
+    y, x = np.mgrid[0:h, 0:w]
+    arr = np.stack([x * 255 // max(w - 1, 1), y * 255 // max(h - 1, 1), (x + y) % 256], -1)
+    return Image.fromarray(arr.astype(np.uint8)).convert(mode)
+
+
+def decode(path) -> np.ndarray:
+    with av.open(str(path)) as c:
+        return np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])
+
+
+def predict_ok(server, tmp_path, name: str, **inputs):
+    """One successful prediction (waiting out coglet's short busy tail after the previous one)."""
+    for _ in range(20):
+        status, body = server.predict({"num_inference_steps": STEPS, **inputs}, timeout=300)
+        if status != 409:
+            break
+        server.wait_idle(timeout=60)
+    assert status == 200 and body["status"] == "succeeded", (body, server.logs()[-3000:])
+    return save_output(body["output"], tmp_path / name), body
+
+
+def predict_failed(server, **inputs) -> str:
+    """The error of a prediction that must fail; the server must stay READY."""
+    for _ in range(20):
+        status, body = server.predict({"num_inference_steps": STEPS, **inputs}, timeout=300)
+        if status != 409:
+            break
+        server.wait_idle(timeout=60)
+    assert status == 200 and body["status"] == "failed", body
+    assert server.wait_idle(timeout=60)["status"] == "READY"
+    return body["error"]
+
+
+@pytest.fixture(scope="module")
+def server_5b(weights_server, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("i2v5b")
+    with CogletServer("cog.i2v.yaml", env=_env(tmp, weights_server.serve("i2v-5b"))) as server:
+        assert server.wait_ready(timeout=300)["status"] == "READY", server.logs()
+        yield server
+
+
+@pytest.fixture(scope="module")
+def lora_url(weights_server, tmp_path_factory) -> str:
+    """A peft LoRA for the tiny transformers (same attention shapes in T2V and I2V), served."""
+    from tests.test_lora import save_diffusers_lora
+
+    path = save_diffusers_lora(tmp_path_factory.mktemp("lora") / "style.safetensors")
+    weights_server.files["/i2v-style.safetensors"] = path
+    return weights_server.url("/i2v-style.safetensors")
+
+
+def test_5b_animates_an_rgba_image_at_its_only_size(server_5b, tmp_path):
+    img = gradient(TINY_WIDTH * 3, TINY_HEIGHT * 3, "RGBA")
+    video, body = predict_ok(server_5b, tmp_path, "a.mp4", image=image_uri(img), prompt="a cat",
+                             seed=3)  # fmt: skip
+    info = ffprobe(video)
+    assert (info["width"], info["height"]) == (TINY_WIDTH, TINY_HEIGHT)
+    assert (info["frames"], info["fps"]) == (49, 8.0)
+    assert "image: converted RGBA to 8-bit RGB" in body["logs"]
+    assert f"-> {TINY_WIDTH}x{TINY_HEIGHT} (crop)" in body["logs"]
+    assert body["metrics"]["video_output_count"] == 1
+
+
+def test_portrait_image_is_fitted_and_the_logs_say_how(server_5b, tmp_path):
+    img = gradient(TINY_HEIGHT * 2, TINY_WIDTH * 2)  # portrait
+    _, body = predict_ok(server_5b, tmp_path, "p.mp4", image=image_uri(img, "JPEG"),
+                         prompt="a dog", image_fit="pad")  # fmt: skip
+    assert "the image is portrait but the output is landscape: black bars" in body["logs"]
+
+
+def test_lora_changes_the_image_to_video_output(server_5b, tmp_path, lora_url):
+    img = image_uri(gradient(TINY_WIDTH, TINY_HEIGHT))
+    base, _ = predict_ok(server_5b, tmp_path, "b.mp4", image=img, prompt="a cat", seed=4)
+    styled, body = predict_ok(server_5b, tmp_path, "s.mp4", image=img, prompt="a cat", seed=4,
+                              lora_url=lora_url)  # fmt: skip
+    assert "lora: loaded" in body["logs"]
+    assert not np.array_equal(decode(base), decode(styled))
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"this is a text file, not a picture" * 4, "is not an image this server can read"),
+        (b"", "is an empty file"),
+    ],
+)
+def test_bad_images_fail_with_a_clear_error(server_5b, data, message):
+    error = predict_failed(server_5b, image=data_uri(data, "image/png"), prompt="a cat")
+    assert message in error and "image" in error
+
+
+def test_schema_has_no_frame_count_and_rejects_unknown_fits(server_5b):
+    status, body = server_5b.predict(
+        {"image": image_uri(gradient(8, 8)), "prompt": "a cat", "image_fit": "zoom"}
+    )
+    assert status == 422 and body["detail"][0]["loc"][-1] == "image_fit"
+    status, body = server_5b.predict({"prompt": "a cat"})
+    assert status == 422 and body["detail"][0]["loc"][-1] == "image"
+
+
+@pytest.fixture(scope="module")
+def server_15(weights_server, tmp_path_factory):
+    """CogVideoX1.5-I2V on tiny weights whose RoPE table covers every size the rule can pick."""
+    tmp = tmp_path_factory.mktemp("i2v15")
+    folder = tmp / "i2v-1.5"
+    assert make_tiny_weights(["--model", "i2v-1.5", "--out", str(folder)]) == 0
+    config = folder / "transformer" / "config.json"
+    data = json.loads(config.read_text())
+    side = max(data["sample_height"], data["sample_width"]) * 2  # the real model's is square too
+    data.update(sample_height=side, sample_width=side)
+    config.write_text(json.dumps(data))
+    weights_server.files["/i2v-1.5-square.tar"] = pack_folder(folder, tmp / "w.tar", log=print)
+    url = weights_server.url("/i2v-1.5-square.tar")
+    with CogletServer("cog.i2v-1.5.yaml", env=_env(tmp, url)) as server:
+        assert server.wait_ready(timeout=300)["status"] == "READY", server.logs()
+        yield server
+
+
+@pytest.mark.parametrize(
+    ("w", "h", "want"),
+    [
+        (160, 90, (48, 32)),  # 16:9 -> long side capped (1360/768 scaled to the tiny model)
+        (90, 120, (32, 48)),  # portrait stays portrait: 32 x 42.7 -> 48
+        (100, 100, (32, 32)),
+    ],
+)
+def test_15_output_size_follows_the_image(server_15, tmp_path, w, h, want):
+    video, body = predict_ok(server_15, tmp_path, "v.mp4", image=image_uri(gradient(w, h)),
+                             prompt="a cat", num_frames=17)  # fmt: skip
+    info = ffprobe(video)
+    assert (info["width"], info["height"]) == want
+    assert (info["frames"], info["fps"]) == (17, 16.0)
+    assert f"{w}x{h} -> {want[0]}x{want[1]} (crop)" in body["logs"]
+
+
+def test_15_frame_rule_is_in_the_schema(server_15):
+    status, body = server_15.predict(
+        {"image": image_uri(gradient(8, 8)), "prompt": "a cat", "num_frames": 49 + 1}
+    )
+    assert status == 422 and body["detail"][0]["loc"][-1] == "num_frames"
