@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cogvx.upscale import StateDictError, _check_frames, load_state_dict_file, to_uint8
+from cogvx.upscale import StateDictError, check_uint8_frames, load_state_dict_file, to_uint8
 
 RELEASED_WIDTH = 90  # channels of every IFBlock in the released HDv3 flownet
 SCALE_LIST = (4, 2, 1)  # coarse-to-fine downscale of the three IFBlocks (divided by `scale`)
@@ -226,7 +226,7 @@ def interpolate(
 
     `scale` < 1 estimates flow at lower resolution (0.5 for 4K); `batch_size` frame pairs a pass.
     """
-    frames = _check_frames(frames)
+    frames = check_uint8_frames(frames)
     if factor not in FACTORS:
         raise ValueError(f"factor={factor} is not allowed; use one of {FACTORS}")
     if scale not in (0.25, 0.5, 1.0, 2.0, 4.0):

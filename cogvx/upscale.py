@@ -227,7 +227,7 @@ def upscale_frames(
 
     Frames go through the model `batch_size` at a time; `progress(done, total)` after each batch.
     """
-    frames = _check_frames(frames)
+    frames = check_uint8_frames(frames)
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size} is not allowed; use 1 or more")
     t, h, w, _ = frames.shape
@@ -249,7 +249,7 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
     return scaled.permute(0, 2, 3, 1).cpu().numpy()
 
 
-def _check_frames(frames: np.ndarray) -> np.ndarray:
+def check_uint8_frames(frames: np.ndarray) -> np.ndarray:
     """Validate uint8 (T,H,W,3) frames (numpy or torch) and return a contiguous numpy array."""
     if isinstance(frames, torch.Tensor):
         frames = frames.cpu().numpy()
