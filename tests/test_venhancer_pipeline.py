@@ -1,5 +1,8 @@
 """VEnhancer plumbing with tiny random diffusers/transformers parts: text, VAE, enhance, cost."""
 
+import shutil
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -10,6 +13,8 @@ from cogvx.venhancer import arith, cost, text, tiny, vae
 from cogvx.venhancer.controlnet import VEnhancerUNet, VideoControlNet
 from cogvx.venhancer.pipeline import VEnhancer
 from cogvx.venhancer.unet import build_unet
+
+FIXTURE_CKPT = Path("/work/shared/fixtures/venhancer/unet/model.safetensors")
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -102,6 +107,23 @@ def test_enhance_end_to_end(venhancer, tmp_path):
     assert np.array_equal(a.frames, b.frames)  # same weights, same seed: same video
     c = loaded.enhance(_frames(3, 16, 16), seed=4, **kw)
     assert not np.array_equal(a.frames, c.frames)
+
+
+def test_from_folder_with_original_checkpoint(tmp_path, venhancer):
+    """A folder holding the authors' checkpoint file (here the tiny original) instead of unet/."""
+    folder = tmp_path / "w"
+    venhancer.vae.save_pretrained(folder / "vae")
+    venhancer.tokenizer.save_pretrained(folder / "tokenizer")
+    encoder = tiny.tiny_text_encoder(len(venhancer.tokenizer), hidden=1024)  # the fixture's width
+    encoder.save_pretrained(folder / "text_encoder")
+    shutil.copy(FIXTURE_CKPT, folder / "venhancer_v2.safetensors")
+    v = VEnhancer.from_folder(folder, device="cpu", dtype=torch.float32)
+    assert v.model.unet.config.block_out_channels == [32, 64, 64, 64]
+    out = v.enhance(
+        _frames(2, 16, 16), in_fps=8, up_scale=1, target_fps=8, solver_mode="normal", steps=1,
+        guidance_scale=1.0, size_policy="exact", seed=0, log=lambda m: None,
+    )  # fmt: skip
+    assert out.frames.shape == (2, 16, 16, 3)
 
 
 def test_enhance_bf16():

@@ -104,8 +104,9 @@ class VEnhancer:
         if missing:
             raise FileNotFoundError(f"VEnhancer folder {root} lacks {missing}")
         if (root / "unet").is_dir() and (root / "controlnet").is_dir():
-            unet = patch_resampling(UNet3DConditionModel.from_pretrained(root / "unet"))
-            model = VEnhancerUNet(unet, VideoControlNet.from_pretrained(root / "controlnet"))
+            unet = UNet3DConditionModel.from_pretrained(root / "unet", torch_dtype=dtype)
+            controlnet = VideoControlNet.from_pretrained(root / "controlnet", torch_dtype=dtype)
+            model = VEnhancerUNet(patch_resampling(unet), controlnet)
         else:
             found = [root / n for n in CHECKPOINT_NAMES if (root / n).is_file()]
             if not found:

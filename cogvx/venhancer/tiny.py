@@ -43,20 +43,20 @@ def tiny_tokenizer():
     return CLIPTokenizer(vocab=vocab, merges=[], pad_token="!", model_max_length=77)
 
 
-def tiny_text_encoder(vocab_size: int, layers: int = 2, seed: int = 0):
+def tiny_text_encoder(vocab_size: int, layers: int = 2, seed: int = 0, hidden: int = TEXT_DIM):
     """A small CLIPTextModel (causal, GELU) standing in for OpenCLIP ViT-H-14's text tower."""
     from transformers import CLIPTextConfig, CLIPTextModel
 
     torch.manual_seed(seed)
     config = CLIPTextConfig(
         vocab_size=vocab_size,
-        hidden_size=TEXT_DIM,
+        hidden_size=hidden,
         intermediate_size=64,
         num_hidden_layers=layers,
         num_attention_heads=4,
         max_position_embeddings=77,
         hidden_act="gelu",
-        projection_dim=TEXT_DIM,
+        projection_dim=hidden,
         pad_token_id=0,
         bos_token_id=vocab_size - 2,
         eos_token_id=vocab_size - 1,
