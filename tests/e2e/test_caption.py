@@ -188,3 +188,16 @@ def test_no_weights_says_how_to_build_them():
     message = str(exc.value)
     assert "tools/pack_weights.py" in message and "COG_WEIGHTS" in message
     assert "(THUDM/cogvlm2-llama3-caption) has no public weight tarball" in message
+
+
+def test_prompt_longer_than_the_model_positions_is_refused(tiny_folder, media):
+    """In-process (the same service the Runner wraps): the tiny model has 2048 positions."""
+    from cogvx.caption import CaptionService
+
+    service = CaptionService(str(tiny_folder), log=lambda _: None)
+    kwargs = dict(video=media / "clip.mp4", strategy="chat", temperature=0.0, top_p=1.0, seed=None)
+    with pytest.raises(ValueError, match=r"prompt is too long: .* the model has 2048"):
+        service.run(prompt="describe " * 3000, max_new_tokens=TOKENS, **kwargs)
+    with pytest.raises(ValueError, match=r"max_new_tokens=2040 the sequence needs \d+ positions"):
+        service.run(prompt="describe", max_new_tokens=2040, **kwargs)
+    assert service.run(prompt="describe", max_new_tokens=2, **kwargs) is not None
