@@ -313,11 +313,9 @@ def read_frames(
         stream.thread_type = "AUTO"
         try:
             for frame in container.decode(stream):
-                position = (
-                    index_of.get(frame.pts, position + 1)
-                    if frame.pts is not None
-                    else (position + 1)
-                )
+                # by timestamp, so a frame the decoder drops cannot shift the ones after it
+                pts = frame.pts
+                position = position + 1 if pts is None else index_of.get(pts, position + 1)
                 if position in wanted and position not in got:
                     if (frame.width, frame.height) == (width, height):
                         got[position] = frame.to_ndarray(format="rgb24")
