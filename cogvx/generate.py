@@ -199,4 +199,9 @@ class VideoModel:
             frames = pipe(**kwargs).frames[0]
         seconds = time.perf_counter() - t0
         self.log(f"generated in {seconds:.1f}s")
+        if req.video is not None and len(frames) != len(req.video):
+            self.log(
+                f"video-to-video: {len(req.video)} input frames came out as {len(frames)} (the VAE "
+                "decodes an even latent count to 4 frames per latent)"
+            )
         return Result(to_uint8_frames(frames), seed, seconds)
