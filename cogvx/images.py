@@ -57,9 +57,15 @@ def load_image(path: str | Path, log: Log = print, name: str = "image") -> Image
     except (OSError, SyntaxError) as e:  # truncated or corrupt data
         raise ValueError(f"{what} is damaged or truncated: {e}") from None
     img = ImageOps.exif_transpose(img)
-    if img.mode != "RGB":
-        log(f"{name}: converted {img.mode} to 8-bit RGB")
-    return to_rgb(img)
+    if img.mode == "RGB":
+        return img
+    try:
+        rgb = to_rgb(img)
+    except (ValueError, OSError) as e:
+        msg = f"{what} uses colour mode {img.mode}, which cannot be converted to RGB: {e}"
+        raise ValueError(msg) from None
+    log(f"{name}: converted {img.mode} to 8-bit RGB")
+    return rgb
 
 
 def to_rgb(img: Image.Image) -> Image.Image:

@@ -302,3 +302,35 @@ def test_metadata_json_survives_round_trip(tmp_path):
     with safe_open(str(path), "pt") as f:
         meta = json.loads(f.metadata()["lora_adapter_metadata"])
     assert meta["transformer.lora_alpha"] == 3.0 and meta["transformer.r"] == 2
+
+
+def test_lora_written_by_the_sat_exporter_loads(tmp_path, pipe):
+    from tools.export_sat_lora_weight import main as export_sat_lora
+
+    sd, _ = peft_lora(r=4)
+    sat = {}
+    for k, v in sd.items():
+        n, target = k.split(".")[1], k.split(".attn1.")[1].rsplit(".lora_", 1)[0]
+        ab = "A" if "lora_A" in k else "B"
+        if target == "to_out.0":
+            sat[f"model.diffusion_model.transformer.layers.{n}.attention.dense.matrix_{ab}.0"] = v
+        else:
+            i = ["to_q", "to_k", "to_v"].index(target)
+            key = f"model.diffusion_model.transformer.layers.{n}.attention.query_key_value"
+            sat[f"{key}.matrix_{ab}.{i}"] = v
+    torch.save({"module": sat}, tmp_path / "mp_rank_00_model_states.pt")
+    out = tmp_path / "exported"
+    assert export_sat_lora(["--sat-pt", str(tmp_path / "mp_rank_00_model_states.pt"),
+                            "--output", str(out)]) == 0  # fmt: skip
+    save_file({k.removeprefix("model.diffusion_model."): v for k, v in sat.items()},
+              str(tmp_path / "raw.safetensors"))  # fmt: skip
+    exported = prepare_lora(
+        out / "pytorch_lora_weights.safetensors", pipe.transformer, "t2v-5b", "x"
+    )
+    raw = prepare_lora(tmp_path / "raw.safetensors", pipe.transformer, "t2v-5b", "raw")
+    assert exported.keys() == raw.keys()
+    for k in raw:
+        torch.testing.assert_close(exported[k], raw[k])
+    base = _out(pipe.transformer)
+    pipe.load_lora_weights(exported, adapter_name="sat")
+    assert not torch.equal(_out(pipe.transformer), base)
