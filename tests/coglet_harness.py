@@ -233,7 +233,19 @@ class CogletServer:
     def predict(
         self, inputs: dict, timeout: float = 300.0, headers: dict[str, str] | None = None
     ) -> tuple[int, dict]:
-        """POST /predictions {"input": inputs}; return (HTTP status, response JSON)."""
+        """POST /predictions {"input": inputs}; return (HTTP status, response JSON).
+
+        Waits (up to 30 s) while the server still reports BUSY: coglet can answer a sync
+        prediction a moment before its slot is free, and a POST then would get 409.
+        """
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if self.health().get("status") != "BUSY":
+                    break
+            except (OSError, ServerError):
+                break
+            time.sleep(0.05)
         try:
             return self.request("POST", "/predictions", {"input": inputs}, headers, timeout)
         except OSError as exc:

@@ -75,6 +75,10 @@ def coglet_env(
     env["COG_PREDICT_TYPE_STUB"] = f"{(root / rel).resolve()}:{cls}"
     env["PORT"] = str(port)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(root), env.get("PYTHONPATH")) if p)
+    # coglet spawns its worker as `python` from PATH: make that this interpreter (a venv that
+    # was not activated, e.g. `.venv/bin/python tools/serve.py`, would otherwise lose coglet).
+    bindir = str(Path(sys.executable).parent)
+    env["PATH"] = os.pathsep.join(p for p in (bindir, env.get("PATH")) if p)
     if weights is not None:
         env["COG_WEIGHTS"] = weights
     return env
