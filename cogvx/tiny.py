@@ -73,7 +73,10 @@ def _transformer(v: Variant, seed: int):
         use_learned_positional_embeddings=v.name == "i2v-5b",
     )
     if gen15:
-        kwargs.update(patch_size_t=2, patch_bias=False)
+        # 1.5's RoPE base grid is square and larger than any output (300x300 latents when real);
+        # the tiny one covers every size the 1.5-I2V aspect rule can pick.
+        side = 2 * max(TINY_HEIGHT, TINY_WIDTH) // 8
+        kwargs.update(patch_size_t=2, patch_bias=False, sample_height=side, sample_width=side)
     if v.name == "i2v-1.5":
         kwargs.update(ofs_embed_dim=16)
     assert latent_frames > 0

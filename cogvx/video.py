@@ -14,7 +14,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import imageio_ffmpeg
 import numpy as np
 
 OUTPUT_FORMATS = ("mp4", "webm", "gif")
@@ -22,6 +21,8 @@ OUTPUT_FORMATS = ("mp4", "webm", "gif")
 
 def ffmpeg_exe() -> str:
     """The ffmpeg binary shipped with imageio-ffmpeg (has libx264 and libvpx-vp9)."""
+    import imageio_ffmpeg  # only the writer needs it (the caption image reads with PyAV)
+
     return imageio_ffmpeg.get_ffmpeg_exe()
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import io
-import json
 
 import av
 import numpy as np
@@ -12,10 +11,8 @@ import pytest
 from PIL import Image
 
 from cogvx.tiny import TINY_HEIGHT, TINY_WIDTH
-from cogvx.weights import pack_folder
 from tests.coglet_harness import CogletServer, save_output
 from tests.media import ffprobe
-from tools.make_tiny_weights import main as make_tiny_weights
 
 STEPS = 2
 
@@ -144,17 +141,9 @@ def test_schema_has_no_frame_count_and_rejects_unknown_fits(server_5b):
 
 @pytest.fixture(scope="module")
 def server_15(weights_server, tmp_path_factory):
-    """CogVideoX1.5-I2V on tiny weights whose RoPE table covers every size the rule can pick."""
+    """CogVideoX1.5-I2V on tiny weights (their RoPE grid covers every size the rule picks)."""
     tmp = tmp_path_factory.mktemp("i2v15")
-    folder = tmp / "i2v-1.5"
-    assert make_tiny_weights(["--model", "i2v-1.5", "--out", str(folder)]) == 0
-    config = folder / "transformer" / "config.json"
-    data = json.loads(config.read_text())
-    side = max(data["sample_height"], data["sample_width"]) * 2  # the real model's is square too
-    data.update(sample_height=side, sample_width=side)
-    config.write_text(json.dumps(data))
-    weights_server.files["/i2v-1.5-square.tar"] = pack_folder(folder, tmp / "w.tar", log=print)
-    url = weights_server.url("/i2v-1.5-square.tar")
+    url = weights_server.serve("i2v-1.5")
     with CogletServer("cog.i2v-1.5.yaml", env=_env(tmp, url)) as server:
         assert server.wait_ready(timeout=300)["status"] == "READY", server.logs()
         yield server
