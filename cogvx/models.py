@@ -45,6 +45,9 @@ class Variant:
     width: int
     max_tokens: int  # T5 prompt length the transformer was trained with
     memory: MemoryNeed
+    scheduler: str = "CogVideoXDPMScheduler"  # diffusers scheduler class of the release
+    snr_shift_scale: float = 1.0
+    vae_scaling_factor: float = 0.7
     default_guidance: float = 6.0
     default_steps: int = 50
     # Image-to-video size rule: None = fixed height x width; else the short side is min_side and
@@ -114,6 +117,9 @@ VARIANTS: dict[str, Variant] = {
             width=720,
             max_tokens=226,
             memory=MemoryNeed(no_offload=18.0, model_offload=12.0, sequential_offload=4.0),
+            scheduler="CogVideoXDDIMScheduler",
+            snr_shift_scale=3.0,
+            vae_scaling_factor=1.15258426,
         ),
         Variant(
             name="t2v-5b",
@@ -193,6 +199,23 @@ VARIANTS: dict[str, Variant] = {
         ),
     ]
 }
+
+
+def scheduler_config(v: Variant) -> dict:
+    """The released scheduler config: v-prediction, zero terminal SNR, trailing timesteps."""
+    return dict(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        num_train_timesteps=1000,
+        prediction_type="v_prediction",
+        rescale_betas_zero_snr=True,
+        set_alpha_to_one=True,
+        steps_offset=0,
+        snr_shift_scale=v.snr_shift_scale,
+        timestep_spacing="trailing",
+    )
 
 
 def get_variant(name: str) -> Variant:

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import torch
 
+from cogvx.models import VARIANTS, Variant
+
 SAT_PREFIX = "model.diffusion_model."
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 Log = Callable[[str], None]
@@ -134,31 +136,45 @@ class SatFamily:
     generation: str  # "1.0" | "1.5"
     i2v: bool
     positional: str  # "sincos" | "rope" | "rope+learned"
-    scheduler: str
-    snr_shift_scale: float
-    vae_scaling_factor: float
     sample: tuple[int, int, int]  # sample_height, sample_width (latent px), sample_frames
     published: dict[tuple[int, int, int], str] = field(default_factory=dict)
 
     @property
+    def variant(self) -> Variant:
+        """The served model's row in the variants table (scheduler, VAE scale, pipeline)."""
+        return VARIANTS[self.name]
+
+    @property
     def pipeline(self) -> str:
         """diffusers pipeline class name."""
-        return "CogVideoXImageToVideoPipeline" if self.i2v else "CogVideoXPipeline"
+        return self.variant.pipeline
+
+    @property
+    def scheduler(self) -> str:
+        return self.variant.scheduler
+
+    @property
+    def snr_shift_scale(self) -> float:
+        return self.variant.snr_shift_scale
+
+    @property
+    def vae_scaling_factor(self) -> float:
+        return self.variant.vae_scaling_factor
 
 
 FAMILIES: dict[str, SatFamily] = {
     f.name: f
     for f in [
-        SatFamily("t2v-2b", ("2b",), "1.0", False, "sincos", "CogVideoXDDIMScheduler", 3.0,
-                  1.15258426, (60, 90, 49), {(30, 1920, 30): "THUDM/CogVideoX-2b"}),
-        SatFamily("t2v-5b", ("5b",), "1.0", False, "rope", "CogVideoXDPMScheduler", 1.0, 0.7,
-                  (60, 90, 49), {(42, 3072, 48): "THUDM/CogVideoX-5b"}),
-        SatFamily("i2v-5b", ("5b-i2v",), "1.0", True, "rope+learned", "CogVideoXDPMScheduler",
-                  1.0, 0.7, (60, 90, 49), {(42, 3072, 48): "THUDM/CogVideoX-5b-I2V"}),
-        SatFamily("t2v-1.5", ("1.5",), "1.5", False, "rope", "CogVideoXDPMScheduler", 1.0, 0.7,
-                  (300, 300, 81), {(42, 3072, 48): "THUDM/CogVideoX1.5-5B"}),
-        SatFamily("i2v-1.5", ("1.5-i2v",), "1.5", True, "rope", "CogVideoXDPMScheduler", 1.0,
-                  0.7, (300, 300, 81), {(42, 3072, 48): "THUDM/CogVideoX1.5-5B-I2V"}),
+        SatFamily("t2v-2b", ("2b",), "1.0", False, "sincos", (60, 90, 49),
+                  {(30, 1920, 30): "THUDM/CogVideoX-2b"}),
+        SatFamily("t2v-5b", ("5b",), "1.0", False, "rope", (60, 90, 49),
+                  {(42, 3072, 48): "THUDM/CogVideoX-5b"}),
+        SatFamily("i2v-5b", ("5b-i2v",), "1.0", True, "rope+learned", (60, 90, 49),
+                  {(42, 3072, 48): "THUDM/CogVideoX-5b-I2V"}),
+        SatFamily("t2v-1.5", ("1.5",), "1.5", False, "rope", (300, 300, 81),
+                  {(42, 3072, 48): "THUDM/CogVideoX1.5-5B"}),
+        SatFamily("i2v-1.5", ("1.5-i2v",), "1.5", True, "rope", (300, 300, 81),
+                  {(42, 3072, 48): "THUDM/CogVideoX1.5-5B-I2V"}),
     ]
 }  # fmt: skip
 

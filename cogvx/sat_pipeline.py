@@ -8,12 +8,12 @@ import shutil
 import time
 from pathlib import Path
 
+from cogvx.models import scheduler_config
 from cogvx.sat import (
     DTYPES,
     FAMILIES,
     Log,
     SatConversionError,
-    SatFamily,
     detect_transformer,
     get_family,
     load_state_dict,
@@ -31,23 +31,6 @@ TOKENIZER_FILES = (
     "special_tokens_map.json",
     "added_tokens.json",
 )
-
-
-def scheduler_config(family: SatFamily) -> dict:
-    """The published scheduler config of a family (v-prediction, zero terminal SNR, trailing)."""
-    return dict(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        num_train_timesteps=1000,
-        prediction_type="v_prediction",
-        rescale_betas_zero_snr=True,
-        set_alpha_to_one=True,
-        steps_offset=0,
-        snr_shift_scale=family.snr_shift_scale,
-        timestep_spacing="trailing",
-    )
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:
@@ -202,7 +185,7 @@ def convert_pipeline(
     import diffusers
 
     sched_cls = getattr(diffusers, family.scheduler)
-    sched_cls(**scheduler_config(family)).save_pretrained(out / "scheduler")
+    sched_cls(**scheduler_config(family.variant)).save_pretrained(out / "scheduler")
     log(f"scheduler: {family.scheduler}, snr_shift_scale {family.snr_shift_scale}")
     tok_cls = None
     if text_encoder_path is not None:

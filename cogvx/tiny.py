@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from cogvx.models import FOLDER_OVERRIDES, Variant, get_variant
+from cogvx.models import FOLDER_OVERRIDES, Variant, get_variant, scheduler_config
 
 TINY_HEIGHT, TINY_WIDTH = 32, 48  # non-square, so height/width mix-ups show
 TEXT_DIM = 32
@@ -95,29 +95,16 @@ def _vae(v: Variant, seed: int):
         sample_height=TINY_HEIGHT,
         sample_width=TINY_WIDTH,
     )
-    if v.name != "t2v-2b":  # the released 5b / 1.5 VAEs scale latents by 0.7 (2b: 1.15258426)
-        kwargs.update(scaling_factor=0.7)
+    kwargs.update(scaling_factor=v.vae_scaling_factor)
     if v.generation == "1.5":
         kwargs.update(invert_scale_latents=True)
     return AutoencoderKLCogVideoX(**kwargs).eval()
 
 
 def _scheduler(v: Variant):
-    from diffusers import CogVideoXDDIMScheduler, CogVideoXDPMScheduler
+    import diffusers
 
-    cls = CogVideoXDDIMScheduler if v.name == "t2v-2b" else CogVideoXDPMScheduler
-    return cls(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        num_train_timesteps=1000,
-        prediction_type="v_prediction",
-        rescale_betas_zero_snr=True,
-        set_alpha_to_one=True,
-        snr_shift_scale=3.0 if v.name == "t2v-2b" else 1.0,
-        timestep_spacing="trailing",
-    )
+    return getattr(diffusers, v.scheduler)(**scheduler_config(v))
 
 
 def build_tiny_pipeline(model: str, seed: int = 0):
