@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 
 import av
 import numpy as np
@@ -163,3 +164,16 @@ def test_model_without_public_tarball_says_how_to_build_one(tmp_path):
         assert health["status"] == "SETUP_FAILED"
         assert "tools/pack_weights.py" in health["setup"]["logs"]
         assert "COG_WEIGHTS" in health["setup"]["logs"]
+
+
+def test_cancel_stops_a_long_run_and_server_stays_ready(server_5b, tmp_path):
+    pid = server_5b.predict_async(
+        {"prompt": "a cat", "num_frames": 49, "num_inference_steps": 100, "seed": 5}
+    )
+    time.sleep(1.0)  # let it reach the denoising loop
+    status, _ = server_5b.cancel(pid)
+    assert status == 200
+    assert server_5b.wait_idle(timeout=300)["status"] == "READY"
+    written = list((server_5b.tmp / "outputs").rglob("cogvideox-5-*"))
+    assert written == []  # canceled before its video was encoded
+    _ok(server_5b, tmp_path, "after-cancel.mp4", prompt="a cat", num_frames=9)
