@@ -231,14 +231,18 @@ class CogletServer:
             time.sleep(0.1)
 
     def predict(
-        self, inputs: dict, timeout: float = 300.0, headers: dict[str, str] | None = None
+        self,
+        inputs: dict,
+        timeout: float = 300.0,
+        headers: dict[str, str] | None = None,
+        wait_busy: bool = True,
     ) -> tuple[int, dict]:
         """POST /predictions {"input": inputs}; return (HTTP status, response JSON).
 
         Waits (up to 30 s) while the server still reports BUSY: coglet can answer a sync
         prediction a moment before its slot is free, and a POST then would get 409.
         """
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + (30 if wait_busy else 0)
         while time.monotonic() < deadline:
             try:
                 if self.health().get("status") != "BUSY":

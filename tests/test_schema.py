@@ -140,7 +140,7 @@ def test_value_error_fails_the_prediction_and_server_stays_ready(server):
 def test_busy_server_refuses_a_second_prediction_and_cancel_frees_it(server):
     prediction_id = server.predict_async({"prompt": "sleep:30"})
     assert server.health()["status"] == "BUSY"
-    status, body = server.predict({"prompt": "x"})
+    status, body = server.predict({"prompt": "x"}, wait_busy=False)
     assert status == 409, body
     assert server.cancel(prediction_id)[0] == 200
     assert server.wait_idle(timeout=10)["status"] == "READY"

@@ -378,7 +378,8 @@ assert "-x" in args and not os.path.exists(dest)
 print("fake pget: downloading " + url, flush=True)
 data = urllib.request.urlopen(url).read()
 os.makedirs(dest)
-tarfile.open(fileobj=io.BytesIO(data)).extractall(dest, filter="data")
+kw = {{"filter": "data"}} if hasattr(tarfile, "data_filter") else {{}}  # Python >= 3.11.4
+tarfile.open(fileobj=io.BytesIO(data)).extractall(dest, **kw)
 mode = os.environ.get("FAKE_PGET_MODE", "")
 if mode == "corrupt":
     p = os.path.join(dest, "transformer", "model.safetensors")
