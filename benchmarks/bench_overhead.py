@@ -1,6 +1,6 @@
 """A prediction through the T2V Runner vs the bare diffusers pipeline call, tiny model.
 
-    python benchmarks/bench_overhead.py [--frames 49 --steps 10 --repeats 5]
+    python benchmarks/bench_overhead.py [--frames 49 --steps 50 --repeats 5]
 
 Both sides run the same pipeline with the same arguments and seed; the Runner adds input checks,
 token counting, seeding, uint8 conversion, H.264 encoding and output bookkeeping. Prints the
@@ -28,7 +28,7 @@ from cogvx.tiny import save_tiny_weights  # noqa: E402
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--frames", type=int, default=49)
-    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--steps", type=int, default=50)  # the Runner's default
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -84,6 +84,9 @@ def main() -> None:
         b, r = statistics.median(t_bare), statistics.median(t_runner)
         print(
             f"bare pipeline call: {b:.3f}s   runner prediction: {r:.3f}s (median of {args.repeats})"
+        )
+        print(
+            f"fixed cost of a prediction (checks, seeding, uint8, encoding): {1e3 * (r - b):.0f} ms"
         )
         print(f"ratio (runner / bare): {r / b:.3f}x")
 

@@ -11,6 +11,7 @@ import tempfile
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -54,50 +55,45 @@ def _crf(quality: int, worst: int, best: int) -> int:
     return round(worst + (best - worst) * (quality - 1) / 99)
 
 
-def _encoder_args(fmt: str, quality: int) -> list[str]:
+def _codec(fmt: str, quality: int) -> tuple[str, dict[str, str]]:
+    """libav encoder name and options for mp4 (H.264) or webm (VP9)."""
     if fmt == "mp4":
         crf = _crf(quality, worst=40, best=12)  # default quality 80 -> crf 18
-        return [
-            "-c:v", "libx264", "-preset", "veryfast", "-crf", str(crf),
-            "-pix_fmt", "yuv420p", "-movflags", "+faststart",
-        ]  # fmt: skip
-    if fmt == "webm":
-        crf = _crf(quality, worst=50, best=15)
-        return [
-            "-c:v", "libvpx-vp9", "-crf", str(crf), "-b:v", "0", "-row-mt", "1",
-            "-deadline", "realtime", "-cpu-used", "8", "-pix_fmt", "yuv420p",
-        ]  # fmt: skip
-    if fmt == "gif":
-        # One pass: build a palette from the clip and map onto it (quality has no effect).
-        graph = "split[a][b];[a]palettegen=stats_mode=diff[p];[b][p]paletteuse=dither=sierra2_4a"
-        return ["-filter_complex", graph, "-loop", "0"]
-    raise ValueError(f"output_format {fmt!r} is not allowed; choose one of {list(OUTPUT_FORMATS)}")
+        return "libx264", {"crf": str(crf), "preset": "veryfast"}
+    crf = _crf(quality, worst=50, best=15)
+    opts = {"crf": str(crf), "b": "0", "row-mt": "1", "deadline": "realtime", "cpu-used": "8"}
+    return "libvpx-vp9", opts
 
 
-def write_video(
-    frames: np.ndarray | Sequence, path: str | Path, fps: float, fmt: str = "mp4", quality: int = 80
-) -> Path:
-    """Encode frames with ffmpeg through a pipe; even sizes are enforced for yuv420p."""
-    if fmt not in OUTPUT_FORMATS:
-        raise ValueError(
-            f"output_format {fmt!r} is not allowed; choose one of {list(OUTPUT_FORMATS)}"
-        )
-    if not 1 <= quality <= 100:
-        raise ValueError(f"output_quality must be between 1 and 100; got {quality}")
-    if not fps > 0:
-        raise ValueError(f"fps must be positive; got {fps}")
-    data = _as_array(frames)
+def _encode_av(data: np.ndarray, path: Path, fps: float, fmt: str, quality: int) -> None:
+    """MP4/WebM in-process with PyAV: no encoder process to start (13 vs 33 ms, 49 tiny frames)."""
+    import av
+
+    codec, options = _codec(fmt, quality)
+    container_options = {"movflags": "+faststart"} if fmt == "mp4" else {}
+    rate = Fraction(fps).limit_denominator(1001)
+    try:
+        with av.open(str(path), "w", format=fmt, options=container_options) as out:
+            stream = out.add_stream(codec, rate=rate, options=options)
+            stream.width, stream.height, stream.pix_fmt = data.shape[2], data.shape[1], "yuv420p"
+            stream.thread_type = "AUTO"
+            for frame in data:
+                out.mux(stream.encode(av.VideoFrame.from_ndarray(_uint8(frame), format="rgb24")))
+            out.mux(stream.encode())
+    except av.FFmpegError as exc:
+        raise RuntimeError(f"encoding {path.name} ({codec}) failed: {exc}") from exc
+
+
+def _encode_gif(data: np.ndarray, path: Path, fps: float) -> None:
+    """GIF through the ffmpeg binary: a palette built from the clip, then mapped onto it."""
     t, h, w, _ = data.shape
-    if fmt != "gif" and (h % 2 or w % 2):
-        h, w = h - h % 2, w - w % 2
-        data = data[:, :h, :w]
-    path = Path(path)
+    graph = "split[a][b];[a]palettegen=stats_mode=diff[p];[b][p]paletteuse=dither=sierra2_4a"
     cmd = [
         ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y",
         "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{w}x{h}", "-r", f"{fps}", "-i", "-",
-        *_encoder_args(fmt, quality), "-r", f"{fps}", str(path),
+        "-filter_complex", graph, "-loop", "0", str(path),
     ]  # fmt: skip
-    # Frames are converted one at a time while ffmpeg encodes the previous ones.
+    # Frames are converted one at a time while ffmpeg works on the previous ones.
     with tempfile.TemporaryFile() as err:
         proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stderr=err)
         try:
@@ -111,6 +107,29 @@ def write_video(
         if code != 0:
             err.seek(0)
             raise RuntimeError(f"ffmpeg failed writing {path.name}: {err.read().decode()[-2000:]}")
+
+
+def write_video(
+    frames: np.ndarray | Sequence, path: str | Path, fps: float, fmt: str = "mp4", quality: int = 80
+) -> Path:
+    """Encode frames: MP4 = H.264 yuv420p + faststart, WebM = VP9, GIF = palette (no quality)."""
+    if fmt not in OUTPUT_FORMATS:
+        raise ValueError(
+            f"output_format {fmt!r} is not allowed; choose one of {list(OUTPUT_FORMATS)}"
+        )
+    if not 1 <= quality <= 100:
+        raise ValueError(f"output_quality must be between 1 and 100; got {quality}")
+    if not fps > 0:
+        raise ValueError(f"fps must be positive; got {fps}")
+    data = _as_array(frames)
+    path = Path(path)
+    if fmt == "gif":
+        _encode_gif(data, path, fps)
+        return path
+    h, w = data.shape[1:3]
+    if h % 2 or w % 2:  # yuv420p needs even sizes
+        data = data[:, : h - h % 2, : w - w % 2]
+    _encode_av(data, path, fps, fmt, quality)
     return path
 
 
