@@ -1,6 +1,7 @@
 """Build a tiny random model folder with the real diffusers layout of a variant (offline).
 
 python tools/make_tiny_weights.py --model t2v-5b --out /tmp/tiny-t2v-5b
+python tools/make_tiny_weights.py --model enhance --out /tmp/tiny-enhance   (venhancer/ + fast/)
 """
 
 from __future__ import annotations
@@ -19,12 +20,17 @@ from cogvx.tiny import save_tiny_weights  # noqa: E402
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", required=True, choices=sorted(VARIANTS))
+    parser.add_argument("--model", required=True, choices=[*sorted(VARIANTS), "enhance"])
     parser.add_argument("--out", required=True, type=Path, help="folder to write (created)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     t0 = time.perf_counter()
-    out = save_tiny_weights(args.model, args.out, seed=args.seed)
+    if args.model == "enhance":
+        from cogvx.enhance import save_tiny_enhance_weights
+
+        out = save_tiny_enhance_weights(args.out, seed=args.seed)
+    else:
+        out = save_tiny_weights(args.model, args.out, seed=args.seed)
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     print(
         f"wrote tiny {args.model} to {out} ({size / 1e6:.2f} MB, {time.perf_counter() - t0:.1f}s)"
