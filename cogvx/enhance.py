@@ -7,7 +7,6 @@ The fast path (`FastModels`, `fast_enhance`) is also the T2V/I2V output option (
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from collections.abc import Callable
@@ -146,11 +145,11 @@ def load_fast_weights(source: str, log: Log = log_line) -> FastModels:
 
 
 def fast_factor(in_fps: float, target_fps: float) -> int:
-    """RIFE's frame factor (a power of two, 1-16) nearest to target_fps / in_fps."""
+    """RIFE's frame factor (a power of two, 1-16) nearest to target_fps / in_fps (ties: lower)."""
     from cogvx.rife import FACTORS
 
     ratio = target_fps / in_fps
-    return min(FACTORS, key=lambda f: (abs(math.log2(f) - math.log2(ratio)), f))
+    return min(FACTORS, key=lambda f: (abs(f - ratio), f))
 
 
 def scaled_size(h: int, w: int, up_scale: float) -> tuple[int, int]:

@@ -1,0 +1,203 @@
+"""Enhance service pieces: frame-rate and size rules, caps, memory estimate, weights layout, the
+fast path, and tools/build_enhance_weights.py from files in the original formats."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from cogvx import enhance
+from cogvx.enhance import (
+    EnhanceMemoryError,
+    EnhanceService,
+    EnhanceSetupError,
+    FastModels,
+    Request,
+    WorkingSet,
+    check_request,
+    fast_enhance,
+    fast_factor,
+    find_enhance_root,
+    resolve_target_fps,
+    venhancer_working_set,
+)
+from cogvx.rife import ifnet_from_state_dict, interpolate, tiny_ifnet_state_dict
+from cogvx.upscale import tiny_realesrgan_state_dict, upscale_frames, upscaler_from_state_dict
+from cogvx.venhancer import arith
+from cogvx.venhancer.tiny import tiny_text_encoder, tiny_tokenizer, tiny_vae
+from tests.media import ffprobe
+from tests.shared_fixtures import fixture_dir
+from tools.build_enhance_weights import main as build_enhance_weights
+
+CHEAP = {"size_policy": "exact", "solver_mode": "normal", "steps": 1, "guidance_scale": 1.0}
+
+
+def _clip(path, size="48x32", rate=8, seconds=0.625):
+    subprocess.run(
+        ["/usr/bin/ffmpeg", "-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi", "-i",
+         f"testsrc2=size={size}:rate={rate}:duration={seconds}", "-c:v", "libx264", "-preset",
+         "veryfast", "-pix_fmt", "yuv420p", str(path)],
+        check=True,
+    )  # fmt: skip
+    return path
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    return _clip(tmp_path_factory.mktemp("enhance-clip") / "clip.mp4")
+
+
+@pytest.fixture(scope="module")
+def fast_models():
+    up = upscaler_from_state_dict(tiny_realesrgan_state_dict("compact", 4), device="cpu")
+    return FastModels(up, ifnet_from_state_dict(tiny_ifnet_state_dict(), device="cpu"))
+
+
+@pytest.mark.parametrize(
+    ("in_fps", "target", "factor"),
+    [(8, 16, 2), (8, 8, 1), (8, 30, 4), (8, 24, 2), (8, 25, 4), (16, 32, 2), (8, 200, 16)],
+)
+def test_fast_factor_is_the_nearest_power_of_two(in_fps, target, factor):
+    assert fast_factor(in_fps, target) == factor  # 24/8 = 3: ties go to the smaller factor
+
+
+def test_target_fps_defaults_to_twice_the_input_and_never_drops_it():
+    assert resolve_target_fps(None, 8.0) == 16.0
+    assert resolve_target_fps(8.0, 8.0) == 8.0
+    with pytest.raises(ValueError, match=r"target_fps=12 is below the input video's 24 fps"):
+        resolve_target_fps(12.0, 24.0)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("method", "slow", "method='slow' is not allowed"),
+        ("up_scale", 0.5, "up_scale=0.5 is out of range"),
+        ("noise_aug", 0, "noise_aug=0 is out of range"),
+        ("precision", "fp8", "precision='fp8' is not allowed"),
+        ("output_format", "avi", "output_format='avi' is not allowed"),
+    ],
+)
+def test_bad_request_values_are_named(field, value, message):
+    ok = dict(
+        method="venhancer", prompt="", up_scale=2.0, target_fps=None, size_policy="original",
+        noise_aug=200, solver_mode="fast", steps=15, guidance_scale=7.5, chunk_overlap=8,
+        precision="fp16", seed=None, output_format="mp4", output_quality=80,
+    )  # fmt: skip
+    check_request(Request(**ok))
+    with pytest.raises(ValueError, match=message):
+        check_request(Request(**{**ok, field: value}))
+
+
+def test_weights_root_is_found_inside_wrapping_folders(tmp_path):
+    (tmp_path / "a" / "b" / "fast").mkdir(parents=True)
+    assert find_enhance_root(tmp_path) == tmp_path / "a" / "b"
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(EnhanceSetupError, match=r"expected a venhancer/ and/or fast/ folder"):
+        find_enhance_root(tmp_path / "empty")
+
+
+def test_working_set_estimate_of_the_released_model():
+    """49 frames 480x720 @ 8 fps -> x2, 16 fps (the recommended run) with the released widths."""
+    plan = arith.make_plan(49, 8, 480, 720, 2, 16, 8)
+    work = venhancer_working_set(plan, unet_width=320, vae_width=128, dtype_bytes=2)
+    assert 5 < work.sample_gib < 12 and 8 < work.decode_gib < 20  # fits a 40/80 GB card
+    longer = venhancer_working_set(arith.make_plan(97, 8, 480, 720, 2, 16, 8), 320, 128, 2)
+    assert longer.decode_gib > work.decode_gib and longer.sample_gib == pytest.approx(
+        work.sample_gib, rel=0.1
+    )  # sampling runs in windows: its memory barely grows with length; the decode does
+    assert "GiB working memory (estimate" in work.describe()
+
+
+def test_fast_path_keeps_input_frames_and_matches_its_parts(fast_models):
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, (3, 20, 30, 3), dtype=np.uint8)
+    same = fast_enhance(fast_models, frames, up_scale=1, factor=2, log=print)
+    assert same.shape == (5, 20, 30, 3) and np.array_equal(same[::2], frames)
+    assert np.array_equal(same, interpolate(fast_models.rife, frames, 2))
+    x4 = fast_enhance(fast_models, frames, up_scale=4, factor=1, log=print)
+    assert np.array_equal(x4, upscale_frames(fast_models.upscaler, frames))
+    x2 = fast_enhance(fast_models, frames, up_scale=2, factor=4, log=print)
+    assert x2.shape == (9, 40, 60, 3)
+    with pytest.raises(ValueError, match=r"up_scale=5 is not allowed with method=fast"):
+        fast_enhance(fast_models, frames, up_scale=5, factor=1)
+
+
+def test_prompt_note_says_what_is_cut():
+    tok = tiny_tokenizer()  # one token per character
+    assert "quality suffix is" in enhance.prompt_note(tok, "a cat")
+    assert "end of the prompt and all of the quality suffix" in enhance.prompt_note(tok, "a" * 90)
+
+
+def test_input_caps_name_the_file(tmp_path):
+    with pytest.raises(ValueError, match=r"tiny.mp4 is 8x8; both sides must be >= 16"):
+        enhance.probe_input(_clip(tmp_path / "tiny.mp4", size="8x8"))
+    with pytest.raises(ValueError, match=r"on CPU at most 97"):
+        enhance.check_output_frames(98, torch.device("cpu"))
+    with pytest.raises(ValueError, match=r"at most 640 are made"):
+        enhance.check_output_frames(641, torch.device("cuda"))
+
+
+@pytest.fixture(scope="module")
+def original_files(tmp_path_factory):
+    """Inputs in the formats the authors release: original VEnhancer checkpoint (the golden tiny
+    one), SD-2.1 / SVD style folders, a Real-ESRGAN .pth in params_ema, RIFE's DataParallel pkl."""
+    d = tmp_path_factory.mktemp("enhance-originals")
+    ckpt = d / "venhancer_v2.safetensors"
+    shutil.copy(fixture_dir("venhancer") / "unet" / "model.safetensors", ckpt)
+    tok = tiny_tokenizer()
+    tok.save_pretrained(d / "sd21" / "tokenizer")
+    text = tiny_text_encoder(len(tok), layers=1, hidden=1024)  # the fixture's context_dim
+    text.save_pretrained(d / "sd21" / "text_encoder")
+    tiny_vae().save_pretrained(d / "svd" / "vae")
+    torch.save({"params_ema": tiny_realesrgan_state_dict("rrdb", 2, depth=1)}, d / "esrgan.pth")
+    rife = {f"module.{k}": v for k, v in tiny_ifnet_state_dict().items()}
+    torch.save(rife, d / "flownet.pkl")
+    return d
+
+
+def test_build_tool_makes_a_folder_the_service_runs(original_files, clip, tmp_path, monkeypatch):
+    d, out = original_files, tmp_path / "built"
+    args = ["--venhancer", str(d / "venhancer_v2.safetensors"), "--sd21", str(d / "sd21")]
+    args += ["--svd", str(d / "svd"), "--realesrgan", str(d / "esrgan.pth")]
+    args += ["--rife", str(d / "flownet.pkl"), "--out", str(out), "--dtype", "float32"]
+    assert build_enhance_weights(args) == 0
+    assert (out / "fast" / "realesrgan.safetensors").is_file()
+    assert (out / "venhancer" / "controlnet" / "config.json").is_file()
+    monkeypatch.setenv("COGVX_OUTPUT_DIR", str(tmp_path / "outputs"))
+    lines: list[str] = []
+    service = EnhanceService(str(out), log=lines.append)
+    assert service.fast.upscaler.scale == 2 and service.venhancer is not None
+    fast = ffprobe(service.run(video=clip, method="fast", up_scale=2))
+    assert (fast["width"], fast["height"], fast["frames"], fast["fps"]) == (96, 64, 9, 16.0)
+    out_ve = service.run(video=clip, up_scale=1.5, target_fps=8, seed=1, **CHEAP)
+    ve = ffprobe(out_ve)
+    assert (ve["width"], ve["height"], ve["frames"], ve["fps"]) == (72, 48, 5, 8.0)
+    assert any("5 frames x 1 steps x 1 passes" in line for line in lines)
+
+
+def test_build_tool_needs_whole_groups(original_files, tmp_path):
+    with pytest.raises(SystemExit):
+        build_enhance_weights(["--venhancer", "x.pt", "--out", str(tmp_path / "o")])
+    with pytest.raises(SystemExit):
+        build_enhance_weights(["--rife", str(original_files / "flownet.pkl"), "--out", "o"])
+
+
+def test_fast_only_weights_refuse_venhancer_and_memory_checks_refuse(tmp_path, clip, monkeypatch):
+    root = tmp_path / "w" / "fast"
+    root.mkdir(parents=True)
+    save_file(tiny_realesrgan_state_dict("compact", 4), str(root / "realesrgan.safetensors"))
+    save_file(tiny_ifnet_state_dict(), str(root / "flownet.safetensors"))
+    monkeypatch.setenv("COGVX_OUTPUT_DIR", str(tmp_path / "outputs"))
+    service = EnhanceService(str(tmp_path / "w"), log=print)
+    with pytest.raises(ValueError, match=r"method=venhancer is not available"):
+        service.run(video=clip)
+    with pytest.raises(EnhanceMemoryError, match=r"needs ~1048576.0 GiB working memory"):
+        service._check_memory(WorkingSet(0.0, 2.0**20, 0.0), 0.0)
+    with pytest.raises(EnhanceMemoryError, match=r"needs ~4096.0 GiB of frames"):
+        service._check_memory(None, 4096.0)
