@@ -144,6 +144,21 @@ def load_fast_weights(source: str, log: Log = log_line) -> FastModels:
     return models
 
 
+def load_fast_from_env(log: Log = log_line) -> FastModels | None:
+    """The fast-path models COGVX_FAST_WEIGHTS names (tarball URL or folder); None when unset."""
+    source = os.environ.get(FAST_WEIGHTS_ENV, "").strip()
+    return load_fast_weights(source, log) if source else None
+
+
+def fast_missing_message(what: str) -> str:
+    """Why an output option of the generators is unavailable, and how a deployment enables it."""
+    return (
+        f"{what} needs the fast-path weights (Real-ESRGAN + RIFE), which this deployment does not "
+        f"load: set {FAST_WEIGHTS_ENV} to a tarball URL or folder holding {UPSCALER_FILES[0]} and "
+        f"{RIFE_FILES[0]} (see docs/enhance.md), or leave {what} off"
+    )
+
+
 def fast_factor(in_fps: float, target_fps: float) -> int:
     """RIFE's frame factor (a power of two, 1-16) nearest to target_fps / in_fps (ties: lower)."""
     from cogvx.rife import FACTORS
@@ -177,7 +192,7 @@ def fast_enhance(
     up = models.upscaler
     if up_scale > up.scale:
         raise ValueError(
-            f"up_scale={up_scale:g} is not allowed with method=fast: the Real-ESRGAN model "
+            f"up_scale={up_scale:g} is not allowed on the fast path: its Real-ESRGAN model "
             f"upscales x{up.scale} at most"
         )
     t0 = time.perf_counter()
@@ -278,6 +293,57 @@ def available_memory_gib(device: torch.device) -> float:
             if line.startswith("MemAvailable:"):
                 return int(line.split()[1]) / 2**20
     return float(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")) / 2**30
+
+
+def frames_gib(frames: int, h: int, w: int, out_frames: int, out_h: int, out_w: int) -> float:
+    """Host memory of uint8 input frames and the output (twice: result and encoder feed)."""
+    return (frames * h * w + 2 * out_frames * out_h * out_w) * 3 / 2**30
+
+
+def _frames(gib: float) -> str:
+    return f"~{gib:.1f} GiB of frames (input + output)"
+
+
+def check_ram(need_gib: float, what: str, log: Log = log_line) -> None:
+    """Log the need and refuse (EnhanceMemoryError) when RAM has less available."""
+    ram = available_memory_gib(torch.device("cpu"))
+    log(f"memory: RAM {what}, {ram:.1f} GiB available")
+    if need_gib > ram:
+        raise EnhanceMemoryError(
+            f"this run needs {what} in RAM, but only {ram:.1f} GiB is available: {SMALLER_RUN}"
+        )
+
+
+def check_fast_output(
+    models: FastModels,
+    frames: int,
+    h: int,
+    w: int,
+    up_scale: float,
+    factor: int,
+    log: Log,
+    name: str = "up_scale",
+) -> tuple[int, int, int]:
+    """(frames, height, width) of a fast-path output, refused when over the caps or the RAM."""
+    up = models.upscaler
+    if up_scale > up.scale:
+        raise ValueError(
+            f"{name}={up_scale:g} is not allowed on the fast path: its Real-ESRGAN model "
+            f"upscales x{up.scale} at most"
+        )
+    oh, ow = scaled_size(h, w, up_scale) if up_scale != 1 else (h, w)
+    out_frames = (frames - 1) * factor + 1
+    check_output_frames(out_frames, up.device)
+    cpu = up.device.type == "cpu"
+    cap = CPU_MAX_FAST_PIXELS if cpu else MAX_FAST_OUTPUT_PIXELS
+    if oh * ow > cap:
+        raise ValueError(
+            f"{name}={up_scale:g} makes {ow}x{oh} frames; at most {cap / 1e6:.1f} MP per frame "
+            f"are made{' on CPU' if cpu else ''}: lower {name}"
+        )
+    need = frames_gib(frames, h, w, out_frames, oh, ow)
+    check_ram(need, _frames(need), log)
+    return out_frames, oh, ow
 
 
 # --- request checks -------------------------------------------------------------------------------
@@ -541,25 +607,20 @@ class EnhanceService:
         )
         return frames
 
-    def _check_memory(self, work: WorkingSet | None, frames_gib: float) -> None:
+    def _check_memory(self, work: WorkingSet, frames_need: float) -> None:
         """Refuse a run whose working memory (estimate) or frames exceed what is free."""
-        ram = available_memory_gib(torch.device("cpu"))
-        need, what = frames_gib, f"~{frames_gib:.1f} GiB of frames (input + output)"
-        if work is not None and self.device.type == "cuda":
-            gpu = available_memory_gib(self.device)
-            self.log(f"memory: GPU {work.describe()}, {gpu:.1f} GiB available")
-            if work.peak_gib + HEADROOM_GIB > gpu:
-                raise EnhanceMemoryError(
-                    f"this run needs {work.describe()} on the GPU, but only {gpu:.1f} GiB is "
-                    f"available (+{HEADROOM_GIB} GiB headroom kept): {SMALLER_RUN}"
-                )
-        elif work is not None:
-            need, what = need + work.peak_gib, f"{work.describe()} + {what}"
-        self.log(f"memory: RAM {what}, {ram:.1f} GiB available")
-        if need > ram:
+        what = _frames(frames_need)
+        if self.device.type != "cuda":
+            check_ram(work.peak_gib + frames_need, f"{work.describe()} + {what}", self.log)
+            return
+        gpu = available_memory_gib(self.device)
+        self.log(f"memory: GPU {work.describe()}, {gpu:.1f} GiB available")
+        if work.peak_gib + HEADROOM_GIB > gpu:
             raise EnhanceMemoryError(
-                f"this run needs {what} in RAM, but only {ram:.1f} GiB is available: {SMALLER_RUN}"
+                f"this run needs {work.describe()} on the GPU, but only {gpu:.1f} GiB is "
+                f"available (+{HEADROOM_GIB} GiB headroom kept): {SMALLER_RUN}"
             )
+        check_ram(frames_need, what, self.log)
 
     def _venhancer(
         self, video: str | Path, info: VideoInfo, req: Request, target_fps: float
@@ -645,21 +706,9 @@ class EnhanceService:
                 f"target_fps={target_fps:g}: RIFE multiplies the frame rate by 1, 2, 4, 8 or 16; "
                 f"x{factor} gives {out_fps:.4g} fps"
             )
-        if req.up_scale > self.fast.upscaler.scale:
-            raise ValueError(
-                f"up_scale={req.up_scale:g} is not allowed with method=fast: the Real-ESRGAN "
-                f"model upscales x{self.fast.upscaler.scale} at most"
-            )
-        oh, ow = scaled_size(info.height, info.width, req.up_scale)
-        out_frames = (info.num_frames - 1) * factor + 1
-        check_output_frames(out_frames, self.device)
-        cap = CPU_MAX_FAST_PIXELS if self.device.type == "cpu" else MAX_FAST_OUTPUT_PIXELS
-        if oh * ow > cap:
-            where = " on CPU" if self.device.type == "cpu" else ""
-            raise ValueError(
-                f"up_scale={req.up_scale:g} makes {ow}x{oh} frames; at most {cap / 1e6:.1f} MP "
-                f"per frame are made{where}: lower up_scale"
-            )
+        out_frames, oh, ow = check_fast_output(
+            self.fast, info.num_frames, info.height, info.width, req.up_scale, factor, self.log
+        )
         ignored = [
             n for n, v, d in [
                 ("prompt", req.prompt, ""), ("size_policy", req.size_policy, "original"),
@@ -670,7 +719,6 @@ class EnhanceService:
         ]  # fmt: skip
         if ignored:
             self.log(f"method=fast is deterministic and prompt-free: {ignored} unused")
-        self._check_memory(None, _frames_gib(info, out_frames, oh, ow))
         self.log(
             f"fast: {info.num_frames} frames {info.width}x{info.height} @ {info.fps:.3g} fps -> "
             f"{out_frames} frames {ow}x{oh} @ {out_fps:.4g} fps (Real-ESRGAN x"
@@ -681,8 +729,7 @@ class EnhanceService:
 
 
 def _frames_gib(info: VideoInfo, out_frames: int, out_h: int, out_w: int) -> float:
-    """Host memory of the uint8 input frames and the output (twice: result and encoder feed)."""
-    return (info.num_frames * info.height * info.width + 2 * out_frames * out_h * out_w) * 3 / 2**30
+    return frames_gib(info.num_frames, info.height, info.width, out_frames, out_h, out_w)
 
 
 def _seed(seed: int | None, log: Log) -> int:

@@ -8,12 +8,14 @@ from pathlib import Path
 from typing import Any
 
 from cogvx import checks
+from cogvx.enhance import check_fast_output, fast_enhance, fast_missing_message, load_fast_from_env
 from cogvx.generate import Request, VideoModel
 from cogvx.log import log as log_line
 from cogvx.models import Variant
 from cogvx.video import OUTPUT_FORMATS, fresh_output_path, write_video
 
 OUTPUT_ENV = "COGVX_OUTPUT_DIR"  # per-prediction output folders live here
+UPSCALES = (1, 2, 4)  # Real-ESRGAN output option (fast path)
 Metric = Callable[[str, Any], None]
 
 
@@ -30,6 +32,7 @@ class VideoService:
     ):
         self.log = log
         self.model = VideoModel.load(model, weights, log=log)
+        self.fast = load_fast_from_env(log)  # Real-ESRGAN + RIFE output options, if configured
 
     def run(
         self,
@@ -50,12 +53,20 @@ class VideoService:
         strength: float = 0.8,
         lora_url: str | None = None,
         lora_scale: float = 1.0,
+        interpolate: bool = False,
+        upscale: int = 1,
         record_metric: Metric | None = None,
     ) -> Path:
         """Generate one video and return the encoded file.
 
-        image: a file for image-to-video; video: a file for video-to-video (T2V models)."""
+        image: a file for image-to-video; video: a file for video-to-video (T2V models).
+        upscale / interpolate: Real-ESRGAN / RIFE x2 on the output (COGVX_FAST_WEIGHTS)."""
         checks.choice("output_format", output_format, OUTPUT_FORMATS)
+        checks.choice("upscale", upscale, UPSCALES)
+        factor = 2 if interpolate else 1
+        post = [n for n, on in (("upscale", upscale > 1), ("interpolate", factor > 1)) if on]
+        if post and self.fast is None:
+            raise ValueError(fast_missing_message(" and ".join(post)))
         checks.in_range("output_quality", output_quality, 1, 100)
         checks.in_range("fps", fps, 1, 60)
         checks.in_range("lora_scale", float(lora_scale), -1.0, 3.0)
@@ -81,11 +92,22 @@ class VideoService:
             lora_url=(lora_url or "").strip() or None,
             lora_scale=float(lora_scale),
         )
+        if post:  # refuse an output over the caps before generating
+            if frames is not None:
+                n, (h, w) = len(frames), frames.shape[1:3]
+            else:
+                n = num_frames or v.default_frames
+                w, h = req.image.size if req.image is not None else (v.width, v.height)
+            check_fast_output(self.fast, n, h, w, upscale, factor, self.log, name="upscale")
         result = self.model.generate(req)
+        out = result.frames
+        if post:
+            out = fast_enhance(self.fast, out, upscale, factor, self.log)
+            fps *= factor
         path = fresh_output_path(output_root(), output_format, stem=f"cogvideox-{result.seed}")
-        write_video(result.frames, path, fps=fps, fmt=output_format, quality=output_quality)
-        duration = len(result.frames) / fps
-        self.log(f"wrote {path.name}: {len(result.frames)} frames, {duration:.2f}s at {fps} fps")
+        write_video(out, path, fps=fps, fmt=output_format, quality=output_quality)
+        duration = len(out) / fps
+        self.log(f"wrote {path.name}: {len(out)} frames, {duration:.2f}s at {fps} fps")
         if record_metric is not None:
             record_metric("video_output_count", 1)
             record_metric("video_output_duration_seconds", duration)

@@ -49,6 +49,15 @@ class Inputs:
         ge=1,
         le=100,
     )
+    interpolate = Input(
+        description="RIFE frame interpolation: a frame between every two (49 -> 97 frames), and the file plays at twice `fps` with the same duration (8 -> 16 fps). Needs the fast-path weights in this deployment (COGVX_FAST_WEIGHTS, see the README); fails otherwise.",  # noqa: E501
+        default=False,
+    )
+    upscale = Input(
+        description="Real-ESRGAN upscaling of the output (x2 or x4; 1 = off), as CogVideoX's demo. Cost grows with the output area. Needs the fast-path weights in this deployment (COGVX_FAST_WEIGHTS, see the README); fails otherwise.",  # noqa: E501
+        choices=[1, 2, 4],
+        default=1,
+    )
     lora_url = Input(
         description="Optional LoRA (.safetensors only): an https URL of the file or of a .tar holding one, a Hugging Face repo as owner/repo (file pytorch_lora_weights.safetensors) or owner/repo/file.safetensors, or a replicate.com model URL. Downloads are cached; leave blank for the base model.",  # noqa: E501
         default=None,
@@ -102,6 +111,8 @@ class Runner(I2VRunner):
         ),
         output_format: str = Inputs.output_format,
         output_quality: int = Inputs.output_quality,
+        interpolate: bool = Inputs.interpolate,
+        upscale: int = Inputs.upscale,
         lora_url: Optional[str] = Inputs.lora_url,
         lora_scale: float = Inputs.lora_scale,
     ) -> Path:
@@ -135,6 +146,8 @@ class Runner15(I2VRunner):
         fps: int = Input(description="Frame rate of the output file.", default=16, ge=1, le=60),
         output_format: str = Inputs.output_format,
         output_quality: int = Inputs.output_quality,
+        interpolate: bool = Inputs.interpolate,
+        upscale: int = Inputs.upscale,
         lora_url: Optional[str] = Inputs.lora_url,
         lora_scale: float = Inputs.lora_scale,
     ) -> Path:

@@ -124,7 +124,7 @@ def test_fast_path_keeps_input_frames_and_matches_its_parts(fast_models):
     assert np.array_equal(x4, upscale_frames(fast_models.upscaler, frames))
     x2 = fast_enhance(fast_models, frames, up_scale=2, factor=4, log=print)
     assert x2.shape == (9, 40, 60, 3)
-    with pytest.raises(ValueError, match=r"up_scale=5 is not allowed with method=fast"):
+    with pytest.raises(ValueError, match=r"up_scale=5 is not allowed on the fast path"):
         fast_enhance(fast_models, frames, up_scale=5, factor=1)
 
 
@@ -199,5 +199,40 @@ def test_fast_only_weights_refuse_venhancer_and_memory_checks_refuse(tmp_path, c
         service.run(video=clip)
     with pytest.raises(EnhanceMemoryError, match=r"needs ~1048576.0 GiB working memory"):
         service._check_memory(WorkingSet(0.0, 2.0**20, 0.0), 0.0)
-    with pytest.raises(EnhanceMemoryError, match=r"needs ~4096.0 GiB of frames"):
-        service._check_memory(None, 4096.0)
+    with pytest.raises(EnhanceMemoryError, match=r"needs 4096 GiB of frames in RAM, but only"):
+        enhance.check_ram(4096.0, "4096 GiB of frames")
+
+
+def test_generators_output_options_use_the_fast_path(tmp_path, monkeypatch):
+    """T2V with COGVX_FAST_WEIGHTS: upscale x2 + RIFE x2; without it the options are refused
+    before anything is generated."""
+    from cogvx.service import VideoService
+    from cogvx.tiny import TINY_HEIGHT, TINY_WIDTH, save_tiny_weights
+
+    folder = save_tiny_weights("t2v-5b", tmp_path / "t2v")
+    fast = tmp_path / "fast-w" / "fast"
+    fast.mkdir(parents=True)
+    save_file(tiny_realesrgan_state_dict("compact", 4), str(fast / "realesrgan.safetensors"))
+    save_file(tiny_ifnet_state_dict(), str(fast / "flownet.safetensors"))
+    monkeypatch.setenv("COGVX_OUTPUT_DIR", str(tmp_path / "outputs"))
+    monkeypatch.setenv("COGVX_WEIGHTS_CACHE", str(tmp_path / "cache"))
+    kw = dict(
+        prompt="a cat", negative_prompt="", num_frames=9, num_inference_steps=1,
+        guidance_scale=1.0, use_dynamic_cfg=False, seed=1, fps=8, output_format="mp4",
+        output_quality=80,
+    )  # fmt: skip
+    lines: list[str] = []
+    plain = VideoService("t2v-5b", str(folder), log=lines.append)
+    assert plain.fast is None
+    with pytest.raises(ValueError, match=r"upscale and interpolate needs the fast-path weights"):
+        plain.run(**kw, upscale=2, interpolate=True)
+    assert not any(line.startswith("generating") for line in lines)
+
+    monkeypatch.setenv("COGVX_FAST_WEIGHTS", str(tmp_path / "fast-w"))
+    service = VideoService("t2v-5b", str(folder), log=lines.append)
+    info = ffprobe(service.run(**kw, upscale=2, interpolate=True))
+    assert (info["width"], info["height"]) == (2 * TINY_WIDTH, 2 * TINY_HEIGHT)
+    assert (info["frames"], info["fps"]) == (17, 16.0)
+    assert any("fast: RIFE x2 over 8 frame pairs -> 17 frames" in line for line in lines)
+    with pytest.raises(ValueError, match=r"upscale=3 is not allowed; choose one of \[1, 2, 4\]"):
+        service.run(**kw, upscale=3)

@@ -152,7 +152,7 @@ def test_bad_inputs_fail_with_the_reason(server, http):
     error = _failed(server, http, "clip.mp4", target_fps=4)
     assert "target_fps=4 is below the input video's 8 fps" in error
     error = _failed(server, http, "clip.mp4", method="fast", up_scale=6)
-    assert "up_scale=6 is not allowed with method=fast" in error
+    assert "up_scale=6 is not allowed on the fast path" in error
     error = _failed(server, http, "clip.mp4")  # the default size policy pads to 720x1280
     assert "at latent 122x184" in error and "on CPU at most 2000000" in error
 
