@@ -132,9 +132,17 @@ class FastModels:
 
 def load_fast_weights(source: str, log: Log = log_line) -> FastModels:
     """Install a fast-path tarball/folder (its root or `fast/` holding the two files) and load."""
+    import importlib.util
+
     from cogvx.generate import weights_cache_root
     from cogvx.weights import install_weights
 
+    missing = [m for m in ("spandrel", "torchvision") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise EnhanceSetupError(
+            f"{FAST_WEIGHTS_ENV} is set, but this image lacks {missing}: add spandrel==0.4.2 and "
+            "torchvision==0.29.1 to its requirements (Real-ESRGAN loads through spandrel)"
+        )
     folder = Path(install_weights(source, weights_cache_root() / "fast", log=log))
     if (folder / FAST_DIR).is_dir():
         folder = folder / FAST_DIR
