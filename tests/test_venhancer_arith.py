@@ -1,15 +1,15 @@
 """VEnhancer's resolution/fps/chunk arithmetic and noise schedule against the original's outputs."""
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
 
 from cogvx.venhancer import arith
 from cogvx.venhancer.schedule import Schedule
+from tests.shared_fixtures import fixture_dir
 
-FIX = Path("/work/shared/fixtures/venhancer")
+FIX = fixture_dir("venhancer")
 ROWS = json.loads((FIX / "arith/arith.json").read_text())["rows"]
 SCHED = FIX / "schedule"
 

@@ -11,17 +11,9 @@ from safetensors.torch import load_file, save_file
 from cogvx.venhancer import convert
 from cogvx.venhancer.controlnet import VEnhancerUNet, VideoControlNet
 from cogvx.venhancer.unet import RELEASED_CONFIG, check_latent_size
+from tests.shared_fixtures import fixture_dir
 
-FIX = Path("/work/shared/fixtures/venhancer/unet")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny tensors: intra-op threads only add contention on a shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+FIX = fixture_dir("venhancer") / "unet"
 
 
 @pytest.fixture(scope="module")

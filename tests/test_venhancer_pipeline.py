@@ -1,7 +1,6 @@
 """VEnhancer plumbing with tiny random diffusers/transformers parts: text, VAE, enhance, cost."""
 
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,17 +12,9 @@ from cogvx.venhancer import arith, cost, text, tiny, vae
 from cogvx.venhancer.controlnet import VEnhancerUNet, VideoControlNet
 from cogvx.venhancer.pipeline import VEnhancer
 from cogvx.venhancer.unet import build_unet
+from tests.shared_fixtures import fixture_dir
 
-FIXTURE_CKPT = Path("/work/shared/fixtures/venhancer/unet/model.safetensors")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny tensors: intra-op threads only add contention on a shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+FIXTURE_CKPT = fixture_dir("venhancer") / "unet/model.safetensors"
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,6 @@
 """VEnhancer sampler against the original loop's runs (toy model and the tiny original UNet)."""
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -10,18 +9,10 @@ from safetensors.torch import load_file
 from cogvx.venhancer import sampler
 from cogvx.venhancer.convert import load_venhancer_unet
 from cogvx.venhancer.schedule import Schedule
+from tests.shared_fixtures import fixture_dir
 
-FIX = Path("/work/shared/fixtures/venhancer")
+FIX = fixture_dir("venhancer")
 RUNS = json.loads((FIX / "sampler/runs.json").read_text())
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny tensors: intra-op threads only add contention on a shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
