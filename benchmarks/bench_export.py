@@ -45,27 +45,32 @@ def psnr(path: Path, ref: np.ndarray) -> float:
     return float(10 * np.log10(255**2 / mse))
 
 
-def timed(fn, repeats: int) -> float:
-    times = []
+def timed_pair(a, b, repeats: int) -> tuple[float, float]:
+    """Medians of a() and b(), run alternately so machine drift hits both alike."""
+    ta, tb = [], []
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        for fn, acc in ((a, ta), (b, tb)):
+            t0 = time.perf_counter()
+            fn()
+            acc.append(time.perf_counter() - t0)
+    return statistics.median(ta), statistics.median(tb)
 
 
 def main() -> None:
     from diffusers.utils import export_to_video
 
     parser = argparse.ArgumentParser()
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=9)
     args = parser.parse_args()
     frames = frames_like_a_generation()
     ref = (frames * 255).round().astype(np.uint8)
     with tempfile.TemporaryDirectory() as tmp:
         ours, theirs = Path(tmp, "ours.mp4"), Path(tmp, "diffusers.mp4")
-        t_ours = timed(lambda: write_video(frames, ours, fps=8), args.repeats)
-        t_theirs = timed(lambda: export_to_video(list(frames), str(theirs), fps=8), args.repeats)
+        t_ours, t_theirs = timed_pair(
+            lambda: write_video(frames, ours, fps=8),
+            lambda: export_to_video(list(frames), str(theirs), fps=8),
+            args.repeats,
+        )
         for name, path, t in (("cogvx", ours, t_ours), ("diffusers", theirs, t_theirs)):
             atoms = mp4_atoms(path)
             fast = atoms.index("moov") < atoms.index("mdat")

@@ -10,6 +10,7 @@ import subprocess
 import tempfile
 import uuid
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from pathlib import Path
@@ -77,8 +78,10 @@ def _encode_av(data: np.ndarray, path: Path, fps: float, fmt: str, quality: int)
             stream = out.add_stream(codec, rate=rate, options=options)
             stream.width, stream.height, stream.pix_fmt = data.shape[2], data.shape[1], "yuv420p"
             stream.thread_type = "AUTO"
-            for frame in data:
-                out.mux(stream.encode(av.VideoFrame.from_ndarray(_uint8(frame), format="rgb24")))
+            # A helper thread converts frame i+1 (numpy releases the GIL) while frame i encodes.
+            with ThreadPoolExecutor(1) as pool:
+                for rgb in pool.map(_uint8, data):
+                    out.mux(stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
             out.mux(stream.encode())
     except av.FFmpegError as exc:
         raise RuntimeError(f"encoding {path.name} ({codec}) failed: {exc}") from exc
