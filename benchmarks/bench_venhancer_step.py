@@ -1,0 +1,64 @@
+"""VEnhancer on the tiny model: time of one UNet+ControlNet evaluation vs its FLOP count.
+
+    python benchmarks/bench_venhancer_step.py [--repeats 5]
+
+For latents of growing size, prints the FLOPs of one call (torch's FlopCounterMode, the same
+counter as the README's cost table), the measured median time and the achieved GFLOP/s. The last
+line is the ratio (time growth / FLOP growth) from the smallest to the largest latent: near 1
+means the step time tracks the FLOP count, so the FLOP table predicts relative run cost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from cogvx.venhancer.cost import flops_per_frame  # noqa: E402
+from cogvx.venhancer.tiny import TINY_UNET_CONFIG, tiny_venhancer  # noqa: E402
+
+SIZES = [(10, 16), (18, 32), (34, 64)]  # latent (h, w): heights 8k+2 as the UNet needs
+FRAMES = 8
+
+
+def step_seconds(model, h: int, w: int, repeats: int) -> float:
+    cfg = TINY_UNET_CONFIG
+    x = torch.randn(1, cfg["in_channels"], FRAMES, h, w)
+    y = torch.randn(1, 77, cfg["cross_attention_dim"])
+    t = torch.tensor([500])
+    mask = torch.zeros(1, FRAMES, dtype=torch.long)
+    mask[:, ::4] = 1
+    times = []
+    with torch.inference_mode():
+        model(x, t, y, x, t, torch.tensor([8]), mask)  # warm-up
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            model(x, t, y, x, t, torch.tensor([8]), mask)
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    model = tiny_venhancer().model
+    rows = []
+    for h, w in SIZES:
+        flops = flops_per_frame(h, w, FRAMES, TINY_UNET_CONFIG) * FRAMES
+        sec = step_seconds(model, h, w, args.repeats)
+        rows.append((h, w, flops, sec))
+        print(f"latent {FRAMES}x{h}x{w}: {flops / 1e9:.3f} GFLOP, {sec * 1e3:.1f} ms, "
+              f"{flops / sec / 1e9:.1f} GFLOP/s")  # fmt: skip
+    (_, _, f0, s0), (_, _, f1, s1) = rows[0], rows[-1]
+    print(f"ratio (time growth / FLOP growth, smallest -> largest): {(s1 / s0) / (f1 / f0):.2f}")
+
+
+if __name__ == "__main__":
+    main()
