@@ -74,7 +74,7 @@ def test_schema_has_the_go_cli_shape():
 
 
 def test_ready_and_valid_prediction(server):
-    assert server.health()["status"] == "READY"
+    assert server.wait_idle(timeout=30)["status"] == "READY"
     image = "data:image/png;base64," + base64.b64encode(PNG_1PX).decode()
     status, body = server.predict(
         {"prompt": "a cat", "steps": 50, "offset": -5, "size": "large", "image": image}
@@ -132,7 +132,7 @@ def test_value_error_fails_the_prediction_and_server_stays_ready(server):
     assert status == 200
     assert body["status"] == "failed"
     assert "ValueError: prompt: 'fail' is not allowed; use any other text" in body["error"]
-    assert server.health()["status"] == "READY"
+    assert server.wait_idle(timeout=30)["status"] == "READY"
     status, body = server.predict({"prompt": "after"})
     assert status == 200 and record(body)["prompt"] == "after"
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 
 import av
 import numpy as np
@@ -109,14 +110,14 @@ def test_schema_rejects_bad_values_with_422(server_5b, inputs, field, message):
     assert status == 422, body
     detail = body["detail"][0]
     assert detail["loc"][-1] == field and message in detail["msg"]
-    assert server_5b.health()["status"] == "READY"
+    assert server_5b.wait_idle(timeout=30)["status"] == "READY"
 
 
 def test_empty_prompt_fails_clearly_and_server_stays_ready(server_5b, tmp_path):
     status, body = server_5b.predict({"prompt": "   ", "num_frames": 9})
     assert status == 200 and body["status"] == "failed"
     assert "prompt must not be empty" in body["error"]
-    assert server_5b.health()["status"] == "READY"
+    assert server_5b.wait_idle(timeout=30)["status"] == "READY"
     _ok(server_5b, tmp_path, "after.mp4", prompt="a cat", num_frames=9)
 
 
@@ -169,9 +170,15 @@ def test_cancel_stops_a_long_run_and_server_stays_ready(server_5b, tmp_path):
     pid = server_5b.predict_async(
         {"prompt": "a cat", "num_frames": 49, "num_inference_steps": 100, "seed": 5}
     )
+    # A cancel that lands before run() has started is lost by coglet: wait until it runs.
+    deadline = time.monotonic() + 30
+    while server_5b.health()["status"] != "BUSY" and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.3)
     status, _ = server_5b.cancel(pid)
     assert status == 200
     assert server_5b.wait_idle(timeout=300)["status"] == "READY"
+    assert f'"Prediction cancelled","prediction_id":"{pid}"' in server_5b.logs()
     written = list((server_5b.tmp / "outputs").rglob("cogvideox-5-*"))
-    assert written == []  # canceled before its video was encoded
+    assert written == []  # stopped before its video was encoded
     _ok(server_5b, tmp_path, "after-cancel.mp4", prompt="a cat", num_frames=9)
