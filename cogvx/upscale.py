@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cogvx.weights import read_tensor_file
+
 STATE_DICT_SUFFIXES = (".pth", ".pt", ".pkl", ".bin", ".ckpt", ".safetensors")
 # Containers the released files wrap their tensors in (Real-ESRGAN: params_ema / params).
 WRAPPER_KEYS = ("params_ema", "params", "state_dict", "model_state_dict")
@@ -42,12 +44,7 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise StateDictError(f"weights file {path} does not exist")
     try:
-        if suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            loaded = load_file(str(path), device="cpu")
-        else:
-            loaded = torch.load(path, map_location="cpu", weights_only=True)
+        loaded = read_tensor_file(path)
     except Exception as e:  # noqa: BLE001 - any reader failure is reported with the file name
         raise StateDictError(
             f"weights file {path} could not be read as a state dict of tensors"

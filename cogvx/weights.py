@@ -175,6 +175,27 @@ def pack_folder(src: str | os.PathLike, out_tar: str | os.PathLike, log: Log = p
 # --- helpers ----------------------------------------------------------------------------------
 
 
+def read_tensor_file(path: str | os.PathLike) -> Any:
+    """Raw contents of a .safetensors file or a torch pickle loaded with weights_only=True.
+
+    Pickles are memory-mapped when their format allows (a multi-GB checkpoint is paged in, not
+    copied); callers unwrap containers and word their own errors.
+    """
+    import torch
+
+    path = Path(path)
+    if path.suffix.lower() == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path), device="cpu")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError as e:
+        if "mmap" not in str(e):
+            raise
+        return torch.load(path, map_location="cpu", weights_only=True)  # legacy (non-zip) format
+
+
 def _tarinfo(name: str, size: int, mtime: int, mode: int) -> tarfile.TarInfo:
     info = tarfile.TarInfo(name)
     info.size, info.mtime, info.mode = size, mtime, mode

@@ -16,6 +16,7 @@ from diffusers import UNet3DConditionModel
 
 from cogvx.venhancer.controlnet import VEnhancerUNet, VideoControlNet
 from cogvx.venhancer.unet import patch_resampling
+from cogvx.weights import read_tensor_file
 
 CONTROLNET_PREFIX = "VideoControlNet."
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
@@ -31,17 +32,8 @@ def load_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise CheckpointError(f"VEnhancer checkpoint {path} does not exist")
     try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            sd = load_file(str(path))
-        elif path.suffix in PICKLE_SUFFIXES:
-            try:  # mmap: an 8 GB fp32 checkpoint is paged in, not copied
-                sd = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-            except RuntimeError as e:
-                if "mmap" not in str(e):
-                    raise
-                sd = torch.load(path, map_location="cpu", weights_only=True)  # legacy format
+        if path.suffix == ".safetensors" or path.suffix in PICKLE_SUFFIXES:
+            sd = read_tensor_file(path)  # pickles memory-mapped: an 8 GB checkpoint is paged in
         else:
             raise CheckpointError(
                 f"VEnhancer checkpoint {path}: unknown suffix {path.suffix!r}; "
