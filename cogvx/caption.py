@@ -14,7 +14,6 @@ import numpy as np
 from cogvx import checks
 from cogvx.cogvlm2.captioner import DEFAULT_PROMPT
 from cogvx.cogvlm2.sampling import BASE_CLIP_SECONDS, STRATEGIES, sample_frame_indices
-from cogvx.generate import weights_cache_root
 from cogvx.gpu import HEADROOM_GB, measure_gpu, resolve_seed
 from cogvx.log import log as log_line
 from cogvx.video import VideoInfo, VideoReadError, probe_video, read_frames
@@ -204,7 +203,7 @@ class CaptionService:
 
     def __init__(self, weights: str | None = None, log: Log = log_line) -> None:
         from cogvx.cogvlm2 import CogVLM2Captioner
-        from cogvx.weights import install_weights
+        from cogvx.weights import install_weights, weights_cache_root
 
         self.log = log
         source = str(weights) if weights else WEIGHTS_URL

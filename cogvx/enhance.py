@@ -134,8 +134,7 @@ def load_fast_weights(source: str, log: Log = log_line) -> FastModels:
     """Install a fast-path tarball/folder (its root or `fast/` holding the two files) and load."""
     import importlib.util
 
-    from cogvx.generate import weights_cache_root
-    from cogvx.weights import install_weights
+    from cogvx.weights import install_weights, weights_cache_root
 
     missing = [m for m in ("spandrel", "torchvision") if importlib.util.find_spec(m) is None]
     if missing:
@@ -491,8 +490,7 @@ class EnhanceService:
     """VEnhancer and the fast-path models loaded once, enhancing videos."""
 
     def __init__(self, weights: str | None = None, log: Log = log_line) -> None:
-        from cogvx.generate import weights_cache_root
-        from cogvx.weights import install_weights
+        from cogvx.weights import install_weights, weights_cache_root
 
         self.log = log
         source = str(weights) if weights else WEIGHTS_URL

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,13 +18,7 @@ from cogvx.lora import LoraSlot
 from cogvx.models import Variant, get_variant
 from cogvx.video import to_uint8_frames
 
-CACHE_ENV = "COGVX_WEIGHTS_CACHE"  # where tarballs are installed (default ./weights)
 Log = Callable[[str], None]
-
-
-def weights_cache_root() -> Path:
-    """Folder holding installed weight folders, one per variant."""
-    return Path(os.environ.get(CACHE_ENV, "weights")).absolute()
 
 
 def find_pipeline_root(folder: Path) -> Path:
@@ -52,7 +45,7 @@ def missing_weights_message(v: Variant) -> str:
 
 def resolve_weights(v: Variant, weights: str | None, log: Log) -> Path:
     """Install (or reuse) the variant's weights and return the pipeline folder."""
-    from cogvx.weights import install_weights
+    from cogvx.weights import install_weights, weights_cache_root
 
     source = str(weights) if weights else v.weights_url
     if not source:

@@ -93,7 +93,9 @@ def default_cache_dir() -> Path:
     """COGVX_LORA_CACHE, else `loras/` in the weights cache (COGVX_WEIGHTS_CACHE or ./weights)."""
     if os.environ.get(CACHE_ENV):
         return Path(os.environ[CACHE_ENV]).absolute()
-    return Path(os.environ.get("COGVX_WEIGHTS_CACHE", "weights")).absolute() / "loras"
+    from cogvx.weights import weights_cache_root
+
+    return weights_cache_root() / "loras"
 
 
 def _env_int(name: str, default: int, scale: float = 1) -> int:

@@ -175,6 +175,14 @@ def pack_folder(src: str | os.PathLike, out_tar: str | os.PathLike, log: Log = p
 # --- helpers ----------------------------------------------------------------------------------
 
 
+CACHE_ENV = "COGVX_WEIGHTS_CACHE"  # where tarballs are installed (default ./weights)
+
+
+def weights_cache_root() -> Path:
+    """Folder holding installed weight folders, one per model (and the LoRA cache)."""
+    return Path(os.environ.get(CACHE_ENV, "weights")).absolute()
+
+
 def read_tensor_file(path: str | os.PathLike) -> Any:
     """Raw contents of a .safetensors file or a torch pickle loaded with weights_only=True.
 
