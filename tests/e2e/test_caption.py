@@ -108,12 +108,12 @@ def _original_demo_frames(path, strategy: str) -> np.ndarray:
 
 
 def test_setup_fetches_and_verifies_the_packed_weights(server):
-    logs = server.health()["setup"]["logs"]
+    # coglet 0.23.1 can file the last lines printed before setup() returns outside setup.logs
+    # (a race on its side), so read the server's own log too.
+    logs = server.health()["setup"]["logs"] + server.logs()
     assert "sha256 verified" in logs and "secret" not in logs
     assert "memory plan: device=cpu quantize=None" in logs
-    # coglet 0.23.1 files the last line printed before setup() returns under the first
-    # prediction instead of setup.logs (a race on its side), so look in the server's log
-    assert "loaded THUDM/cogvlm2-llama3-caption" in server.logs()
+    assert "loaded THUDM/cogvlm2-llama3-caption" in logs
 
 
 @pytest.mark.parametrize(("video", "strategy"), [("clip.mp4", "chat"), ("clip.webm", "base")])
