@@ -5,10 +5,13 @@ Video input: `probe_video` (timestamps from packets) and `read_frames` (one deco
 
 from __future__ import annotations
 
+import itertools
+import platform
 import shutil
 import subprocess
 import tempfile
 import uuid
+from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -19,6 +22,7 @@ from typing import Any
 import numpy as np
 
 OUTPUT_FORMATS = ("mp4", "webm", "gif")
+CONVERT_AHEAD = 2  # frames converted ahead of the encoder
 
 
 def ffmpeg_exe() -> str:
@@ -56,45 +60,103 @@ def _crf(quality: int, worst: int, best: int) -> int:
     return round(worst + (best - worst) * (quality - 1) / 99)
 
 
-def _codec(fmt: str, quality: int) -> tuple[str, dict[str, str]]:
+# Same frames -> same bytes, every call, on every x86-64 CPU (tests/test_video_determinism.py):
+# - x264's AVX-512 kernels read uninitialised heap memory: on AVX-512 CPUs, in-process encodes of
+#   identical frames differed call to call (a fresh ffmpeg process only looks stable because its
+#   heap starts clean). x264's SSSE3+ kernels also give other bytes than its SSE2 and C code, so
+#   x264 runs its SSE2 kernels (x86-64's baseline) on every CPU: one code path everywhere.
+#   Left: mb-tree's reciprocal (rcpps) is approximate and Intel and AMD round its last bits
+#   differently; without mb-tree the SSE2 output equals x264's C code, but files grow 1.4-3.2x.
+# - Thread counts change x264's and libvpx's output, so they are fixed, not taken from the host.
+# - RGB -> YUV 4:2:0 uses swscale's bit-exact mode (its SIMD then equals its C code).
+# - Muxers run in bitexact mode (no random Matroska segment id, no library version tags).
+ENCODER_THREADS = 4
+_X86_64 = platform.machine().lower() in ("x86_64", "amd64")
+X264_PORTABLE_PARAMS = "asm=SSE2" if _X86_64 else ""
+
+
+def _codec(
+    fmt: str, quality: int, x264_params: str = X264_PORTABLE_PARAMS
+) -> tuple[str, dict[str, str]]:
     """libav encoder name and options for mp4 (H.264) or webm (VP9)."""
+    threads = str(ENCODER_THREADS)
     if fmt == "mp4":
         crf = _crf(quality, worst=40, best=12)  # default quality 80 -> crf 18
-        return "libx264", {"crf": str(crf), "preset": "veryfast"}
+        opts = {"crf": str(crf), "preset": "veryfast", "threads": threads}
+        return "libx264", {**opts, "x264-params": x264_params} if x264_params else opts
     crf = _crf(quality, worst=50, best=15)
     opts = {"crf": str(crf), "b": "0", "row-mt": "1", "deadline": "realtime", "cpu-used": "8"}
-    return "libvpx-vp9", opts
+    return "libvpx-vp9", {**opts, "threads": threads}
 
 
-def _encode_av(data: np.ndarray, path: Path, fps: float, fmt: str, quality: int) -> None:
+def bitexact_scaling(method: str = "BILINEAR") -> Any:
+    """swscale flags for `method` in bit-exact mode: its SIMD kernels then equal its C code.
+
+    Without them, colour conversion (YUV <-> RGB) rounds differently by CPU (SSE2/AVX2/AVX-512).
+    """
+    from av.video.reformatter import Interpolation
+
+    return Interpolation[method] | Interpolation.BITEXACT | Interpolation.ACCURATE_RND
+
+
+def _to_yuv420p(rgb: np.ndarray) -> Any:
+    """uint8 RGB (or [0, 1] floats) -> a yuv420p frame (BT.601 limited range), bit-exact."""
+    import av
+
+    frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(_uint8(rgb)), format="rgb24")
+    return frame.reformat(format="yuv420p", interpolation=bitexact_scaling(), threads=1)
+
+
+def _encode_av(
+    data: np.ndarray,
+    path: Path,
+    fps: float,
+    fmt: str,
+    quality: int,
+    x264_params: str = X264_PORTABLE_PARAMS,
+) -> None:
     """MP4/WebM in-process with PyAV: no encoder process to start (13 vs 33 ms, 49 tiny frames)."""
     import av
 
-    codec, options = _codec(fmt, quality)
-    container_options = {"movflags": "+faststart"} if fmt == "mp4" else {}
+    codec, options = _codec(fmt, quality, x264_params)
+    container_options = {"fflags": "+bitexact"}
+    if fmt == "mp4":
+        container_options["movflags"] = "+faststart"
     rate = Fraction(fps).limit_denominator(1001)
     try:
         with av.open(str(path), "w", format=fmt, options=container_options) as out:
             stream = out.add_stream(codec, rate=rate, options=options)
             stream.width, stream.height, stream.pix_fmt = data.shape[2], data.shape[1], "yuv420p"
-            stream.thread_type = "AUTO"
-            # A helper thread converts frame i+1 (numpy releases the GIL) while frame i encodes.
+            # A helper thread converts frame i+1 to YUV (swscale and numpy release the GIL)
+            # while frame i encodes; at most CONVERT_AHEAD frames wait converted.
             with ThreadPoolExecutor(1) as pool:
-                for rgb in pool.map(_uint8, data):
-                    out.mux(stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
+                ahead: deque = deque()
+                frames = iter(data)
+                for rgb in itertools.islice(frames, CONVERT_AHEAD):
+                    ahead.append(pool.submit(_to_yuv420p, rgb))
+                index = 0
+                while ahead:
+                    frame = ahead.popleft().result()
+                    rgb = next(frames, None)
+                    if rgb is not None:
+                        ahead.append(pool.submit(_to_yuv420p, rgb))
+                    frame.pts, frame.time_base = index, 1 / rate
+                    out.mux(stream.encode(frame))
+                    index += 1
             out.mux(stream.encode())
     except av.FFmpegError as exc:
         raise RuntimeError(f"encoding {path.name} ({codec}) failed: {exc}") from exc
 
 
-def _encode_gif(data: np.ndarray, path: Path, fps: float) -> None:
+def _encode_gif(data: np.ndarray, path: Path, fps: float, global_args: Sequence[str] = ()) -> None:
     """GIF through the ffmpeg binary: a palette built from the clip, then mapped onto it."""
     t, h, w, _ = data.shape
     graph = "split[a][b];[a]palettegen=stats_mode=diff[p];[b][p]paletteuse=dither=sierra2_4a"
     cmd = [
-        ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y",
+        ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", *global_args,
         "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{w}x{h}", "-r", f"{fps}", "-i", "-",
-        "-filter_complex", graph, "-loop", "0", str(path),
+        "-filter_complex", graph, "-sws_flags", "+accurate_rnd+bitexact", "-fflags", "+bitexact",
+        "-loop", "0", str(path),
     ]  # fmt: skip
     # Frames are converted one at a time while ffmpeg works on the previous ones.
     with tempfile.TemporaryFile() as err:
@@ -329,6 +391,7 @@ def read_frames(
     last = max(wanted)
     index_of = {int(p): i for i, p in enumerate(info.pts)}
     width, height = size or (info.width, info.height)
+    same_size, area = bitexact_scaling(), bitexact_scaling("AREA")
     got: dict[int, np.ndarray] = {}
     position = -1
     with _open(path) as container:
@@ -340,11 +403,12 @@ def read_frames(
                 pts = frame.pts
                 position = position + 1 if pts is None else index_of.get(pts, position + 1)
                 if position in wanted and position not in got:
+                    # bit-exact colour conversion: the same pixels on every CPU
                     if (frame.width, frame.height) == (width, height):
-                        got[position] = frame.to_ndarray(format="rgb24")
+                        got[position] = frame.to_ndarray(format="rgb24", interpolation=same_size)
                     else:
                         got[position] = frame.to_ndarray(
-                            format="rgb24", width=width, height=height, interpolation="AREA"
+                            format="rgb24", width=width, height=height, interpolation=area
                         )
                 if position >= last:
                     break
