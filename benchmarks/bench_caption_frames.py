@@ -61,6 +61,17 @@ def decord_demo(path: Path, strategy: str) -> tuple[list[int], np.ndarray]:
     return idx, vr.get_batch(idx).asnumpy()
 
 
+def have_decord() -> bool:
+    """decord (the demo's reader) is optional here: it is not in the test environment."""
+    try:
+        import decord  # noqa: F401
+    except ImportError:
+        print("decord is not installed: its timing and the same-frames check are skipped")
+        print("  (pip install decord==0.6.0 to run them; tests use a frozen reference instead)")
+        return False
+    return True
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=5)
@@ -78,8 +89,10 @@ def main() -> None:
             "ffmpeg -f null (full decode)": lambda: full_decode(clip),
             "cogvx load_clip 'chat'": lambda: load_clip(clip, "chat", log=quiet),
             "cogvx load_clip 'base'": lambda: load_clip(clip, "base", log=quiet),
-            "decord (original demo) 'chat'": lambda: decord_demo(clip, "chat"),
         }
+        demo = have_decord()
+        if demo:
+            runs["decord (original demo) 'chat'"] = lambda: decord_demo(clip, "chat")
         times: dict[str, list[float]] = {name: [] for name in runs}
         for _ in range(args.repeats):  # interleaved: load from other processes hits all alike
             for name, fn in runs.items():
@@ -91,7 +104,7 @@ def main() -> None:
             print(
                 f"{name:32s} median {med[name]:.3f}s  (runs: {', '.join(f'{t:.2f}' for t in ts)})"
             )
-        for strategy in ("chat", "base"):
+        for strategy in ("chat", "base") if demo else ():
             ours = load_clip(clip, strategy, log=quiet)
             idx, ref = decord_demo(clip, strategy)
             same = ours.indices == idx and np.array_equal(ours.frames, ref)

@@ -1,14 +1,17 @@
-"""Encode 49 frames of 480x720: cogvx.video.write_video vs diffusers' export_to_video.
+"""Encode a generation's frames: cogvx.video.write_video vs diffusers' export_to_video.
 
-    python benchmarks/bench_export.py [--repeats 5]
+    python benchmarks/bench_export.py [--repeats 5] [--sizes 49x480x720,81x768x1360,161x768x1360]
 
-Prints both times, PSNR against the source frames, whether each file is faststart, and the
-speed-up ratio last (target >= 1.8x).
+Sizes are frames x height x width: 5b's 49 at 480x720 and 1.5's 81 and 161 at 768x1360. For
+each it prints both times, PSNR against the source frames, file size and faststart, plus our
+writer with x264 on all of this CPU's kernels (what the portable SSE2 kernels cost), then the
+speed-up ratio (target >= 1.8x) and the machine's load.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -19,6 +22,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from cogvx import video  # noqa: E402
 from cogvx.video import write_video  # noqa: E402
 from tests.media import mp4_atoms  # noqa: E402
 
@@ -56,29 +60,51 @@ def timed_pair(a, b, repeats: int) -> tuple[float, float]:
     return statistics.median(ta), statistics.median(tb)
 
 
-def main() -> None:
+def load() -> str:
+    one, five, _ = os.getloadavg()
+    return f"load {one:.1f} (5 min {five:.1f}) on {os.cpu_count()} cores"
+
+
+def bench_size(t: int, h: int, w: int, repeats: int) -> None:
     from diffusers.utils import export_to_video
 
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--repeats", type=int, default=9)
-    args = parser.parse_args()
-    frames = frames_like_a_generation()
+    frames = frames_like_a_generation(t, h, w)
     ref = (frames * 255).round().astype(np.uint8)
     with tempfile.TemporaryDirectory() as tmp:
         ours, theirs = Path(tmp, "ours.mp4"), Path(tmp, "diffusers.mp4")
+        all_kernels = Path(tmp, "all_kernels.mp4")
+        before = load()
         t_ours, t_theirs = timed_pair(
             lambda: write_video(frames, ours, fps=8),
             lambda: export_to_video(list(frames), str(theirs), fps=8),
-            args.repeats,
+            repeats,
         )
-        for name, path, t in (("cogvx", ours, t_ours), ("diffusers", theirs, t_theirs)):
+        t_all, t_ours2 = timed_pair(
+            lambda: video._encode_av(frames, all_kernels, 8, "mp4", 80, x264_params="asm=auto"),
+            lambda: write_video(frames, ours, fps=8),
+            repeats,
+        )
+        print(f"-- {t} frames {h}x{w} ({before} before, {load()} after)")
+        rows = (("cogvx", ours, t_ours), ("diffusers", theirs, t_theirs))
+        for name, path, took in (*rows, ("cogvx, x264 all kernels", all_kernels, t_all)):
             atoms = mp4_atoms(path)
             fast = atoms.index("moov") < atoms.index("mdat")
             print(
-                f"{name:10s} {t:.3f}s  psnr {psnr(path, ref):.2f} dB  "
+                f"{name:24s} {took:.3f}s  psnr {psnr(path, ref):.2f} dB  "
                 f"size {path.stat().st_size / 1e6:.2f} MB  faststart={fast}"
             )
-    print(f"ratio (export_to_video / write_video): {t_theirs / t_ours:.2f}x")
+        print(f"portable x264 kernels cost: {t_ours2 / t_all:.2f}x the time of all kernels")
+        print(f"ratio (export_to_video / write_video) at {t}x{h}x{w}: {t_theirs / t_ours:.2f}x")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--sizes", default="49x480x720,81x768x1360,161x768x1360")
+    args = parser.parse_args()
+    for size in args.sizes.split(","):
+        t, h, w = (int(v) for v in size.split("x"))
+        bench_size(t, h, w, args.repeats)
 
 
 if __name__ == "__main__":

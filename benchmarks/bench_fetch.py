@@ -5,7 +5,9 @@
 (b) uncapped server: install_weights vs `cat x.tar | tar -x -f -` (the local ceiling);
     target <= 1.15x its time; also shown for a tarball without manifest (no sha256 work).
 Each figure is the best of --repeat runs; the ratios come last. The server runs in its own
-process on the same machine, so on few cores it takes CPU from the client.
+process on the same machine, so on few cores it takes CPU from the client: tar, sha256 and the
+server share the cores, and the load (printed before and after, with the core count) moves both
+ratios, (b) most.
 
 python benchmarks/bench_fetch.py --size-mb 400
 """
@@ -68,6 +70,11 @@ def best(repeat: int, run: Callable[[Path], None], scratch: Path) -> float:
     return min(times)
 
 
+def load_line(when: str) -> str:
+    one, five, fifteen = os.getloadavg()
+    return f"load {when}: {one:.2f} {five:.2f} {fifteen:.2f} (1/5/15 min) on {os.cpu_count()} cores"
+
+
 def shell(cmd: str) -> None:
     subprocess.run(["bash", "-o", "pipefail", "-c", cmd], check=True)
 
@@ -83,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tmp", type=Path, default=None, help="scratch folder (default: system)")
     args = parser.parse_args(argv)
 
+    print(load_line("before"), flush=True)
     scratch = Path(tempfile.mkdtemp(prefix="bench-fetch-", dir=args.tmp))
     try:
         make_folder(scratch / "src", args.size_mb)
@@ -149,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
             f"({size / 1e6 / t_fast:.0f} MB/s, with sha256 of every file), "
             f"{t_plain:.2f} s without manifest"
         )
-        print(f"load average during the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+        print(load_line("after"))
         print(
             f"ratio: (a) {t_single / t_capped:.1f}x faster than {single_name.split(' (')[0]} "
             f"(target >= 8); (b) {t_fast / t_cat:.2f}x the time of cat | tar with sha256, "

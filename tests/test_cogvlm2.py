@@ -302,21 +302,19 @@ def test_chat_frames_match_the_original_loop(total, fps):
     assert got == original_chat_rule(list(jittered))
 
 
-def test_chat_frames_from_decord_timestamps(tmp_path):
-    decord = pytest.importorskip("decord")
-    path = tmp_path / "clip.mp4"
-    import subprocess
+@pytest.mark.parametrize("name", ["h264.mp4", "vfr.mp4", "ts.ts", "vp9.webm"])
+def test_chat_frames_from_decord_timestamps(name):
+    """decord's timestamps of committed clips (frozen): the rule picks what the demo picked."""
+    from tests.video_reference import REFERENCE, reference_arrays
 
-    subprocess.run(
-        ["ffmpeg", "-loglevel", "error", "-f", "lavfi", "-i", "testsrc=size=32x32:rate=30000/1001",
-         "-t", "4", "-pix_fmt", "yuv420p", str(path)],
-        check=True,
-    )  # fmt: skip
-    reader = decord.VideoReader(str(path))
-    stamps = reader.get_frame_timestamp(np.arange(len(reader)))[:, 0]
+    clip = REFERENCE[name]
+    stamps = reference_arrays()[f"{name}/timestamps"][:, 0]
     expected = original_chat_rule(list(stamps))
-    assert sample_frame_indices(len(reader), reader.get_avg_fps(), "chat") == expected
-    assert sample_frame_indices(len(reader), 1.0, "chat", timestamps=stamps) == expected
+    assert expected == clip["indices"]["chat"]
+    got = sample_frame_indices(clip["num_frames"], clip["avg_fps"], "chat", timestamps=stamps)
+    assert got == expected
+    if name == "h264.mp4":  # constant frame rate: fps alone gives the same frames
+        assert sample_frame_indices(clip["num_frames"], clip["avg_fps"], "chat") == expected
 
 
 def test_base_frames_evenly_over_first_minute():
@@ -405,6 +403,36 @@ def test_quantize_without_bitsandbytes_says_so(monkeypatch):
         CogVLM2Model.from_folder(FIXTURE, quantize="int8")
 
 
+def bnb_cpu_nf4_repack_error(shapes: set[tuple[int, int]]) -> str | None:
+    """What bitsandbytes' AVX512-BF16 CPU nf4 path raises for 4-bit layers of these (in, out)
+    shapes, or None: the CPU lacks AVX512_BF16 (the path is not taken) or every shape runs.
+
+    On CPUs with AVX512_BF16, bitsandbytes (seen in 0.50.2) repacks a Linear4bit's weight on its
+    first CPU forward in eval mode without grad (nn/modules.py Linear4bit.forward ->
+    functional.py _convert_weight_packed_for_cpu), which asserts out % 32 == 0 and reshapes the
+    absmax to [out, in // blocksize]: that fails unless `in` is a multiple of the quant blocksize
+    (64). The tiny fixture's vision tower is 32 wide; the real CogVLM2 widths (1792, 4096, 14336,
+    15360) are multiples of 64, and the product only quantizes on a GPU (plan_caption_memory).
+    """
+    import bitsandbytes as bnb
+    from bitsandbytes.functional import has_avx512bf16
+
+    if not has_avx512bf16():  # the library's own check: CPUID.(EAX=7,ECX=1):EAX bit 5
+        return None
+    for n_in, n_out in sorted(shapes):
+        layer = bnb.nn.Linear4bit(n_in, n_out, bias=False, quant_type="nf4", device="meta")
+        layer.weight = bnb.nn.Params4bit(
+            torch.ones(n_out, n_in), requires_grad=False, quant_type="nf4", module=layer
+        )
+        layer = layer.to("cpu").eval()  # quantizes, blocksize 64 as in quantize_linears
+        try:
+            with torch.no_grad():
+                layer(torch.ones(1, n_in))
+        except (RuntimeError, AssertionError) as exc:
+            return f"{n_in}->{n_out} layer: {type(exc).__name__}: {exc}"
+    return None
+
+
 @pytest.mark.parametrize("mode", ["int8", "nf4"])
 def test_quantized_model_runs(mode, video, ref):
     bnb = pytest.importorskip("bitsandbytes")
@@ -414,6 +442,17 @@ def test_quantized_model_runs(mode, video, ref):
     assert isinstance(cap.model.vision.transformer.layers[0].mlp.fc1, torch.nn.Module)
     assert type(cap.model.language_model.lm_head) is torch.nn.Linear
     assert layer.self_attn.q_proj.weight.dtype in (torch.int8, torch.uint8)
+    if mode == "nf4":
+        shapes = {
+            (m.in_features, m.out_features)
+            for m in cap.model.modules()
+            if isinstance(m, bnb.nn.Linear4bit)
+        }
+        if error := bnb_cpu_nf4_repack_error(shapes):
+            pytest.skip(
+                f"bitsandbytes {bnb.__version__}'s CPU nf4 kernel breaks on CPUs with avx512_bf16 "
+                f"(this one has it) for this fixture's narrow layers: {error}"
+            )
     inputs = cap.prepare(video)
     with torch.no_grad():
         logits = cap.model(inputs.input_ids, inputs.token_type_ids, inputs.pixel_values).logits

@@ -2,7 +2,8 @@
 
 The tiny model is the golden fixture (../shared/fixtures/cogvlm2) with one change: its LM head
 keeps only the tokenizer's 463 ids, so greedy captions are real (random) text instead of ids
-that decode to "". Videos are made with ffmpeg and sent as URLs, as a client would.
+that decode to "". Videos are sent as URLs, as a client would: the committed clips of
+tests/data/video_read (with the original demo's frames frozen beside them) and files made here.
 """
 
 from __future__ import annotations
@@ -11,16 +12,15 @@ import re
 import shutil
 import subprocess
 
-import decord
-import numpy as np
 import pytest
 from safetensors.torch import load_file, save_file
 
 from cogvx.caption import CaptionSetupError
-from cogvx.cogvlm2 import CogVLM2Captioner, sample_frame_indices
+from cogvx.cogvlm2 import CogVLM2Captioner
 from cogvx.weights import pack_folder
 from tests.coglet_harness import CogletServer
 from tests.shared_fixtures import fixture_dir
+from tests.video_reference import DATA, demo_frames
 from tests.weights_server import WeightsServer
 
 FILES = ["config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json"]
@@ -54,6 +54,8 @@ def tiny_folder(tmp_path_factory):
 def media(tmp_path_factory):
     """Input files: H.264 and VP9 clips, an audio-only file, a text file named .mp4."""
     d = tmp_path_factory.mktemp("caption-media")
+    for name in ("h264.mp4", "vp9.webm"):  # the original demo's frames are frozen for these
+        shutil.copy(DATA / name, d / name)
     src = ["-f", "lavfi", "-i", "testsrc2=size=128x96:rate=12:duration=4.5"]
     _ffmpeg(
         *src, "-c:v", "libx264", "-preset", "veryfast", "-pix_fmt", "yuv420p", str(d / "clip.mp4")
@@ -99,14 +101,6 @@ def _caption(server, http, video: str, **inputs) -> tuple[str, str]:
     return body["output"], body["logs"]
 
 
-def _original_demo_frames(path, strategy: str) -> np.ndarray:
-    """Frames as the original demo's load_video picks and decodes them (decord)."""
-    vr = decord.VideoReader(str(path))
-    stamps = [t[0] for t in vr.get_frame_timestamp(np.arange(len(vr)))]
-    idx = sample_frame_indices(len(vr), vr.get_avg_fps(), strategy, timestamps=stamps)
-    return vr.get_batch(idx).asnumpy()
-
-
 def test_setup_fetches_and_verifies_the_packed_weights(server):
     # coglet 0.23.1 can file the last lines printed before setup() returns outside setup.logs
     # (a race on its side), so read the server's own log too.
@@ -116,18 +110,18 @@ def test_setup_fetches_and_verifies_the_packed_weights(server):
     assert "loaded THUDM/cogvlm2-llama3-caption" in logs
 
 
-@pytest.mark.parametrize(("video", "strategy"), [("clip.mp4", "chat"), ("clip.webm", "base")])
+@pytest.mark.parametrize(("video", "strategy"), [("h264.mp4", "chat"), ("vp9.webm", "base")])
 def test_caption_matches_the_model_on_the_original_demos_frames(
-    server, http, tiny_folder, media, video, strategy
+    server, http, tiny_folder, video, strategy
 ):
     text, logs = _caption(server, http, video, strategy=strategy, prompt="What happens?")
-    frames = _original_demo_frames(media / video, strategy)
+    _, frames = demo_frames(video, strategy)  # decord's frames, frozen
     cap = CogVLM2Captioner.from_folder(tiny_folder)
     expected = cap.caption(frames, "What happens?", strategy, max_new_tokens=TOKENS)
     assert text == expected and text  # greedy: the same words, and some words
     assert f"read {len(frames)} frames ('{strategy}')" in logs
     assert f"generated {TOKENS} tokens" in logs
-    assert len(frames) == (5 if strategy == "chat" else 24)  # 4.5 s: seconds 0..4
+    assert len(frames) == (8 if strategy == "chat" else 24)  # 7.5 s: seconds 0..7
 
 
 def test_sampling_is_reproducible_by_seed(server, http):
@@ -138,6 +132,17 @@ def test_sampling_is_reproducible_by_seed(server, http):
     used = int(re.search(r"seed: (\d+)", logs_c).group(1))
     d, _ = _caption(server, http, "clip.mp4", temperature=1.0, top_p=0.9, seed=used)
     assert c == d
+
+
+def test_integral_float_inputs_equal_the_ints_and_the_seed_is_bounded(server, http):
+    """JSON 6.0 / 5.0 pass coglet's integer schema as floats; they must act as 6 and 5."""
+    sampled = {"temperature": 1.0, "top_p": 0.9}
+    a, logs = _caption(server, http, "clip.mp4", max_new_tokens=float(TOKENS), seed=5.0, **sampled)
+    b, _ = _caption(server, http, "clip.mp4", max_new_tokens=TOKENS, seed=5, **sampled)
+    assert a == b and "seed: 5\n" in logs and f"generated {TOKENS} tokens" in logs
+    server.wait_idle()
+    status, body = server.predict({"video": http.url("/media/clip.mp4"), "seed": -1})
+    assert status == 422 and "less than the minimum of 0" in body["detail"][0]["msg"], body
 
 
 @pytest.mark.parametrize(

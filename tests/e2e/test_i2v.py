@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
+from pathlib import Path
 
 import av
 import numpy as np
@@ -47,6 +49,25 @@ def gradient(w: int, h: int, mode: str = "RGB") -> Image.Image:
 def decode(path) -> np.ndarray:
     with av.open(str(path)) as c:
         return np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])
+
+
+def sha256(path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def assert_same_file(a: Path, b: Path) -> None:
+    """Byte-identical outputs. On a mismatch, say whether the decoded frames match (then only the
+    encoding differs); lossy encoders' differing choices can change decoded pixels too."""
+    if sha256(a) != sha256(b):
+        same = np.array_equal(decode(a), decode(b))
+        frames = "are equal: the encoding differs" if same else "differ too"
+        pytest.fail(f"{a.name} and {b.name} are not byte-identical; their decoded frames {frames}")
+
+
+def assert_different_video(a: Path, b: Path) -> None:
+    """Different files whose decoded frames differ too (not only their encoding)."""
+    assert sha256(a) != sha256(b), f"{a.name} and {b.name} are the same file"
+    assert not np.array_equal(decode(a), decode(b)), f"{a.name} and {b.name}: same frames"
 
 
 def predict_ok(server, tmp_path, name: str, **inputs):
@@ -100,6 +121,15 @@ def test_5b_animates_an_rgba_image_at_its_only_size(server_5b, tmp_path):
     assert "image: converted RGBA to 8-bit RGB" in body["logs"]
     assert f"-> {TINY_WIDTH}x{TINY_HEIGHT} (crop)" in body["logs"]
     assert body["metrics"]["video_output_count"] == 1
+
+
+def test_same_image_and_seed_give_the_same_file_byte_for_byte(server_5b, tmp_path):
+    img = image_uri(gradient(TINY_WIDTH, TINY_HEIGHT))
+    a, _ = predict_ok(server_5b, tmp_path, "a.mp4", image=img, prompt="a cat", seed=8)
+    b, _ = predict_ok(server_5b, tmp_path, "b.mp4", image=img, prompt="a cat", seed=8)
+    c, _ = predict_ok(server_5b, tmp_path, "c.mp4", image=img, prompt="a cat", seed=9)
+    assert_same_file(a, b)
+    assert_different_video(a, c)
 
 
 def test_portrait_image_is_fitted_and_the_logs_say_how(server_5b, tmp_path):

@@ -8,7 +8,15 @@ import torch
 from safetensors.torch import save_file
 
 from tests.coglet_harness import CogletServer
-from tests.e2e.test_i2v import _env, data_uri, decode, predict_failed, predict_ok
+from tests.e2e.test_i2v import (
+    _env,
+    assert_different_video,
+    assert_same_file,
+    data_uri,
+    decode,
+    predict_failed,
+    predict_ok,
+)
 from tests.e2e.test_v2v import make_video
 from tests.test_lora import save_diffusers_lora
 
@@ -51,28 +59,32 @@ def server(weights_server, tmp_path_factory):
 def test_lora_is_downloaded_once_and_no_lora_is_the_base_model_exactly(
     server, weights_server, loras, tmp_path
 ):
+    """base, LoRA, LoRA, scale 0, base, LoRA: the base and LoRA files recur byte for byte."""
     base, _ = predict_ok(server, tmp_path, "base.mp4", **BASE)
     styled, body = predict_ok(server, tmp_path, "s1.mp4", lora_url=loras["style"], **BASE)
     assert "lora: downloaded" in body["logs"] and "lora: loaded" in body["logs"]
-    assert not np.array_equal(decode(base), decode(styled))
+    assert_different_video(base, styled)
 
     again, body = predict_ok(server, tmp_path, "s2.mp4", lora_url=loras["style"], **BASE)
     assert "is already loaded" in body["logs"] and "downloaded" not in body["logs"]
-    assert np.array_equal(decode(again), decode(styled))
+    assert_same_file(again, styled)
 
     zero, body = predict_ok(
         server, tmp_path, "z.mp4", lora_url=loras["style"], lora_scale=0, **BASE
     )
     assert "lora_scale is 0, running the base model" in body["logs"]
-    assert np.array_equal(decode(zero), decode(base))
+    assert_same_file(zero, base)
 
     none, body = predict_ok(server, tmp_path, "n.mp4", **BASE)
     assert "lora: unloaded" in body["logs"]
-    assert np.array_equal(decode(none), decode(base))
+    assert_same_file(none, base)
 
     back, body = predict_ok(server, tmp_path, "b.mp4", lora_url=loras["style"], **BASE)
     assert "lora: cache hit" in body["logs"]  # from the disk cache, not the network
-    assert np.array_equal(decode(back), decode(styled))
+    assert_same_file(back, styled)
+    reseeded, _ = predict_ok(server, tmp_path, "r.mp4", lora_url=loras["style"],
+                             **{**BASE, "seed": 6})  # fmt: skip
+    assert_different_video(reseeded, styled)
     assert weights_server.count("/style.safetensors") == 1
     cached = list((server.tmp / "loras").glob("*.safetensors"))
     assert len(cached) == 1
@@ -102,7 +114,7 @@ def test_lora_applies_to_video_to_video(server, loras, tmp_path):
     [
         ("model", "pickled PyTorch checkpoint"),
         ("wide", "'transformer.transformer_blocks.0.attn1.to_q.lora_A.weight' has shape [4, 64]"),
-        ("missing", "not found (HTTP 404"),
+        ("missing", "could not download it"),  # one message for every fetch failure
         (None, "is not a LoRA source"),
     ],
 )

@@ -12,7 +12,14 @@ from cogvx.models import get_variant
 from cogvx.tiny import TINY_HEIGHT, TINY_WIDTH
 from cogvx.v2v import load_video, plan_frames
 from tests.coglet_harness import CogletServer
-from tests.e2e.test_i2v import _env, data_uri, predict_failed, predict_ok
+from tests.e2e.test_i2v import (
+    _env,
+    assert_different_video,
+    assert_same_file,
+    data_uri,
+    predict_failed,
+    predict_ok,
+)
 from tests.media import ffprobe
 
 
@@ -99,6 +106,17 @@ def test_a_short_clip_is_used_frame_by_frame(server, tmp_path):
     out, body = predict_ok(server, tmp_path, "o.mp4", prompt="a cat", video=clip, num_frames=9)
     assert ffprobe(out)["frames"] == 9
     assert "using its first 9 consecutive frames" in body["logs"]
+
+
+def test_same_video_and_seed_give_the_same_file_byte_for_byte(server, tmp_path):
+    clip = data_uri(make_video(tmp_path / "in.mp4", 0.5), "video/mp4")
+    inputs = {"prompt": "a cat", "video": clip, "num_frames": 9, "strength": 0.5}
+    a, body = predict_ok(server, tmp_path, "a.mp4", seed=6, **inputs)
+    assert "video-to-video" in body["logs"]
+    b, _ = predict_ok(server, tmp_path, "b.mp4", seed=6, **inputs)
+    c, _ = predict_ok(server, tmp_path, "c.mp4", seed=7, **inputs)
+    assert_same_file(a, b)
+    assert_different_video(a, c)
 
 
 @pytest.mark.parametrize(
