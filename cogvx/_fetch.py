@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import errno
 import fcntl
 import hashlib
 import http.client
@@ -12,6 +13,7 @@ import mmap
 import os
 import queue
 import socket
+import ssl
 import struct
 import subprocess
 import threading
@@ -21,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import urljoin, urlsplit
+
+from cogvx.urls import UrlError, UrlPolicy, safe_url, split_url
 
 MANIFEST_NAME = "cogvx-manifest.json"
 MARKER_NAME = ".cogvx-installed.json"
@@ -52,19 +56,36 @@ def is_url(source: str) -> bool:
     return source.startswith(("http://", "https://"))
 
 
-def safe_url(url: str) -> str:
-    """The URL without query, fragment or credentials, for messages (signed URLs carry tokens)."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = f"{host}:{parts.port}" if parts.port else host
-    return f"{parts.scheme}://{netloc}{parts.path}"
+class _PinnedHTTP(http.client.HTTPConnection):
+    """An HTTP connection to checked addresses (tried in order), not to a second DNS answer."""
+
+    addresses: tuple[str, ...] = ()
+
+    def connect(self) -> None:
+        if not self.addresses:
+            return super().connect()
+        error: OSError | None = None
+        for address in self.addresses:
+            try:
+                self.sock = socket.create_connection((address, self.port), self.timeout)
+                break
+            except OSError as e:
+                error = e
+        else:
+            assert error is not None
+            raise error
+        with contextlib.suppress(OSError):
+            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+class _PinnedHTTPS(http.client.HTTPSConnection, _PinnedHTTP):
+    """TLS over `_PinnedHTTP`: certificate and SNI still checked against the URL's host name."""
 
 
 @dataclass(frozen=True)
 class _Target:
     url: str
+    addresses: tuple[str, ...] = ()  # checked addresses to connect to; () = resolve the host
 
     @property
     def safe(self) -> str:
@@ -72,8 +93,10 @@ class _Target:
 
     def connect(self, timeout: float) -> http.client.HTTPConnection:
         parts = urlsplit(self.url)
-        cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
-        return cls(parts.hostname or "", parts.port, timeout=timeout)
+        cls = _PinnedHTTPS if parts.scheme.lower() == "https" else _PinnedHTTP
+        conn = cls(parts.hostname or "", parts.port, timeout=timeout)
+        conn.addresses = self.addresses
+        return conn
 
     @property
     def request_path(self) -> str:
@@ -97,6 +120,19 @@ def _status_error(safe: str, status: int, reason: str) -> WeightsError:
     return WeightsError(f"could not download weights from {safe}: {what} (HTTP {status} {reason})")
 
 
+def _target(url: str, policy: UrlPolicy | None, name: str) -> _Target:
+    """A hop's target: http(s) only; with a policy, its host's addresses checked and pinned."""
+    split = split_url(url, policy.name if policy else name)
+    return _Target(url, policy.addresses(split) if policy else ())
+
+
+def _why(e: BaseException, timeout: float | None, safe: str) -> str:
+    """An I/O error in words; a read timeout (EAGAIN under SO_RCVTIMEO) is a stall."""
+    if isinstance(e, TimeoutError) or getattr(e, "errno", None) in (errno.EAGAIN, errno.ETIMEDOUT):
+        return f"no data for {timeout:g} s from {safe}" if timeout else f"no data from {safe}"
+    return str(e) or type(e).__name__
+
+
 def _sleep_backoff(attempt: int, stop: threading.Event | None = None) -> None:
     delay = min(BACKOFF_S * (2 ** (attempt - 1)), BACKOFF_MAX_S)
     if stop is None:
@@ -106,11 +142,19 @@ def _sleep_backoff(attempt: int, stop: threading.Event | None = None) -> None:
 
 
 def open_first(
-    url: str, first_size: int, timeout: float, log: Log
+    url: str, first_size: int, timeout: float, log: Log, policy: UrlPolicy | None = None
 ) -> tuple[_Target, http.client.HTTPConnection, http.client.HTTPResponse]:
-    """Ask for the first range, following redirects; return the answer once it is 200 or 206."""
-    target = _Target(url)
-    origin = target.safe
+    """Ask for the first range, following redirects; return the answer once it is 200 or 206.
+
+    Every hop must be an http(s) URL (a redirect elsewhere fails at once). With a `policy`
+    (user URLs), every hop's host is resolved and checked before connecting, and the connection
+    goes to the checked addresses; without one (operator URLs) hosts are not restricted.
+    """
+    origin = safe_url(url)
+    try:
+        target = _target(url, policy, "weights URL")
+    except UrlError as e:
+        raise WeightsError(str(e)) from None
     redirects = 0
     failures = 0
     while True:
@@ -122,8 +166,10 @@ def open_first(
         except (OSError, http.client.HTTPException) as e:
             conn.close()
             failures += 1
-            if failures > RETRIES:
-                raise WeightsError(f"could not connect to {target.safe}: {e}") from e
+            if failures > RETRIES or isinstance(e, ssl.SSLCertVerificationError):
+                raise WeightsError(
+                    f"could not connect to {target.safe}: {_why(e, timeout, target.safe)}"
+                ) from e
             _sleep_backoff(failures)
             continue
         status = resp.status
@@ -139,8 +185,11 @@ def open_first(
                 raise WeightsError(
                     f"could not download weights from {target.safe}: too many redirects"
                 )
-            target = _Target(urljoin(target.url, location))
-            log(f"weights: redirected to {target.safe}")
+            try:
+                target = _target(urljoin(target.url, location), policy, "redirect to")
+            except UrlError as e:
+                raise WeightsError(f"could not download {origin}: {e}") from None
+            log(f"{policy.name if policy else 'weights'}: redirected to {target.safe}")
             continue
         if status in RETRY_STATUSES:
             failures += 1
@@ -370,9 +419,10 @@ class RangeReader:
                     conn = None
                 failures += 1
                 if failures > RETRIES:
+                    why = _why(e, self.timeout, self.target.safe)
                     raise WeightsError(
                         f"download of {self.target.safe} failed at bytes {start + got}-{end} "
-                        f"after {failures} attempts: {e}"
+                        f"after {failures} attempts: {why}"
                     ) from e
                 _sleep_backoff(failures, self._stop)
         return conn
@@ -439,6 +489,7 @@ def stream_chunks(
     expected: int | None,
     label: str,
     close: Callable[[], None] | None = None,
+    timeout: float | None = None,
 ) -> Iterator[memoryview]:
     """Read a byte stream in a helper thread into a few reused buffers; iterate in order."""
     pool: queue.Queue[mmap.mmap | None] = queue.Queue()
@@ -473,7 +524,8 @@ def stream_chunks(
                     return
         except BaseException as e:  # reported to the consumer, which raises it
             if isinstance(e, (OSError, http.client.HTTPException)):
-                e = WeightsError(f"download of {label} failed after {got} bytes: {e}")
+                why = _why(e, timeout, label)
+                e = WeightsError(f"download of {label} failed after {got} bytes: {why}")
             out.put(e)
 
     reader = threading.Thread(target=read, daemon=True, name="weights-stream")
@@ -508,6 +560,23 @@ def file_chunks(f: BinaryIO, *, chunk_size: int, label: str) -> Iterator[memoryv
 def looks_like_tar(head: bytes | memoryview) -> bool:
     """True when the first 512 bytes carry the ustar magic (POSIX or GNU)."""
     return len(head) >= _BLOCK and bytes(head[257:262]) == b"ustar"
+
+
+def describe_head(head: bytes | memoryview) -> str:
+    """What a download looks like, in words; response bytes are never quoted in messages."""
+    head = bytes(head[:64])
+    if not head:
+        return "it is empty"
+    if head.startswith(b"\x1f\x8b"):
+        return "it is gzip-compressed (send an uncompressed .tar)"
+    if head.startswith(b"PK\x03\x04"):
+        return "it is a zip file"
+    text = head.lstrip().lower()
+    if text.startswith(b"<"):
+        return "it looks like an HTML or XML page (a login or error page?)"
+    if text.startswith((b"{", b"[")):
+        return "it looks like JSON (an error answer?)"
+    return "its first bytes are not a tar header"
 
 
 def _number(field: bytes) -> int:
@@ -835,21 +904,34 @@ def _drain(stream: BinaryIO, tail: collections.deque) -> None:
 
 
 def extract_stream(
-    chunks: Iterable[memoryview], dest: Path, *, label: str, total: int | None, log: Log
+    chunks: Iterable[memoryview],
+    dest: Path,
+    *,
+    label: str,
+    total: int | None,
+    log: Log,
+    guard: Callable[[TarChecker], None] | None = None,
 ) -> TarChecker:
-    """Check each chunk's tar headers, then hand it to `tar -x -f -` in order; hash beside it."""
+    """Check each chunk's tar headers, then hand it to `tar -x -f -` in order; hash beside it.
+
+    `guard(checker)` runs after each chunk's headers are read and before tar gets the chunk (a
+    free-space check raises there). tar keeps no owner and applies the umask to modes; the
+    installer's tree scan then drops what tarfile's `data` filter would (setuid, group/other
+    write). `dest` is created private (0700) until then.
+    """
     it = iter(chunks)
     proc: subprocess.Popen | None = None
     hasher: _Hasher | None = None
     try:
         first = next(it, None)
         if first is None or not looks_like_tar(first[:_BLOCK]):
-            head = bytes(first[:16]) if first is not None else b""
-            raise WeightsError(f"{label} is not a tar archive (it starts with {head!r})")
+            head = first if first is not None else b""
+            raise WeightsError(f"{label} is not a tar archive ({describe_head(head)})")
         checker = TarChecker(label)
-        dest.mkdir(parents=True, exist_ok=True)
+        dest.mkdir(mode=0o700, parents=True, exist_ok=True)
         # 1 MiB records (-b 2048, -B: accept short pipe reads) halve tar's CPU vs 10 KiB ones
-        cmd = ["tar", "-x", "-f", "-", "-b", "2048", "-B", "-C", str(dest), "--no-same-owner"]
+        cmd = ["tar", "-x", "-f", "-", "-b", "2048", "-B", "-C", str(dest)]
+        cmd += ["--no-same-owner", "--no-same-permissions"]  # tar's defaults for non-root users
         try:
             proc = subprocess.Popen(
                 cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
@@ -869,6 +951,8 @@ def extract_stream(
         for view in _chain(first, it):
             jobs = checker.feed(view)
             done = hasher.submit(jobs)
+            if guard is not None:
+                guard(checker)
             if tar_open:
                 try:
                     _write_all(fd, view)

@@ -14,7 +14,14 @@ import numpy as np
 from cogvx import checks
 from cogvx.cogvlm2.captioner import DEFAULT_PROMPT
 from cogvx.cogvlm2.sampling import BASE_CLIP_SECONDS, STRATEGIES, sample_frame_indices
-from cogvx.gpu import HEADROOM_GB, measure_gpu, resolve_seed
+from cogvx.gpu import (
+    HEADROOM_GB,
+    measure_gpu,
+    release_openmp_pool,
+    releasing_openmp_pool,
+    resolve_seed,
+)
+from cogvx.log import bound_library_logs
 from cogvx.log import log as log_line
 from cogvx.video import VideoInfo, VideoReadError, probe_video, read_frames
 
@@ -223,6 +230,8 @@ class CaptionService:
             folder, device=plan.device, quantize=plan.quantize
         )
         self.plan = plan
+        bound_library_logs()
+        release_openmp_pool()  # run() comes on another thread: see VideoService
         log(f"loaded {HF_REPO} from {folder} in {time.perf_counter() - t0:.1f}s")
 
     def check_length(
@@ -249,6 +258,7 @@ class CaptionService:
                 f"{cfg.max_position_embeddings}. Shorten the prompt or lower max_new_tokens"
             )
 
+    @releasing_openmp_pool
     def run(
         self,
         *,
@@ -267,7 +277,8 @@ class CaptionService:
                 f'prompt must not be empty; ask something about the video, e.g. "{DEFAULT_PROMPT}"'
             )
         checks.choice("strategy", strategy, STRATEGIES)
-        max_new_tokens = int(checks.in_range("max_new_tokens", max_new_tokens, 1, 4096))
+        max_new_tokens = checks.integer("max_new_tokens", max_new_tokens, 1, 4096)
+        seed = checks.seed(seed)
         temperature = float(checks.in_range("temperature", temperature, 0.0, 2.0))
         top_p = float(checks.in_range("top_p", top_p, 0.01, 1.0))
         clip = load_clip(video, strategy, self.log)

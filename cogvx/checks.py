@@ -1,9 +1,26 @@
-"""Input checks shared by every predictor: errors name the input, the value and what is allowed."""
+"""Input checks shared by every predictor: errors name the input, the value and what is allowed.
+
+Values are quoted through `shown` (a bounded repr), so a megabyte input gives a short message.
+Integer inputs go through `integer` / `integer_choice`: ints and integral floats (JSON `7.0`, which
+coglet's schema lets through as a float) become ints; booleans, other floats and other types are
+refused. Seeds go through `seed`: 0 to SEED_MAX.
+"""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
+
+from cogvx.log import clip
+
+VALUE_LIMIT = 100  # characters of a value's repr quoted in a message
+SEED_MAX = 2**32 - 1  # seeds are 0..2^32-1, as numpy and most Replicate models take
+
+
+def shown(value: Any, limit: int = VALUE_LIMIT) -> str:
+    """`repr(value)`, clipped to `limit` characters for messages and logs."""
+    return clip(repr(value), limit)
 
 
 def prompt(text: str | None, name: str = "prompt") -> str:
@@ -17,12 +34,46 @@ def prompt(text: str | None, name: str = "prompt") -> str:
 def choice(name: str, value: Any, allowed: Sequence[Any]) -> Any:
     """`value` if it is one of `allowed`."""
     if value not in allowed:
-        raise ValueError(f"{name}={value!r} is not allowed; choose one of {list(allowed)}")
+        raise ValueError(f"{name}={shown(value)} is not allowed; choose one of {list(allowed)}")
     return value
 
 
 def in_range(name: str, value: float, lo: float, hi: float) -> float:
     """`value` if lo <= value <= hi."""
     if not lo <= value <= hi:
-        raise ValueError(f"{name}={value!r} is out of range; allowed: {lo} to {hi}")
+        raise ValueError(f"{name}={shown(value)} is out of range; allowed: {lo} to {hi}")
     return value
+
+
+def _whole(name: str, value: Any, allowed: str) -> int:
+    """`value` as an int: an int, or a float with no fractional part; never a bool."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{name}={shown(value)} is not an integer; allowed: {allowed}")
+    if isinstance(value, float) and not (math.isfinite(value) and value.is_integer()):
+        raise ValueError(f"{name}={shown(value)} is not a whole number; allowed: {allowed}")
+    return int(value)
+
+
+def integer(name: str, value: Any, lo: int, hi: int) -> int:
+    """An integer input in lo..hi; an integral float (7.0) becomes 7."""
+    number = _whole(name, value, f"integers {lo} to {hi}")
+    if not lo <= number <= hi:
+        raise ValueError(f"{name}={shown(value)} is out of range; allowed: {lo} to {hi}")
+    return number
+
+
+def integer_choice(name: str, value: Any, allowed: Sequence[int]) -> int:
+    """An integer input that must be one of `allowed`; an integral float (49.0) becomes 49."""
+    number = _whole(name, value, f"one of {list(allowed)}")
+    return choice(name, number, allowed)
+
+
+def seed(value: Any) -> int | None:
+    """A seed in 0..SEED_MAX (an integral float becomes an int), or None to draw one."""
+    if value is None:
+        return None
+    allowed = f"integers 0 to {SEED_MAX} (leave blank for a random seed)"
+    number = _whole("seed", value, allowed)
+    if not 0 <= number <= SEED_MAX:
+        raise ValueError(f"seed={shown(value)} is out of range; allowed: {allowed}")
+    return number

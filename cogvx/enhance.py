@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 
 from cogvx import checks
+from cogvx.gpu import release_openmp_pool, releasing_openmp_pool
+from cogvx.log import bound_library_logs
 from cogvx.log import log as log_line
 from cogvx.video import OUTPUT_FORMATS, VideoInfo, fresh_output_path, probe_video, write_video
 
@@ -376,8 +378,9 @@ class Request:
     output_quality: int
 
 
-def check_request(req: Request) -> None:
-    """ValueError naming the first input outside what the predictor allows."""
+def check_request(req: Request) -> Request:
+    """ValueError naming the first input outside what the predictor allows; else the request
+    with integer inputs as ints (JSON 2.0 arrives as a float)."""
     from cogvx.venhancer.schedule import SOLVER_MODES
 
     checks.choice("method", req.method, METHODS)
@@ -385,14 +388,19 @@ def check_request(req: Request) -> None:
     if req.target_fps is not None:
         checks.in_range("target_fps", req.target_fps, 1.0, 240.0)
     checks.choice("size_policy", req.size_policy, SIZE_POLICIES)
-    checks.in_range("noise_aug", req.noise_aug, 1, 300)
+    noise_aug = checks.integer("noise_aug", req.noise_aug, 1, 300)
     checks.choice("solver_mode", req.solver_mode, SOLVER_MODES)
-    checks.in_range("steps", req.steps, 1, 50)
+    steps = checks.integer("steps", req.steps, 1, 50)
     checks.in_range("guidance_scale", req.guidance_scale, 1.0, 20.0)
-    checks.in_range("chunk_overlap", req.chunk_overlap, 1, 16)
+    chunk_overlap = checks.integer("chunk_overlap", req.chunk_overlap, 1, 16)
     checks.choice("precision", req.precision, list(PRECISIONS))
     checks.choice("output_format", req.output_format, OUTPUT_FORMATS)
-    checks.in_range("output_quality", req.output_quality, 1, 100)
+    output_quality = checks.integer("output_quality", req.output_quality, 1, 100)
+    seed = checks.seed(req.seed)
+    return replace(
+        req, noise_aug=noise_aug, steps=steps, chunk_overlap=chunk_overlap,
+        output_quality=output_quality, seed=seed,
+    )  # fmt: skip
 
 
 def probe_input(path: str | Path) -> VideoInfo:
@@ -510,6 +518,8 @@ class EnhanceService:
             log(f"loaded {self.fast.describe()} in {time.perf_counter() - t0:.1f}s")
         if self.venhancer is None and self.fast is None:  # pragma: no cover - root check above
             raise EnhanceSetupError(missing_weights_message())
+        bound_library_logs()
+        release_openmp_pool()  # run() comes on another thread: see VideoService
         if self.device.type == "cuda":
             free, total = torch.cuda.mem_get_info()
             log(f"device: cuda, {free / 2**30:.1f} GiB free of {total / 2**30:.1f} GiB")
@@ -543,6 +553,7 @@ class EnhanceService:
         self.log(f"precision {self.precision} -> {precision}: reloading UNet + ControlNet")
         self._load_venhancer(precision)
 
+    @releasing_openmp_pool
     def run(
         self,
         *,
@@ -570,7 +581,7 @@ class EnhanceService:
             steps, float(guidance_scale), chunk_overlap, precision, seed, output_format,
             output_quality,
         )  # fmt: skip
-        check_request(req)
+        req = check_request(req)
         if method == "venhancer" and self.venhancer is None:
             raise ValueError(
                 f"method=venhancer is not available: the weights hold no {VENHANCER_DIR}/ "
@@ -589,7 +600,7 @@ class EnhanceService:
             frames, out_fps = self._fast(video, info, req, fps)
         path = fresh_output_path(_output_root(), output_format, stem=f"enhanced-{method}")
         t0 = time.perf_counter()
-        write_video(frames, path, fps=out_fps, fmt=output_format, quality=output_quality)
+        write_video(frames, path, fps=out_fps, fmt=output_format, quality=req.output_quality)
         duration = len(frames) / out_fps
         h, w = frames.shape[1:3]
         self.log(

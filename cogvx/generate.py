@@ -13,6 +13,7 @@ import torch
 
 from cogvx import checks
 from cogvx.gpu import MemoryPlan, apply_plan, cpu_generator, current_plan, resolve_seed, torch_dtype
+from cogvx.log import bound_library_logs
 from cogvx.log import log as log_line
 from cogvx.lora import LoraSlot
 from cogvx.models import Variant, get_variant
@@ -112,6 +113,7 @@ class VideoModel:
         )
         pipe.set_progress_bar_config(mininterval=1.0)
         apply_plan(pipe, plan, log)
+        bound_library_logs()  # diffusers logs the truncated part of a prompt: clip its records
         log(f"loaded {v.name} from {folder} in {time.perf_counter() - t0:.1f}s")
         return cls(v, pipe, plan, log)
 
@@ -123,6 +125,10 @@ class VideoModel:
         """Validate a request against this variant; ValueError names the input."""
         v = self.variant
         req.prompt = checks.prompt(req.prompt)
+        req.seed = checks.seed(req.seed)
+        req.num_inference_steps = checks.integer(
+            "num_inference_steps", req.num_inference_steps, 1, 100
+        )
         if v.task == "i2v" and req.image is None:
             raise ValueError(f"image is required: {v.name} animates an input image")
         if v.task != "i2v" and req.image is not None:
@@ -142,7 +148,7 @@ class VideoModel:
         else:
             if req.num_frames is None:
                 req.num_frames = v.default_frames
-            checks.choice("num_frames", req.num_frames, v.allowed_frames)
+            req.num_frames = checks.integer_choice("num_frames", req.num_frames, v.allowed_frames)
         for name, text in (("prompt", req.prompt), ("negative_prompt", req.negative_prompt)):
             n = self.count_tokens(text) if text else 0
             if n > v.max_tokens:

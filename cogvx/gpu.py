@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from cogvx import checks
 from cogvx.log import log as log_line
 from cogvx.models import MemoryNeed
 
@@ -108,7 +109,8 @@ def torch_dtype(name: str, device: str) -> torch.dtype:
 
 
 def resolve_seed(seed: int | None, log: Callable[[str], None] = log_line) -> int:
-    """Use the given seed or draw one; always log it so a run can be reproduced."""
+    """Use the given seed (checked: 0..2^32-1) or draw one; always log it to reproduce a run."""
+    seed = checks.seed(seed)
     if seed is None:
         seed = secrets.randbelow(2**31)
     log(f"seed: {seed}")
@@ -118,3 +120,43 @@ def resolve_seed(seed: int | None, log: Callable[[str], None] = log_line) -> int
 def cpu_generator(seed: int) -> torch.Generator:
     """A CPU generator: the same seed gives the same noise whatever the offload mode."""
     return torch.Generator("cpu").manual_seed(seed)
+
+
+def release_openmp_pool() -> bool:
+    """Free the calling thread's idle OpenMP (libgomp) worker threads; False if no libgomp.
+
+    libgomp keeps one thread pool per thread that ran a parallel op and counts the idle ones:
+    once that count exceeds the cores it stops spinning between ops and puts its threads to
+    sleep after every one (a futex wake per op). Call it at the end of setup(), on the thread
+    that ran setup, and at the end of each prediction (coglet runs each on whichever of its
+    tokio worker threads is free): then the thread running a prediction holds the only pool, as
+    in a plain script. Every loaded copy is released (torch and sentencepiece bundle their own).
+    """
+    import ctypes
+
+    try:
+        with open("/proc/self/maps") as maps:
+            paths = sorted({line.split()[-1] for line in maps if "/libgomp" in line})
+    except OSError:  # not Linux
+        return False
+    released = False
+    for path in paths:
+        try:  # the library is loaded already: CDLL returns that copy
+            released |= ctypes.CDLL(path).omp_pause_resource_all(1) == 0  # omp_pause_soft
+        except (OSError, AttributeError):  # a libgomp older than OpenMP 5.0
+            pass
+    return released
+
+
+def releasing_openmp_pool(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Decorator: `release_openmp_pool()` on the calling thread when `fn` returns or raises."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            release_openmp_pool()
+
+    return wrapper

@@ -13,6 +13,9 @@ FIT_MODES = ("crop", "pad", "stretch")
 MAX_PIXELS = 80_000_000  # 80 MP: a 48 MP phone photo passes, a decompression bomb does not
 PAD_COLOR = (0, 0, 0)
 ALPHA_BACKGROUND = (255, 255, 255)
+# Pillow decoders tried on an input; others (EPS runs Ghostscript, PSD, ICO, PDF...) are refused.
+# JPEG covers MPO (phone photos); GIF and WebP may be animated (the first frame is used).
+IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")
 Log = Callable[[str], None]
 
 
@@ -29,7 +32,7 @@ def load_image(path: str | Path, log: Log = print, name: str = "image") -> Image
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(path)
+            img = Image.open(path, formats=IMAGE_FORMATS)
             w, h = img.size
             if w * h > MAX_PIXELS:
                 raise ValueError(

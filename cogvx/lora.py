@@ -23,7 +23,16 @@ from typing import Any
 
 import torch
 
-from cogvx._fetch import WeightsError, content_range_total, looks_like_tar, open_first, safe_url
+from cogvx._fetch import (
+    WeightsError,
+    content_range_total,
+    describe_head,
+    looks_like_tar,
+    open_first,
+    safe_url,
+)
+from cogvx.log import clip
+from cogvx.urls import UrlError, UrlPolicy, fetch_failed, split_url, user_url_policy
 
 Log = Callable[[str], None]
 CACHE_ENV = "COGVX_LORA_CACHE"  # folder of cached LoRA files (default <weights cache>/loras)
@@ -35,6 +44,7 @@ HF_DEFAULT_FILE = "pytorch_lora_weights.safetensors"  # what diffusers' save_lor
 ADAPTER = "user_lora"
 PREFERRED_IN_TAR = ("lora.safetensors", HF_DEFAULT_FILE)
 STALL_TIMEOUT = 60.0
+MAX_SOURCE_CHARS = 4096  # longest lora_url accepted (signed URLs run to ~2 KB)
 
 _HF_REPO = re.compile(r"^(?P<repo>[\w.-]+/[\w.-]+)(?:/(?P<file>.+))?$")
 _HF_URL = re.compile(
@@ -66,7 +76,16 @@ def resolve_source(source: str) -> str:
     `/_weights` tarball.
     """
     src = source.strip()
+    if len(src) > MAX_SOURCE_CHARS:
+        raise LoraError(
+            f"lora_url={clip(src)!r} is {len(src)} characters; at most {MAX_SOURCE_CHARS} "
+            "are accepted"
+        )
     if src.startswith("http://") or src.startswith("https://"):
+        try:
+            split_url(src, "lora_url")
+        except UrlError as e:
+            raise LoraError(str(e)) from None
         if m := _HF_URL.match(src):
             file = m["file"] or HF_DEFAULT_FILE
             return f"https://huggingface.co/{m['repo']}/resolve/{m['rev'] or 'main'}/{file}"
@@ -77,12 +96,12 @@ def resolve_source(source: str) -> str:
     if "://" not in src and (m := _HF_REPO.match(src)):
         file = m["file"] or HF_DEFAULT_FILE
         if ".." in file.split("/"):
-            raise LoraError(f"lora_url={source!r}: '..' is not allowed in a file path")
+            raise LoraError(f"lora_url={clip(src)!r}: '..' is not allowed in a file path")
         return f"https://huggingface.co/{m['repo']}/resolve/main/{file}"
     raise LoraError(
-        f"lora_url={safe_url(src) if '://' in src else src!r} is not a LoRA source; use an https "
-        "URL of a .safetensors file (or of a .tar holding one), a Hugging Face repo as "
-        "owner/repo or owner/repo/file.safetensors, or a replicate.com model URL"
+        f"lora_url={clip(safe_url(src) if '://' in src else repr(src))} is not a LoRA source; "
+        "use an https URL of a .safetensors file (or of a .tar holding one), a Hugging Face "
+        "repo as owner/repo or owner/repo/file.safetensors, or a replicate.com model URL"
     )
 
 
@@ -122,6 +141,7 @@ class LoraCache:
         max_bytes: int | None = None,
         free_bytes: Callable[[], int] | None = None,
         log: Log = print,
+        policy: UrlPolicy | None = None,
     ):
         self.root = Path(root) if root else default_cache_dir()
         self.min_free = (
@@ -134,6 +154,7 @@ class LoraCache:
         self.max_bytes = max_bytes
         self._free = free_bytes or (lambda: shutil.disk_usage(self.root).free)
         self.log = log
+        self.policy = policy or user_url_policy("lora_url")  # which addresses URLs may reach
         self.hits = self.downloads = self.evictions = 0
 
     def path_for(self, url: str) -> Path:
@@ -149,7 +170,7 @@ class LoraCache:
     def fetch(self, url: str) -> Path:
         """The cached file for `url`, downloading (and evicting old entries) on a miss."""
         path = self.path_for(url)
-        label = safe_url(url)
+        label = clip(safe_url(url))
         if path.is_file():
             os.utime(path)
             self.hits += 1
@@ -186,10 +207,15 @@ class LoraCache:
             )
 
     def _download(self, url: str, dest: Path, label: str, keep: Path) -> int:
+        """Fetch `url` into `dest`. Every network failure gives the same `fetch_failed` message
+        (no port-scan oracle) and response bytes are never quoted."""
+        failed = LoraError(fetch_failed("lora_url", url))
         try:
-            _, conn, resp = open_first(url, self.max_bytes + 1, STALL_TIMEOUT, self.log)
-        except WeightsError as e:
-            raise LoraError(f"lora_url: {e}") from None
+            _, conn, resp = open_first(
+                url, self.max_bytes + 1, STALL_TIMEOUT, self.log, policy=self.policy
+            )
+        except WeightsError:
+            raise failed from None
         try:
             if resp.status == 206:
                 total = content_range_total(resp, label)
@@ -204,13 +230,15 @@ class LoraCache:
             self.make_room(total or 0, keep=keep)
             got = 0
             with open(dest, "wb") as f:
-                while chunk := resp.read(1 << 20):
+                while chunk := _read(resp, failed):
                     got += len(chunk)
                     if got > self.max_bytes:
                         raise LoraError(self._too_big(label, got, at_least=True))
+                    if total is None and got % (64 << 20) < len(chunk):
+                        self.make_room(64 << 20, keep=keep)  # no size was sent: keep checking
                     f.write(chunk)
-        except (OSError, http.client.HTTPException) as e:
-            raise LoraError(f"lora_url {label}: download failed: {e!r}") from None
+        except WeightsError:  # a bad Content-Range
+            raise failed from None
         finally:
             conn.close()
         if total is not None and got != total:
@@ -222,6 +250,14 @@ class LoraCache:
             f"lora_url {label}: the file is {'over ' if at_least else ''}{size / 1e6:.0f} MB; "
             f"LoRAs up to {self.max_bytes / 1e6:.0f} MB are accepted ({MAX_BYTES_ENV})"
         )
+
+
+def _read(resp: http.client.HTTPResponse, failed: LoraError) -> bytes:
+    """The next MiB of the body; a network error or stall raises `failed`."""
+    try:
+        return resp.read(1 << 20)
+    except (OSError, http.client.HTTPException):
+        raise failed from None
 
 
 # --- file formats -----------------------------------------------------------------------------
@@ -255,7 +291,7 @@ def extract_safetensors(path: Path, label: str, max_bytes: int) -> None:
         )
     if kind != "tar":
         raise LoraError(
-            f"lora_url {label} is not a safetensors file (it starts with {head[:16]!r}); "
+            f"lora_url {label} is not a safetensors file ({describe_head(head)}); "
             "send a .safetensors LoRA or a .tar holding one"
         )
     with tarfile.open(path, "r:") as tf:
@@ -265,7 +301,7 @@ def extract_safetensors(path: Path, label: str, max_bytes: int) -> None:
         if len(members) > 1:
             preferred = [m for m in members if Path(m.name).name in PREFERRED_IN_TAR]
             if len(preferred) != 1:
-                names = [m.name for m in members]
+                names = clip(str([m.name for m in members]))
                 raise LoraError(
                     f"lora_url {label}: the tarball holds several .safetensors files {names}; "
                     f"expected one (or one named {' or '.join(PREFERRED_IN_TAR)})"
@@ -273,8 +309,10 @@ def extract_safetensors(path: Path, label: str, max_bytes: int) -> None:
             members = preferred
         member = members[0]
         if member.size > max_bytes:
-            raise LoraError(f"lora_url {label}: {member.name} is {member.size / 1e6:.0f} MB, over "
-                            f"the {max_bytes / 1e6:.0f} MB limit")  # fmt: skip
+            raise LoraError(
+                f"lora_url {label}: {clip(member.name)} is {member.size / 1e6:.0f} MB, over the "
+                f"{max_bytes / 1e6:.0f} MB limit"
+            )
         src = tf.extractfile(member)
         out = path.with_name(path.name + ".member")
         try:
@@ -286,7 +324,9 @@ def extract_safetensors(path: Path, label: str, max_bytes: int) -> None:
     with open(path, "rb") as f:
         head = f.read(512)
     if _kind(head, path.stat().st_size) != "safetensors":
-        raise LoraError(f"lora_url {label}: {member.name} in the tarball is not a safetensors file")
+        raise LoraError(
+            f"lora_url {label}: {clip(member.name)} in the tarball is not a safetensors file"
+        )
 
 
 def read_lora(path: str | Path, label: str | None = None) -> tuple[dict[str, torch.Tensor], dict]:
@@ -479,7 +519,7 @@ class LoraSlot:
         if not math.isfinite(scale):
             raise LoraError(f"lora_scale={scale!r} is not a finite number")
         url = resolve_source(source)
-        label = safe_url(url)
+        label = clip(safe_url(url))
         if url != self.url:
             path = self.cache.fetch(url)
             t0 = time.monotonic()
@@ -517,7 +557,7 @@ class LoraSlot:
         if self.url is None:
             return
         self.pipe.unload_lora_weights()
-        self.log(f"lora: unloaded {safe_url(self.url)}")
+        self.log(f"lora: unloaded {clip(safe_url(self.url))}")
         self.url, self.enabled = None, True
 
     def _unload_quietly(self) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 from cogvx import checks
 from cogvx.enhance import check_fast_output, fast_enhance, fast_missing_message, load_fast_from_env
 from cogvx.generate import Request, VideoModel
+from cogvx.gpu import release_openmp_pool, releasing_openmp_pool
 from cogvx.log import log as log_line
 from cogvx.models import Variant
 from cogvx.video import OUTPUT_FORMATS, fresh_output_path, write_video
@@ -33,7 +34,13 @@ class VideoService:
         self.log = log
         self.model = VideoModel.load(model, weights, log=log)
         self.fast = load_fast_from_env(log)  # Real-ESRGAN + RIFE output options, if configured
+        # coglet runs setup() and each run() on different threads, and libgomp keeps an OpenMP
+        # pool per thread: with an idle one alive it thinks the CPUs oversubscribed and puts
+        # its threads to sleep after every op of run(). So drop the pool a thread leaves idle
+        # (cogvx.gpu.release_openmp_pool; numbers: benchmarks/bench_overhead.py).
+        release_openmp_pool()
 
+    @releasing_openmp_pool
     def run(
         self,
         *,
@@ -62,13 +69,15 @@ class VideoService:
         image: a file for image-to-video; video: a file for video-to-video (T2V models).
         upscale / interpolate: Real-ESRGAN / RIFE x2 on the output (COGVX_FAST_WEIGHTS)."""
         checks.choice("output_format", output_format, OUTPUT_FORMATS)
-        checks.choice("upscale", upscale, UPSCALES)
+        upscale = checks.integer_choice("upscale", upscale, UPSCALES)
         factor = 2 if interpolate else 1
         post = [n for n, on in (("upscale", upscale > 1), ("interpolate", factor > 1)) if on]
         if post and self.fast is None:
             raise ValueError(fast_missing_message(" and ".join(post)))
-        checks.in_range("output_quality", output_quality, 1, 100)
-        checks.in_range("fps", fps, 1, 60)
+        output_quality = checks.integer("output_quality", output_quality, 1, 100)
+        fps = checks.integer("fps", fps, 1, 60)
+        num_inference_steps = checks.integer("num_inference_steps", num_inference_steps, 1, 100)
+        seed = checks.seed(seed)
         checks.in_range("lora_scale", float(lora_scale), -1.0, 3.0)
         v = self.model.variant
         frames = None
@@ -76,13 +85,13 @@ class VideoService:
             frames = read_v2v_video(video, v, self.log)
             if num_frames is not None and num_frames != len(frames):
                 self.log(f"num_frames={num_frames} ignored: video-to-video keeps the video's count")
+        elif num_frames is not None:
+            num_frames = checks.integer_choice("num_frames", num_frames, v.allowed_frames)
         req = Request(
             prompt=prompt,
             negative_prompt=(negative_prompt or "").strip(),
             num_frames=num_frames,
-            num_inference_steps=int(
-                checks.in_range("num_inference_steps", num_inference_steps, 1, 100)
-            ),
+            num_inference_steps=num_inference_steps,
             guidance_scale=float(checks.in_range("guidance_scale", guidance_scale, 0.0, 20.0)),
             use_dynamic_cfg=use_dynamic_cfg,
             seed=seed,

@@ -6,8 +6,10 @@ Video input: `probe_video` (timestamps from packets) and `read_frames` (one deco
 from __future__ import annotations
 
 import itertools
+import os
 import platform
-import shutil
+import re
+import stat
 import subprocess
 import tempfile
 import uuid
@@ -22,7 +24,7 @@ from typing import Any
 import numpy as np
 
 OUTPUT_FORMATS = ("mp4", "webm", "gif")
-CONVERT_AHEAD = 2  # frames converted ahead of the encoder
+CONVERT_AHEAD = 4  # frames converted ahead of the encoder
 
 
 def ffmpeg_exe() -> str:
@@ -89,14 +91,19 @@ def _codec(
     return "libvpx-vp9", {**opts, "threads": threads}
 
 
-def bitexact_scaling(method: str = "BILINEAR") -> Any:
-    """swscale flags for `method` in bit-exact mode: its SIMD kernels then equal its C code.
+def bitexact_scaling(method: str = "BILINEAR", accurate_rounding: bool = True) -> Any:
+    """swscale flags for `method` in bit-exact mode, so the result does not depend on the CPU.
 
-    Without them, colour conversion (YUV <-> RGB) rounds differently by CPU (SSE2/AVX2/AVX-512).
+    Writing (RGB -> YUV) also asks for accurate rounding: its SIMD then equals its C code.
+    Reading (YUV -> RGB) does not: accurate rounding swaps swscale's same-size converter for a
+    chroma-interpolating one (not the original demo's pixels: max diff 67-189); bit-exact alone
+    gives one result on every CPU with SSSE3 (every x86-64 server CPU since 2011; plain-C
+    FFmpeg differs by up to 3 levels).
     """
     from av.video.reformatter import Interpolation
 
-    return Interpolation[method] | Interpolation.BITEXACT | Interpolation.ACCURATE_RND
+    flags = Interpolation[method] | Interpolation.BITEXACT
+    return flags | Interpolation.ACCURATE_RND if accurate_rounding else flags
 
 
 def _to_yuv420p(rgb: np.ndarray) -> Any:
@@ -198,17 +205,37 @@ def write_video(
     return path
 
 
+OUTPUT_FOLDER = re.compile(r"cogvx-([0-9a-f]{12})")  # a per-prediction folder: cogvx-<uid>
+
+
+def _remove_own_output(folder: Path) -> None:
+    """Delete a folder `fresh_output_path` made and the output files in it, nothing else.
+
+    Files are recognised by name (`<stem>-<uid>.<ext>`); anything else keeps the folder."""
+    match = OUTPUT_FOLDER.fullmatch(folder.name)
+    try:
+        if not match or not stat.S_ISDIR(os.lstat(folder).st_mode):  # never through a symlink
+            return
+        ours = re.compile(rf"[^/]+-{match.group(1)}\.[a-z0-9]+")
+        for entry in os.scandir(folder):
+            if ours.fullmatch(entry.name) and entry.is_file(follow_symlinks=False):
+                os.unlink(entry.path)
+        os.rmdir(folder)  # fails, leaving it, if anything else is inside
+    except OSError:
+        pass
+
+
 def fresh_output_path(root: str | Path, fmt: str, stem: str = "video") -> Path:
-    """A new per-prediction folder under `root` (older ones deleted) and a unique file name."""
+    """A new per-prediction folder under `root` and a unique file name in it.
+
+    The folders earlier calls made (cogvx-<uid>) are deleted with their outputs; nothing else in
+    `root` is touched, so it may be a folder that holds other files."""
     root = Path(root)
-    if root.exists():
+    if root.is_dir():
         for old in root.iterdir():
-            if old.is_dir():
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                old.unlink(missing_ok=True)
+            _remove_own_output(old)
     uid = uuid.uuid4().hex[:12]
-    folder = root / uid
+    folder = root / f"cogvx-{uid}"
     folder.mkdir(parents=True)
     return folder / f"{stem}-{uid}.{fmt}"
 
@@ -254,7 +281,20 @@ class VideoInfo:
         return replace(self, timestamps=self.timestamps[:frames], pts=self.pts[:frames])
 
 
+# Only containers that cannot name other files or URLs are opened, and only through the `file`
+# protocol: an HLS playlist (.m3u8), a concat script, a DASH manifest or an image sequence is
+# refused before its demuxer reads anything. MOV's external data references stay off.
+DEMUXERS = ("mov", "matroska", "avi", "mpegts", "gif")  # mov = mp4/m4v/3gp; matroska = mkv/webm
+READ_OPTIONS = {
+    "format_whitelist": ",".join(DEMUXERS),
+    "protocol_whitelist": "file",
+    "enable_drefs": "0",
+}
+ACCEPTED = "an MP4, MOV, MKV, WebM, AVI, MPEG-TS or GIF file (H.264, HEVC, VP9 or AV1)"
+
+
 def _open(path: Path) -> Any:
+    """Open a local video file for reading with the container and protocol whitelists."""
     import av
 
     if not path.is_file():
@@ -262,15 +302,20 @@ def _open(path: Path) -> Any:
     if path.stat().st_size == 0:
         raise VideoReadError(f"video {path.name}: the file is empty (0 bytes)")
     try:
-        return av.open(str(path), metadata_errors="ignore")
+        return av.open(str(path), container_options=READ_OPTIONS, metadata_errors="ignore")
     except av.error.EOFError as exc:
         raise VideoReadError(
             f"video {path.name}: the file ends before its first frame (zero-length or truncated)"
         ) from exc
     except (av.FFmpegError, OSError, UnicodeDecodeError) as exc:
+        if isinstance(exc, av.error.ArgumentError):  # what a format off the whitelist gives
+            reason = "its container format is not one this server opens"
+        else:
+            reason = getattr(exc, "strerror", None) or exc  # without the server-side path
         raise VideoReadError(
-            f"video {path.name}: not a video file FFmpeg can read ({exc}); send an MP4, WebM, MOV "
-            "or MKV file (H.264, HEVC, VP9 or AV1)"
+            f"video {path.name}: not a video file FFmpeg can read ({reason}); send {ACCEPTED}. "
+            "Playlists (.m3u8), concat scripts and other files that point to further files or "
+            "URLs are refused"
         ) from exc
 
 
@@ -391,7 +436,8 @@ def read_frames(
     last = max(wanted)
     index_of = {int(p): i for i, p in enumerate(info.pts)}
     width, height = size or (info.width, info.height)
-    same_size, area = bitexact_scaling(), bitexact_scaling("AREA")
+    same_size = bitexact_scaling(accurate_rounding=False)
+    area = bitexact_scaling("AREA", accurate_rounding=False)
     got: dict[int, np.ndarray] = {}
     position = -1
     with _open(path) as container:

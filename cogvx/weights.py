@@ -2,6 +2,9 @@
 
 `install_weights(source, dest)` takes an http(s) URL of a tarball, a local .tar or a local folder.
 `pack_folder(src, out_tar)` writes a tarball with a sha256 manifest first, which installs check.
+Weight URLs come from the operator (COG_WEIGHTS, COGVX_FAST_WEIGHTS), not from users: any host is
+fetched (loopback and private mirrors included), but every redirect must stay http(s). User URLs
+go through the same fetcher with `cogvx.urls`' address policy (see `cogvx.lora`).
 """
 
 from __future__ import annotations
@@ -62,6 +65,8 @@ def install_weights(
     """Install the tarball at `source` (URL or .tar) into `dest` once; a folder is returned as-is.
 
     Returns the installed folder. A marker inside `dest` makes later calls skip the download.
+    Members are filtered like tarfile's `data` filter: no absolute paths, `..`, links out of the
+    folder or device files; no owner; no setuid/setgid/sticky bits or group/other write.
     """
     if connections < 1:
         raise ValueError(f"connections must be >= 1, got {connections}")
@@ -104,6 +109,8 @@ def install_weights(
             else:
                 checker = _extract_local(Path(src), tmp, label, chunk_size, log)
             files = _scan_tree(tmp, label)
+            if checker is not None:
+                os.chmod(tmp, 0o755)  # extract_stream made it private while tar ran
             verified = _verify(tmp, files, checker, label)
             _write_marker(tmp, label, files, verified, log)
             os.rename(tmp, dest)
@@ -220,6 +227,26 @@ def _free_bytes(path: Path) -> int:
     return shutil.disk_usage(path).free
 
 
+def _space_guard(where: Path, label: str, checked: bool) -> Callable[[TarChecker], None]:
+    """Per chunk: check the manifest's total once (when no size was known), keep the floor free."""
+    state = {"checked": checked}
+
+    def guard(checker: TarChecker) -> None:
+        if not state["checked"] and checker.manifest is not None:
+            state["checked"] = True
+            files = checker.manifest["files"].values()
+            _check_space(sum(info["size"] for info in files), where, label)
+        free = _free_bytes(where)
+        if free < SPACE_MARGIN:
+            raise WeightsError(
+                f"not enough disk space to install {label} into {where}: stopped after "
+                f"{checker.offset / 1e6:.0f} MB with {free / 1e6:.0f} MB free "
+                f"({SPACE_MARGIN >> 20} MB are kept free)"
+            )
+
+    return guard
+
+
 def _check_space(total: int, where: Path, label: str) -> None:
     need = int(total * 1.05) + SPACE_MARGIN
     free = _free_bytes(where)
@@ -329,12 +356,14 @@ def _download(
                 expected=total,
                 label=label,
                 close=lambda: _shutdown(conn),
+                timeout=stall_timeout,
             )
     except BaseException:
         conn.close()
         raise
+    guard = _space_guard(tmp.parent, label, checked=total is not None)
     try:
-        return extract_stream(chunks, tmp, label=label, total=total, log=log)
+        return extract_stream(chunks, tmp, label=label, total=total, log=log, guard=guard)
     finally:
         conn.close()
 
@@ -350,7 +379,8 @@ def _extract_local(path: Path, tmp: Path, label: str, chunk_size: int, log: Log)
     log(f"weights: extracting {label} ({size / 1e6:.0f} MB) into {tmp.parent}")
     with open(path, "rb", buffering=0) as f:
         chunks = file_chunks(f, chunk_size=chunk_size, label=label)
-        return extract_stream(chunks, tmp, label=label, total=size, log=log)
+        guard = _space_guard(tmp.parent, label, checked=True)
+        return extract_stream(chunks, tmp, label=label, total=size, log=log, guard=guard)
 
 
 def _run_pget(pget: str, url: str, tmp: Path, label: str, log: Log) -> None:
@@ -387,8 +417,29 @@ def _run_logged(cmd: list[str], redact: Callable[[str], str], log: Log) -> tuple
     return proc.returncode, tail
 
 
+def data_mode(mode: int, is_dir: bool) -> int:
+    """Permission bits without what tarfile's `data` filter drops: setuid/setgid/sticky, group and
+    other write, and (files) x bits when the owner has none. Bits are only ever removed."""
+    mode &= 0o755
+    if not is_dir and not mode & 0o100:
+        mode &= ~0o111
+    return mode
+
+
+def _filter_mode(path: str, st: os.stat_result, label: str, rel: str) -> None:
+    want = data_mode(stat.S_IMODE(st.st_mode), stat.S_ISDIR(st.st_mode))
+    if stat.S_IMODE(st.st_mode) != want:
+        try:
+            os.chmod(path, want)
+        except OSError as e:
+            raise WeightsError(f"{label}: cannot set the mode of {rel} to {want:o}: {e}") from e
+
+
 def _scan_tree(root: Path, label: str) -> dict[str, int]:
-    """Regular files under root -> size; refuse links leading outside and special files."""
+    """Regular files under root -> size; refuse links leading outside and special files.
+
+    Also sets every file's and folder's mode to `data_mode` (links are left alone).
+    """
     base = os.path.realpath(root)
     files = {}
     for dirpath, dirnames, filenames in os.walk(base):
@@ -396,6 +447,8 @@ def _scan_tree(root: Path, label: str) -> dict[str, int]:
             full = os.path.join(dirpath, name)
             rel = os.path.relpath(full, base)
             st = os.lstat(full)
+            if stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode):
+                _filter_mode(full, st, label, rel)
             if stat.S_ISLNK(st.st_mode):
                 real = os.path.realpath(full)
                 if real != base and not real.startswith(base + os.sep):

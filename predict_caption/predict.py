@@ -5,6 +5,7 @@ from typing import Optional
 from cog import BaseRunner, Input, Path
 
 from cogvx.caption import CaptionService
+from cogvx.inputs import request_file
 
 
 class Runner(BaseRunner):
@@ -47,12 +48,14 @@ class Runner(BaseRunner):
             le=1.0,
         ),
         seed: Optional[int] = Input(
-            description="Random seed for sampling (temperature > 0). Leave blank to randomize; the seed used is logged.",  # noqa: E501
+            description="Random seed for sampling (temperature > 0), 0 to 4294967295 (2^32 - 1). Leave blank to randomize; the seed used is logged.",  # noqa: E501
             default=None,
+            ge=0,
+            le=4294967295,
         ),
     ) -> str:
         return self.service.run(
-            video=video,
+            video=request_file("video", video),
             prompt=prompt,
             strategy=strategy,
             max_new_tokens=max_new_tokens,

@@ -5,6 +5,7 @@ from typing import Optional
 from cog import BaseRunner, Input, Path
 
 from cogvx.enhance import EnhanceService
+from cogvx.inputs import request_file
 
 
 class Runner(BaseRunner):
@@ -80,8 +81,10 @@ class Runner(BaseRunner):
             default="fp16",
         ),
         seed: Optional[int] = Input(
-            description="venhancer: random seed. Leave blank to randomize; the seed used is logged. (fast is deterministic.)",  # noqa: E501
+            description="venhancer: random seed, 0 to 4294967295 (2^32 - 1). Leave blank to randomize; the seed used is logged. (fast is deterministic.)",  # noqa: E501
             default=None,
+            ge=0,
+            le=4294967295,
         ),
         output_format: str = Input(
             description="mp4 (H.264, plays everywhere), webm (VP9) or gif.",
@@ -97,7 +100,7 @@ class Runner(BaseRunner):
     ) -> Path:
         return Path(
             self.service.run(
-                video=video,
+                video=request_file("video", video),
                 method=method,
                 prompt=prompt,
                 up_scale=up_scale,

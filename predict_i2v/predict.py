@@ -4,6 +4,7 @@ from typing import Optional
 
 from cog import BaseRunner, Input, Path
 
+from cogvx.inputs import request_file
 from cogvx.service import VideoService
 
 
@@ -36,7 +37,10 @@ class Inputs:
         default=True,
     )
     seed = Input(
-        description="Random seed. Leave blank to randomize; the seed used is logged.", default=None
+        description="Random seed, 0 to 4294967295 (2^32 - 1). Leave blank to randomize; the seed used is logged.",  # noqa: E501
+        default=None,
+        ge=0,
+        le=4294967295,
     )
     output_format = Input(
         description="mp4 (H.264, plays everywhere), webm (VP9) or gif.",
@@ -81,6 +85,7 @@ class I2VRunner(BaseRunner):
 
     def _run(self, inputs: dict) -> Path:
         inputs.pop("self", None)
+        inputs["image"] = request_file("image", inputs["image"])
         return Path(self.service.run(**inputs, record_metric=self.record_metric))
 
 

@@ -83,3 +83,26 @@ def test_fresh_output_path_replaces_older_outputs(tmp_path):
     second = fresh_output_path(tmp_path, "mp4")
     assert not first.exists() and second.parent.exists()
     assert first.name != second.name and second.suffix == ".mp4"
+
+
+def test_fresh_output_path_deletes_only_its_own_folders(tmp_path):
+    """COGVX_OUTPUT_DIR may be a folder with other things in it: they all survive."""
+    (tmp_path / "user.txt").write_text("keep")
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "a.jpg").write_bytes(b"keep")
+    (tmp_path / "0123456789ab").mkdir()  # a bare-uid folder (an older layout), not ours now
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "x-0123456789ab.mp4").write_bytes(b"keep")
+    (tmp_path / "cogvx-0123456789ab").symlink_to(tmp_path / "elsewhere")  # never followed
+    first = fresh_output_path(tmp_path, "mp4", stem="cogvideox-1")
+    first.write_bytes(b"x")
+    (first.parent / "added.txt").write_text("someone put this here")
+    second = fresh_output_path(tmp_path, "gif")
+    second.write_bytes(b"y")
+    third = fresh_output_path(tmp_path, "webm")
+    assert not first.exists() and (first.parent / "added.txt").exists()  # its folder stays
+    assert not second.parent.exists() and third.parent.is_dir()
+    assert (tmp_path / "user.txt").read_text() == "keep"
+    assert (tmp_path / "photos" / "a.jpg").exists() and (tmp_path / "0123456789ab").is_dir()
+    assert (tmp_path / "elsewhere" / "x-0123456789ab.mp4").exists()
+    assert third.parent.name == "cogvx-" + third.stem.rsplit("-", 1)[1]

@@ -454,3 +454,87 @@ def test_pack_weights_cli(packed, tmp_path):
     assert "5 files" in res.stdout and "COG_WEIGHTS=" in res.stdout
     assert install_weights(out, tmp_path / "w", log=lambda _: None).is_dir()
     same_tree(src, tmp_path / "w")
+
+
+MODES = {  # member -> (mode in the tarball, mode tarfile's data filter leaves)
+    "suid.bin": (0o4755, 0o755),
+    "open.bin": (0o777, 0o755),
+    "rw-all.txt": (0o666, 0o644),
+    "sub/sgid.bin": (0o2775, 0o755),
+    "group-x.txt": (0o670, 0o640),  # x for group only: dropped like the data filter does
+    "plain.txt": (0o644, 0o644),
+}
+
+
+def moded_tar(path: Path) -> Path:
+    """A tarball holding a setuid, a setgid, a 0777 and a 0666 file and a sticky 1777 folder."""
+    with tarfile.open(path, "w", format=tarfile.GNU_FORMAT) as tf:
+        sub = tarfile.TarInfo("sub")
+        sub.type, sub.mode = tarfile.DIRTYPE, 0o1777
+        tf.addfile(sub)
+        for name, (mode, _) in MODES.items():
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.uid, info.gid = 4, mode, 4321, 4321
+            tf.addfile(info, io.BytesIO(b"data"))
+    return path
+
+
+@pytest.mark.parametrize("source", ["http", "local"])
+@pytest.mark.parametrize("umask", [0o022, 0o000])
+def test_setuid_and_world_writable_modes_are_filtered(tmp_path, source, umask):
+    tar = moded_tar(tmp_path / "moded.tar")
+    old = os.umask(umask)  # umask 0: tar alone would keep 0777 and the sticky bit
+    try:
+        if source == "local":
+            dest = install_weights(tar, tmp_path / "w", log=lambda _: None)
+        else:
+            with WeightsServer({"/m.tar": tar.read_bytes()}) as srv:
+                dest = fetch(srv.url("/m.tar"), tmp_path / "w", logs=[])
+    finally:
+        os.umask(old)
+    got = {name: (dest / name).stat().st_mode & 0o7777 for name in MODES}
+    assert got == {name: want for name, (_, want) in MODES.items()}
+    assert (dest / "sub").stat().st_mode & 0o7777 == 0o755
+    assert dest.stat().st_mode & 0o7777 == 0o755
+    assert {(dest / n).stat().st_uid for n in MODES} == {os.getuid()}  # no owner kept
+
+
+@pytest.mark.parametrize("ranges", [True, False])
+def test_a_stall_says_no_data_for_n_seconds(packed, tmp_path, monkeypatch, ranges):
+    _, _, data = packed
+    monkeypatch.setattr(_fetch, "BACKOFF_S", 0.001)
+    with WeightsServer({"/w.tar": data}, ranges=ranges, hang=lambda _: True, hang_s=5) as srv:
+        url = srv.url("/w.tar")
+        with pytest.raises(WeightsError) as err:
+            fetch(url + "?token=secret", tmp_path / "w", stall_timeout=0.3)
+    msg = str(err.value)
+    assert f"no data for 0.3 s from {url}" in msg and "Errno" not in msg, msg
+    assert ("after 6 attempts" in msg) == ranges
+    no_leftovers(tmp_path / "w")
+
+
+@pytest.mark.parametrize("location", ["file:///etc/passwd", "ftp://127.0.0.1/w.tar", "gopher://x"])
+def test_a_redirect_off_http_is_refused_at_once(tmp_path, location):
+    with WeightsServer({}, redirects={"/w.tar": location}) as srv:
+        with pytest.raises(WeightsError, match="redirect to .*: only http:// and https://"):
+            fetch(srv.url("/w.tar"), tmp_path / "w")
+        assert srv.count("/w.tar") == 1  # one request: refused, not retried
+    no_leftovers(tmp_path / "w")
+
+
+def test_without_content_length_the_manifest_and_the_floor_guard_the_disk(
+    packed, tmp_path, monkeypatch
+):
+    src, _, data = packed
+    bare = tmp_path / "bare.tar"  # no manifest: only the free-space floor can stop it
+    with tarfile.open(bare, "w") as tf:
+        tf.add(src / "transformer" / "model.safetensors", "model.safetensors")
+    with WeightsServer({"/w.tar": data, "/bare.tar": bare.read_bytes()}, no_length=True) as srv:
+        fetch(srv.url("/w.tar"), tmp_path / "ok")  # plenty of room: installs and verifies
+        same_tree(src, tmp_path / "ok")
+        monkeypatch.setenv("COGVX_FAKE_FREE_BYTES", str(50 << 20))
+        with pytest.raises(WeightsError, match=r"GB needed, 0\.05 GB free"):
+            fetch(srv.url("/w.tar"), tmp_path / "w")  # the manifest's sizes, before extracting
+        with pytest.raises(WeightsError, match=r"stopped after \d+ MB with 52 MB free"):
+            fetch(srv.url("/bare.tar"), tmp_path / "w")
+    no_leftovers(tmp_path / "w")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -38,6 +39,8 @@ class WeightsServer:
         hang_s: float = 3.0,
         max_answer: int | None = None,
         open_ended: bool = False,
+        no_length: bool = False,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         """files: URL path -> body; drop(start) -> True drops the first answer for that offset.
 
@@ -45,6 +48,8 @@ class WeightsServer:
         rate: bytes/s per connection; short_by: send that many bytes fewer than announced.
         max_answer: answer at most this many bytes of a range (honestly, in Content-Range);
         open_ended: answer every range up to the end of the file.
+        no_length: ignore ranges and send no Content-Length (the body ends when the connection
+        closes). tls: a server-side context: serve HTTPS.
         """
         self.files = files
         self.ranges = ranges
@@ -57,6 +62,7 @@ class WeightsServer:
         self.hang_s = hang_s
         self.max_answer = max_answer
         self.open_ended = open_ended
+        self.no_length = no_length
         self.gate = threading.Event()
         self.gate.set()
         self.requests: list[tuple[str, str | None]] = []
@@ -65,6 +71,9 @@ class WeightsServer:
         self._seen: set[tuple[str, int]] = set()
         self._lock = threading.Lock()
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+        if tls is not None:
+            self._httpd.socket = tls.wrap_socket(self._httpd.socket, server_side=True)
+        self.scheme = "https" if tls is not None else "http"
         self._httpd.daemon_threads = True
         self._httpd.owner = self  # type: ignore[attr-defined]
         self._thread = threading.Thread(
@@ -77,7 +86,7 @@ class WeightsServer:
 
     def url(self, path: str) -> str:
         """Full URL of a path on this server."""
-        return f"http://127.0.0.1:{self.port}{path}"
+        return f"{self.scheme}://127.0.0.1:{self.port}{path}"
 
     def count(self, path: str) -> int:
         """GET requests seen for a path (query ignored)."""
@@ -128,7 +137,7 @@ class _Handler(BaseHTTPRequestHandler):
         size = body.stat().st_size if isinstance(body, Path) else len(body)
         start, end = 0, size - 1
         want = self.headers.get("Range")
-        if srv.ranges and want and want.startswith("bytes="):
+        if srv.ranges and not srv.no_length and want and want.startswith("bytes="):
             first, _, last = want[6:].partition("-")
             start = int(first)
             end = min(int(last), size - 1) if last and not srv.open_ended else size - 1
@@ -145,7 +154,11 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self.send_response(200)
         length = end - start + 1
-        self.send_header("Content-Length", str(length))
+        if srv.no_length:
+            self.send_header("Connection", "close")
+            self.close_connection = True
+        else:
+            self.send_header("Content-Length", str(length))
         self.send_header("Content-Type", "application/x-tar")
         self.end_headers()
         send = max(0, length - srv.short_by)

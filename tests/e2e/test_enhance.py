@@ -146,6 +146,16 @@ def test_fast_output_equals_the_models_in_process(server, http, media, local, tm
     assert np.array_equal(_decode(out), _decode(expected))
 
 
+def test_integer_inputs_as_integral_floats_equal_the_ints(server, http, tmp_path):
+    """JSON 2.0 passes coglet's integer schema as a float; every int input must act as the int."""
+    ints = {"steps": 2, "noise_aug": 200, "chunk_overlap": 8, "output_quality": 80, "seed": 5}
+    floats = {key: float(value) for key, value in ints.items()}
+    cheap = {k: v for k, v in CHEAP.items() if k != "steps"}
+    a, body = _ok(server, http, tmp_path, "f.mp4", prompt="a test card", **cheap, **floats)
+    b, _ = _ok(server, http, tmp_path, "i.mp4", prompt="a test card", **cheap, **ints)
+    assert np.array_equal(_decode(a), _decode(b)) and "seed: 5\n" in body["logs"]
+
+
 def test_bad_inputs_fail_with_the_reason(server, http):
     assert "notes.mp4: not a video file FFmpeg can read" in _failed(server, http, "notes.mp4")
     assert "long.mp4 has 301 frames" in _failed(server, http, "long.mp4", method="fast")
