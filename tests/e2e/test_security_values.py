@@ -120,10 +120,19 @@ def test_megabyte_prompts_succeed_with_bounded_logs(server, tmp_path):
         server, tmp_path, "long.mp4", prompt=MB_PROMPT, negative_prompt=MB_PROMPT, seed=5
     )
     assert "prompt is" in logs and "reads the first 226" in logs  # our truncation line
+    assert f"prompt is {len(MB_PROMPT.strip())} characters; the first 19999 are tokenized" in logs
     assert "negative_prompt is" in logs and "chars)" in logs  # diffusers' echo, clipped
     assert mb_logs < LOG_BOUND and mb_logs - short_logs < EXTRA_BOUND, logs[:3000]
     assert mb_server - short_server < EXTRA_BOUND, server.logs()[-3000:]
     assert mb_server < 2 * LOG_BOUND, server.logs()[-3000:]
+
+
+def test_cutting_a_megabyte_prompt_keeps_the_tokens_the_model_reads(server, tmp_path):
+    """The model reads 226 tokens (~800 characters here): 2,000 characters give the same file."""
+    short = MB_PROMPT[:2000]
+    a, _ = _ok(server, tmp_path, "a.mp4", prompt=MB_PROMPT, seed=3)
+    b, _ = _ok(server, tmp_path, "b.mp4", prompt=short, seed=3)
+    assert_same_file(a, b)
 
 
 def test_megabyte_lora_url_fails_with_a_short_message(server):
