@@ -22,6 +22,7 @@ from cogvx import checks
 from cogvx.gpu import release_openmp_pool, releasing_openmp_pool
 from cogvx.log import bound_library_logs
 from cogvx.log import log as log_line
+from cogvx.outputs import output_root
 from cogvx.video import OUTPUT_FORMATS, VideoInfo, fresh_output_path, probe_video, write_video
 
 Log = Callable[[str], None]
@@ -598,7 +599,7 @@ class EnhanceService:
             frames, out_fps = self._venhancer(video, info, req, fps)
         else:
             frames, out_fps = self._fast(video, info, req, fps)
-        path = fresh_output_path(_output_root(), output_format, stem=f"enhanced-{method}")
+        path = fresh_output_path(output_root(), output_format, stem=f"enhanced-{method}")
         t0 = time.perf_counter()
         write_video(frames, path, fps=out_fps, fmt=output_format, quality=req.output_quality)
         duration = len(frames) / out_fps
@@ -753,29 +754,3 @@ def _seed(seed: int | None, log: Log) -> int:
     from cogvx.gpu import resolve_seed
 
     return resolve_seed(seed, log)
-
-
-def _output_root() -> Path:
-    from cogvx.service import output_root
-
-    return output_root()
-
-
-# --- tiny weights ---------------------------------------------------------------------------------
-
-
-def save_tiny_enhance_weights(out_dir: str | Path, seed: int = 0) -> Path:
-    """Write a tiny random enhance folder in the tarball layout (VEnhancer + fast path, ~3 MB)."""
-    from safetensors.torch import save_file
-
-    from cogvx.rife import tiny_ifnet_state_dict
-    from cogvx.upscale import tiny_realesrgan_state_dict
-    from cogvx.venhancer.tiny import save_tiny_venhancer
-
-    out = Path(out_dir)
-    save_tiny_venhancer(out / VENHANCER_DIR, seed=seed)
-    (out / FAST_DIR).mkdir(parents=True, exist_ok=True)
-    sd = tiny_realesrgan_state_dict("compact", scale=4, seed=seed)
-    save_file(sd, str(out / FAST_DIR / UPSCALER_FILES[0]))
-    save_file(tiny_ifnet_state_dict(seed=seed), str(out / FAST_DIR / RIFE_FILES[0]))
-    return out

@@ -368,8 +368,7 @@ def normalize_lora(
     `.alpha` keys, else the file's LoRA metadata, else alpha = r (scale 1).
     """
     if any(".matrix_A." in k or ".matrix_B." in k for k in sd):
-        from cogvx.sat import SatConversionError
-        from cogvx.sat_lora import collect_lora, lora_to_diffusers
+        from cogvx.sat_lora_format import SatConversionError, collect_lora, lora_to_diffusers
 
         try:
             out = lora_to_diffusers(collect_lora(sd, label), alpha=1.0, dtype=torch.float32)

@@ -253,11 +253,3 @@ def interpolate(
         if progress is not None:
             progress(i + n, pairs)
     return out
-
-
-def tiny_ifnet_state_dict(width: int = 8, seed: int = 0) -> dict[str, torch.Tensor]:
-    """A random IFNet state dict with the released key layout at `width` channels, for tests."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = IFNet(width)
-    return {k: v.clone() for k, v in model.state_dict().items()}

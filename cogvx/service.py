@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,16 +12,11 @@ from cogvx.generate import Request, VideoModel
 from cogvx.gpu import release_openmp_pool, releasing_openmp_pool
 from cogvx.log import log as log_line
 from cogvx.models import Variant
+from cogvx.outputs import output_root
 from cogvx.video import OUTPUT_FORMATS, fresh_output_path, write_video
 
-OUTPUT_ENV = "COGVX_OUTPUT_DIR"  # per-prediction output folders live here
 UPSCALES = (1, 2, 4)  # Real-ESRGAN output option (fast path)
 Metric = Callable[[str, Any], None]
-
-
-def output_root() -> Path:
-    """Folder for prediction outputs; each prediction replaces the previous one's folder."""
-    return Path(os.environ.get(OUTPUT_ENV, "/tmp/cogvx-outputs"))
 
 
 class VideoService:

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from cogvx import checks
+from cogvx.dev.schema import openapi_schema
 from cogvx.gpu import cpu_generator, resolve_seed
 from cogvx.log import ClipFilter, bound_library_logs, clip
-from cogvx.schema import openapi_schema
 
 REPO = Path(__file__).resolve().parents[1]
 RUNNERS = [

@@ -12,6 +12,8 @@ import torch
 from safetensors.torch import save_file
 
 from cogvx import enhance
+from cogvx.dev.enhance import tiny_ifnet_state_dict, tiny_realesrgan_state_dict
+from cogvx.dev.venhancer import tiny_text_encoder, tiny_tokenizer, tiny_vae
 from cogvx.enhance import (
     EnhanceMemoryError,
     EnhanceService,
@@ -26,10 +28,9 @@ from cogvx.enhance import (
     resolve_target_fps,
     venhancer_working_set,
 )
-from cogvx.rife import ifnet_from_state_dict, interpolate, tiny_ifnet_state_dict
-from cogvx.upscale import tiny_realesrgan_state_dict, upscale_frames, upscaler_from_state_dict
+from cogvx.rife import ifnet_from_state_dict, interpolate
+from cogvx.upscale import upscale_frames, upscaler_from_state_dict
 from cogvx.venhancer import arith
-from cogvx.venhancer.tiny import tiny_text_encoder, tiny_tokenizer, tiny_vae
 from tests.media import ffprobe
 from tests.shared_fixtures import fixture_dir
 from tools.build_enhance_weights import main as build_enhance_weights
@@ -206,8 +207,8 @@ def test_fast_only_weights_refuse_venhancer_and_memory_checks_refuse(tmp_path, c
 def test_generators_output_options_use_the_fast_path(tmp_path, monkeypatch):
     """T2V with COGVX_FAST_WEIGHTS: upscale x2 + RIFE x2; without it the options are refused
     before anything is generated."""
+    from cogvx.dev.tiny import TINY_HEIGHT, TINY_WIDTH, save_tiny_weights
     from cogvx.service import VideoService
-    from cogvx.tiny import TINY_HEIGHT, TINY_WIDTH, save_tiny_weights
 
     folder = save_tiny_weights("t2v-5b", tmp_path / "t2v")
     fast = tmp_path / "fast-w" / "fast"

@@ -12,8 +12,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from cogvx.dev.tiny import build_tiny_pipeline
 from cogvx.lora import LoraCache, LoraError, LoraSlot, prepare_lora, resolve_source
-from cogvx.tiny import build_tiny_pipeline
 from tests.weights_server import WeightsServer
 
 TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from cogvx.dev.enhance import tiny_ifnet_state_dict
 from cogvx.rife import (
     IFNet,
     RifeWeightsError,
@@ -12,7 +13,6 @@ from cogvx.rife import (
     load_ifnet,
     merge,
     pad_multiple,
-    tiny_ifnet_state_dict,
     warp,
 )
 

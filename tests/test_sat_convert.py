@@ -10,16 +10,16 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from cogvx.sat import (
+from cogvx.convert.sat import (
     FAMILIES,
     SAT_PREFIX,
     SatConversionError,
     detect_transformer,
     load_state_dict,
 )
-from cogvx.sat_pipeline import convert_pipeline
-from cogvx.sat_synth import sat_transformer_state, sat_vae_state, tiny_transformer, tiny_vae
-from cogvx.tiny import save_tiny_t5
+from cogvx.convert.sat_pipeline import convert_pipeline
+from cogvx.dev.sat_synth import sat_transformer_state, sat_vae_state, tiny_transformer, tiny_vae
+from cogvx.dev.tiny import save_tiny_t5
 from tests.shared_fixtures import fixture_dir
 from tools.convert_weight_sat2hf import main as convert_main
 

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from cogvx.sat import FAMILIES, SAT_PREFIX, SatConversionError
-from cogvx.sat_lora import export_lora
-from cogvx.sat_pipeline import convert_pipeline
-from cogvx.sat_synth import sat_lora_state, sat_transformer_state, tiny_transformer
+from cogvx.convert.sat import FAMILIES, SAT_PREFIX, SatConversionError
+from cogvx.convert.sat_lora import export_lora
+from cogvx.convert.sat_pipeline import convert_pipeline
+from cogvx.dev.sat_synth import sat_lora_state, sat_transformer_state, tiny_transformer
 from tools.export_sat_lora_weight import main as export_main
 
 QUIET = {"log": lambda _msg: None}

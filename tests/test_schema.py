@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from cogvx.schema import openapi_schema
+from cogvx.dev.schema import openapi_schema
 from tests.coglet_harness import CogletServer, decode_data_uri, save_output
 
 REPO = Path(__file__).resolve().parents[1]

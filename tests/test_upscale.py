@@ -7,12 +7,12 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from cogvx.dev.enhance import tiny_realesrgan_state_dict
 from cogvx.upscale import (
     StateDictError,
     load_state_dict_file,
     load_upscaler,
     tile_starts,
-    tiny_realesrgan_state_dict,
     upscale_frames,
     upscale_tensor,
     upscaler_from_state_dict,

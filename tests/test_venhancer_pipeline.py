@@ -8,7 +8,8 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from cogvx.venhancer import arith, cost, text, tiny, vae
+from cogvx.dev import venhancer as tiny
+from cogvx.venhancer import arith, cost, text, vae
 from cogvx.venhancer.controlnet import VEnhancerUNet, VideoControlNet
 from cogvx.venhancer.pipeline import VEnhancer
 from cogvx.venhancer.unet import build_unet

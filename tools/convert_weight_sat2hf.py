@@ -15,8 +15,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cogvx.sat import FAMILIES, SatConversionError, dtype_from_flags  # noqa: E402
-from cogvx.sat_pipeline import convert_pipeline  # noqa: E402
+from cogvx.convert.sat import FAMILIES, SatConversionError, dtype_from_flags  # noqa: E402
+from cogvx.convert.sat_pipeline import convert_pipeline  # noqa: E402
 
 
 def _size(text: str) -> tuple[int, int]:

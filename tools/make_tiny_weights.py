@@ -13,8 +13,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from cogvx.dev.tiny import save_tiny_weights  # noqa: E402
 from cogvx.models import VARIANTS  # noqa: E402
-from cogvx.tiny import save_tiny_weights  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     t0 = time.perf_counter()
     if args.model == "enhance":
-        from cogvx.enhance import save_tiny_enhance_weights
+        from cogvx.dev.enhance import save_tiny_enhance_weights
 
         out = save_tiny_enhance_weights(args.out, seed=args.seed)
     else:

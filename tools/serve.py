@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from cogvx.schema import SchemaError, parse_ref, write_schema  # noqa: E402
+from cogvx.dev.schema import SchemaError, parse_ref, write_schema  # noqa: E402
 
 SCHEMA_PATH = Path(".cog") / "openapi_schema.json"
 

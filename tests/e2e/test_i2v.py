@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cogvx.tiny import TINY_HEIGHT, TINY_WIDTH
+from cogvx.dev.tiny import TINY_HEIGHT, TINY_WIDTH
 from tests.coglet_harness import CogletServer, save_output
 from tests.media import ffprobe
 

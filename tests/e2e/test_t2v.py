@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from cogvx.tiny import TINY_HEIGHT, TINY_WIDTH
+from cogvx.dev.tiny import TINY_HEIGHT, TINY_WIDTH
 from tests.coglet_harness import CogletServer, save_output
 from tests.e2e.test_i2v import assert_different_video, assert_same_file
 from tests.media import ffprobe, mp4_atoms

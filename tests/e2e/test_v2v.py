@@ -7,9 +7,9 @@ import subprocess
 import numpy as np
 import pytest
 
+from cogvx.dev.tiny import TINY_HEIGHT, TINY_WIDTH
 from cogvx.generate import Request, VideoModel
 from cogvx.models import get_variant
-from cogvx.tiny import TINY_HEIGHT, TINY_WIDTH
 from cogvx.v2v import load_video, plan_frames
 from tests.coglet_harness import CogletServer
 from tests.e2e.test_i2v import (

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from cogvx.sat import Log, Planned, SatConversionError, write_model_folder
+from cogvx.convert.sat import Log, Planned, SatConversionError, write_model_folder
 
 # Published VAE configs differ only in latent scaling (1.0: 2b 1.15258426, 5b 0.7; 1.5 inverts).
 VAE_DEFAULTS = dict(

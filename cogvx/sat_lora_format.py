@@ -1,8 +1,9 @@
-"""SAT LoRA (`matrix_A`/`matrix_B` on query_key_value and dense) to a diffusers LoRA file.
+"""SAT LoRA matrices (`matrix_A`/`matrix_B` on query_key_value and dense) in diffusers' key layout.
 
 SAT's LoraLinear adds `scale * x @ A_i.T @ B_i.T` per output partition (q, k, v for
-query_key_value), with scale = lora_alpha / r and lora_alpha = 1 by default. diffusers' CogVideoX
-loader ignores network alphas, so the scale is folded into `lora_B`.
+query_key_value), with scale = lora_alpha / r and lora_alpha = 1 by default. A leaf shared by a
+user-LoRA request (cogvx.lora) and the SAT converter (cogvx.convert), so serving never imports
+the converter.
 """
 
 from __future__ import annotations
@@ -14,16 +15,13 @@ from pathlib import Path
 
 import torch
 
-from cogvx.sat import (
-    DTYPES,
-    SAT_PREFIX,
-    Log,
-    SatConversionError,
-    load_state_dict,
-    source_dtype,
-)
+SAT_PREFIX = "model.diffusion_model."
 
-LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
+
+class SatConversionError(RuntimeError):
+    """A checkpoint that cannot be converted; the message names the file and what is wrong."""
+
+
 _KEY = re.compile(
     r"transformer\.layers\.(?P<n>\d+)\.attention\.(?P<mod>query_key_value|dense)"
     r"\.matrix_(?P<ab>[AB])\.(?P<i>\d+)$"
@@ -119,44 +117,3 @@ def lora_deltas(
             key = f"transformer_blocks.{mod.layer}.attn1.{target}.weight"
             out[key] = lambda a=a, b=b, s=scale: (b.float() @ a.float()) * s
     return out
-
-
-def export_lora(
-    checkpoint: str | Path,
-    out_dir: str | Path,
-    alpha: float = 1.0,
-    dtype: str | None = None,
-    trust_pickle: bool = False,
-    log: Log = print,
-) -> Path:
-    """Export the SAT LoRA in `checkpoint` to `out_dir/pytorch_lora_weights.safetensors`."""
-    from diffusers import CogVideoXPipeline
-
-    if alpha <= 0:
-        raise ValueError(f"--alpha must be > 0, got {alpha}")
-    if dtype is not None and dtype not in DTYPES:
-        raise ValueError(f"--dtype {dtype!r} is not allowed; choose one of {sorted(DTYPES)}")
-    sd = load_state_dict(checkpoint, trust_pickle=trust_pickle)
-    modules = collect_lora(sd, checkpoint)
-    ignored = sum(1 for k in sd if ".matrix_" not in k)
-    ranks = sorted({m.rank for m in modules})
-    layers = sorted({m.layer for m in modules})
-    lora_tensors = [t for m in modules for t in (*m.a.values(), *m.b.values())]
-    out_dtype = DTYPES[dtype] if dtype else source_dtype(lora_tensors)
-    state = lora_to_diffusers(modules, alpha, out_dtype)
-    log(
-        f"SAT LoRA: {len(modules)} modules over {len(layers)} layers "
-        f"({layers[0]}..{layers[-1]}), rank {'/'.join(map(str, ranks))}, alpha {alpha:g} "
-        f"-> scale {'/'.join(f'{alpha / r:g}' for r in ranks)} folded into lora_B"
-    )
-    if ignored:
-        log(f"ignored {ignored} non-LoRA tensors (base model weights)")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    CogVideoXPipeline.save_lora_weights(
-        out, transformer_lora_layers=state, weight_name=LORA_WEIGHT_NAME
-    )
-    path = out / LORA_WEIGHT_NAME
-    log(f"wrote {path} ({len(state)} tensors, {str(out_dtype).removeprefix('torch.')}, "
-        f"{path.stat().st_size / 1e6:.1f} MB)")  # fmt: skip
-    return path

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from cogvx.sat import SAT_PREFIX, SatFamily, transformer_to_sat
-from cogvx.sat_vae import vae_to_sat
+from cogvx.convert.sat import SAT_PREFIX, SatFamily, transformer_to_sat
+from cogvx.convert.sat_vae import vae_to_sat
 
 
 def tiny_transformer(

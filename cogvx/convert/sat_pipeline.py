@@ -8,8 +8,7 @@ import shutil
 import time
 from pathlib import Path
 
-from cogvx.models import scheduler_config
-from cogvx.sat import (
+from cogvx.convert.sat import (
     DTYPES,
     FAMILIES,
     Log,
@@ -22,7 +21,8 @@ from cogvx.sat import (
     split_sat_model,
     write_model_folder,
 )
-from cogvx.sat_vae import convert_vae
+from cogvx.convert.sat_vae import convert_vae
+from cogvx.models import scheduler_config
 
 TOKENIZER_FILES = (
     "spiece.model",

@@ -1,7 +1,7 @@
 """SAT (SwissArmyTransformer) CogVideoX checkpoints: loading, layout detection, transformer key map.
 
 The tools `convert_weight_sat2hf.py` and `export_sat_lora_weight.py` are thin CLIs over this module,
-`cogvx.sat_vae`, `cogvx.sat_lora` and `cogvx.sat_pipeline`.
+`cogvx.convert.sat_vae`, `cogvx.convert.sat_lora` and `cogvx.convert.sat_pipeline`.
 """
 
 from __future__ import annotations
@@ -17,14 +17,10 @@ from pathlib import Path
 import torch
 
 from cogvx.models import VARIANTS, Variant
+from cogvx.sat_lora_format import SAT_PREFIX, SatConversionError, lora_deltas
 
-SAT_PREFIX = "model.diffusion_model."
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 Log = Callable[[str], None]
-
-
-class SatConversionError(RuntimeError):
-    """A checkpoint that cannot be converted; the message names the file and what is wrong."""
 
 
 # ----------------------------------------------------------------------------- loading
@@ -588,8 +584,6 @@ def plan_transformer(
             + (f" (+{len(unexpected) - 10} more)" if len(unexpected) > 10 else "")
         )
     if loras and lora == "merge":
-        from cogvx.sat_lora import lora_deltas
-
         for name, delta in lora_deltas(loras, lora_alpha, path).items():
             if name not in plan:
                 raise SatConversionError(f"{path}: LoRA targets {name}, which the model lacks")

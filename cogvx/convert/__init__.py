@@ -1,0 +1,1 @@
+"""SAT (SwissArmyTransformer) checkpoint conversion: tool-only, never imported when serving."""

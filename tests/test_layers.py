@@ -1,0 +1,157 @@
+"""The layering rule, read from the imports: serving code never reaches tool-only or test-only
+code, and cogvx modules import each other without cycles (docs/layout.md)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PREDICTORS = sorted(ROOT.glob("predict_*/predict.py"))
+# Packages the serving path must never import: SAT conversion, dev-only builders and tools, tests.
+FORBIDDEN = ("cogvx.convert", "cogvx.dev", "tests", "tools")
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+MODULES = {_module_name(p): p for p in sorted((ROOT / "cogvx").rglob("*.py"))}
+
+
+def _under(name: str, prefix: str) -> bool:
+    return name == prefix or name.startswith(prefix + ".")
+
+
+def _imports(path: Path, name: str) -> list[tuple[str, bool]]:
+    """(imported module, at module level?) for every import in `path`, function bodies included.
+
+    `from pkg import x` names the submodule pkg.x when there is one, else pkg itself. Imports
+    under `if TYPE_CHECKING:` do not run and are skipped."""
+    tree = ast.parse(path.read_text(), str(path))
+    is_pkg = path.name == "__init__.py"
+    out: list[tuple[str, bool]] = []
+
+    def visit(node: ast.AST, top: bool) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.If) and "TYPE_CHECKING" in ast.unparse(child.test):
+                visit(ast.Module(body=child.orelse, type_ignores=[]), top)
+                continue
+            deferred = isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda)
+            if isinstance(child, ast.Import):
+                out.extend((a.name, top) for a in child.names)
+            elif isinstance(child, ast.ImportFrom):
+                base = child.module or ""
+                if child.level:
+                    pkg = name.split(".") if is_pkg else name.split(".")[:-1]
+                    pkg = pkg[: len(pkg) - (child.level - 1)]
+                    base = ".".join([*pkg, *([base] if base else [])])
+                for a in child.names:
+                    sub = f"{base}.{a.name}"
+                    out.append((sub if sub in MODULES else base, top))
+            visit(child, top and not deferred)
+
+    visit(tree, True)
+    return out
+
+
+GRAPH = {name: _imports(path, name) for name, path in MODULES.items()}
+
+
+def _with_parents(name: str) -> list[str]:
+    """`name` and the packages importing it runs first (cogvx.a.b -> cogvx, cogvx.a, cogvx.a.b)."""
+    parts = name.split(".")
+    return [".".join(parts[: i + 1]) for i in range(len(parts))]
+
+
+def reachable(start: Path) -> dict[str, str]:
+    """Every module `start` imports directly or through cogvx, mapped to the module importing it."""
+    seen: dict[str, str] = {}
+    todo = [(m, "<start>") for m, _ in _imports(start, "__main__")]
+    while todo:
+        mod, by = todo.pop()
+        for m in _with_parents(mod):
+            if m in seen:
+                continue
+            seen[m] = by
+            todo.extend((n, m) for n, _ in GRAPH.get(m, []))
+    return seen
+
+
+def _cycles(edges: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected groups of more than one module (Tarjan), each sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on: set[str] = set()
+    found: list[list[str]] = []
+
+    def strong(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on.add(v)
+        for w in sorted(edges.get(v, ())):
+            if w not in index:
+                strong(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            group = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                group.append(w)
+                if w == v:
+                    break
+            if len(group) > 1:
+                found.append(sorted(group))
+
+    for v in sorted(edges):
+        if v not in index:
+            strong(v)
+    return found
+
+
+def _edges(module_level_only: bool) -> dict[str, set[str]]:
+    """cogvx module -> the cogvx modules it imports (all imports, or module-level ones only)."""
+    keep = lambda m, top, name: m in MODULES and m != name and (top or not module_level_only)  # noqa: E731
+    return {name: {m for m, top in deps if keep(m, top, name)} for name, deps in GRAPH.items()}
+
+
+def test_there_are_four_predictors():
+    assert [p.parent.name for p in PREDICTORS] == [
+        "predict_caption",
+        "predict_enhance",
+        "predict_i2v",
+        "predict_t2v",
+    ]
+
+
+@pytest.mark.parametrize("predictor", PREDICTORS, ids=lambda p: p.parent.name)
+def test_serving_path_never_reaches_tool_or_test_code(predictor):
+    seen = reachable(predictor)
+    bad = {m: by for m, by in seen.items() if any(_under(m, f) for f in FORBIDDEN)}
+    assert not bad, f"{predictor.parent.name} reaches (module <- imported by): {bad}"
+
+
+def test_no_import_cycle_among_cogvx_modules_at_module_level():
+    assert _cycles(_edges(module_level_only=True)) == []
+
+
+def test_no_import_cycle_even_through_function_level_imports():
+    assert _cycles(_edges(module_level_only=False)) == []
+
+
+def test_the_walker_sees_function_level_and_relative_imports():
+    # A check that reads nothing passes everything: pin edges the rules depend on.
+    assert ("cogvx.sat_lora_format", False) in GRAPH["cogvx.lora"]  # inside normalize_lora
+    assert ("cogvx.cogvlm2.model", True) in GRAPH["cogvx.cogvlm2.captioner"]  # from .model
+    assert "cogvx.convert.sat" in reachable(ROOT / "tools/convert_weight_sat2hf.py")
+    assert "cogvx.venhancer.pipeline" in reachable(ROOT / "predict_enhance/predict.py")
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
