@@ -12,6 +12,7 @@ original demo's rule on decord. Prints the ratio (cogvx 'chat' / ffmpeg) last; t
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import statistics
 import subprocess
@@ -113,6 +114,8 @@ def main() -> None:
                 raise SystemExit(f"'{strategy}': frames differ from the original demo's")
         floor = med["ffmpeg -f null (full decode)"]
         base, chat = med["cogvx load_clip 'base'"], med["cogvx load_clip 'chat'"]
+        one, five, _ = os.getloadavg()
+        print(f"load after: {one:.1f} (5 min {five:.1f}) on {os.cpu_count()} cores")
         print(f"'base' / ffmpeg full decode: {base / floor:.2f}x")
         print(f"ratio ('chat' / ffmpeg full decode): {chat / floor:.2f}x (target <= 1.2x)")
 
