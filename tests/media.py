@@ -1,11 +1,15 @@
-"""Test helpers: read what ffprobe says about a media file."""
+"""Test helpers: what ffprobe says about a media file, its decoded frames, file comparisons."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 from fractions import Fraction
 from pathlib import Path
+
+import numpy as np
+import pytest
 
 
 def ffprobe(path: str | Path) -> dict:
@@ -48,3 +52,30 @@ def mp4_atoms(path: str | Path) -> list[str]:
             break
         pos += size
     return atoms
+
+
+def decode(path: str | Path) -> np.ndarray:
+    """Every frame of a video as (T, H, W, 3) uint8 RGB (PyAV's default conversion)."""
+    import av
+
+    with av.open(str(path)) as c:
+        return np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])
+
+
+def sha256(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def assert_same_file(a: Path, b: Path) -> None:
+    """Byte-identical outputs. On a mismatch, say whether the decoded frames match (then only the
+    encoding differs); lossy encoders' differing choices can change decoded pixels too."""
+    if sha256(a) != sha256(b):
+        same = np.array_equal(decode(a), decode(b))
+        frames = "are equal: the encoding differs" if same else "differ too"
+        pytest.fail(f"{a.name} and {b.name} are not byte-identical; their decoded frames {frames}")
+
+
+def assert_different_video(a: Path, b: Path) -> None:
+    """Different files whose decoded frames differ too (not only their encoding)."""
+    assert sha256(a) != sha256(b), f"{a.name} and {b.name} are the same file"
+    assert not np.array_equal(decode(a), decode(b)), f"{a.name} and {b.name}: same frames"

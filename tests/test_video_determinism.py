@@ -9,7 +9,6 @@ directly, so a writer that depends on either fails here on any machine.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
@@ -22,6 +21,7 @@ import pytest
 
 from cogvx import video
 from cogvx.video import read_frames, write_video
+from tests.media import sha256
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -39,12 +39,8 @@ def generation_like(t: int, h: int, w: int, seed: int = 0) -> np.ndarray:
     return np.clip(out, 0, 1)
 
 
-def sha(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
 def encode_many(frames: np.ndarray, folder: Path, fmt: str, n: int) -> set[str]:
-    return {sha(write_video(frames, folder / f"{i}.{fmt}", fps=8, fmt=fmt)) for i in range(n)}
+    return {sha256(write_video(frames, folder / f"{i}.{fmt}", fps=8, fmt=fmt)) for i in range(n)}
 
 
 # A child process that encodes the same frames (from an .npy file) with the product's writer and
@@ -98,7 +94,7 @@ def child_hashes(
 
 def in_process_hashes(frames: np.ndarray, folder: Path) -> dict[str, str]:
     return {
-        fmt: sha(write_video(frames, folder / f"here.{fmt}", fps=8, fmt=fmt))
+        fmt: sha256(write_video(frames, folder / f"here.{fmt}", fps=8, fmt=fmt))
         for fmt in ("mp4", "webm")
     }
 
@@ -124,7 +120,7 @@ def test_full_size_is_identical_under_load(tmp_path):
 
         def worker(k: int) -> None:
             for i in range(2):
-                results.append(sha(write_video(frames, tmp_path / f"t{k}-{i}.mp4", fps=8)))
+                results.append(sha256(write_video(frames, tmp_path / f"t{k}-{i}.mp4", fps=8)))
 
         threads = [threading.Thread(target=worker, args=(k,)) for k in range(2)]
         for t in threads:
@@ -180,7 +176,7 @@ def test_gif_is_identical_with_and_without_simd(tmp_path):
     write_video(frames, a, fps=8, fmt="gif")
     write_video(frames, b, fps=8, fmt="gif")
     video._encode_gif(data, c, 8, global_args=["-cpuflags", "0"])
-    assert sha(a) == sha(b) == sha(c)
+    assert sha256(a) == sha256(b) == sha256(c)
 
 
 # libavutil's AV_CPU_FLAG_* bits: MMX, MMXEXT, SSE, SSE2, SSE3, SSSE3, CMOV (no SSE4/AVX/AVX-512)

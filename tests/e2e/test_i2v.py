@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import base64
-import hashlib
 import io
-from pathlib import Path
 
-import av
 import numpy as np
 import pytest
 from PIL import Image
 
 from cogvx.dev.tiny import TINY_HEIGHT, TINY_WIDTH
 from tests.coglet_harness import CogletServer, save_output
-from tests.media import ffprobe
+from tests.media import assert_different_video, assert_same_file, decode, ffprobe
 
 STEPS = 2
 
@@ -44,30 +41,6 @@ def gradient(w: int, h: int, mode: str = "RGB") -> Image.Image:
     y, x = np.mgrid[0:h, 0:w]
     arr = np.stack([x * 255 // max(w - 1, 1), y * 255 // max(h - 1, 1), (x + y) % 256], -1)
     return Image.fromarray(arr.astype(np.uint8)).convert(mode)
-
-
-def decode(path) -> np.ndarray:
-    with av.open(str(path)) as c:
-        return np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])
-
-
-def sha256(path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
-def assert_same_file(a: Path, b: Path) -> None:
-    """Byte-identical outputs. On a mismatch, say whether the decoded frames match (then only the
-    encoding differs); lossy encoders' differing choices can change decoded pixels too."""
-    if sha256(a) != sha256(b):
-        same = np.array_equal(decode(a), decode(b))
-        frames = "are equal: the encoding differs" if same else "differ too"
-        pytest.fail(f"{a.name} and {b.name} are not byte-identical; their decoded frames {frames}")
-
-
-def assert_different_video(a: Path, b: Path) -> None:
-    """Different files whose decoded frames differ too (not only their encoding)."""
-    assert sha256(a) != sha256(b), f"{a.name} and {b.name} are the same file"
-    assert not np.array_equal(decode(a), decode(b)), f"{a.name} and {b.name}: same frames"
 
 
 def predict_ok(server, tmp_path, name: str, **inputs):

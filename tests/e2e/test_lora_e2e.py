@@ -8,16 +8,9 @@ import torch
 from safetensors.torch import save_file
 
 from tests.coglet_harness import CogletServer
-from tests.e2e.test_i2v import (
-    _env,
-    assert_different_video,
-    assert_same_file,
-    data_uri,
-    decode,
-    predict_failed,
-    predict_ok,
-)
+from tests.e2e.test_i2v import _env, data_uri, predict_failed, predict_ok
 from tests.e2e.test_v2v import make_video
+from tests.media import assert_different_video, assert_same_file, decode
 from tests.test_lora import save_diffusers_lora
 
 BASE = {"prompt": "a cat on the dog", "num_frames": 9, "seed": 5}

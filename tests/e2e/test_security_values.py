@@ -9,8 +9,7 @@ from __future__ import annotations
 import pytest
 
 from tests.coglet_harness import CogletServer, save_output
-from tests.e2e.test_i2v import assert_same_file
-from tests.media import ffprobe
+from tests.media import assert_same_file, ffprobe
 
 STEPS = 2
 MB_PROMPT = "a cat walks on the grass " * 42_000  # ~1 MB

@@ -9,8 +9,7 @@ import pytest
 
 from cogvx.dev.tiny import TINY_HEIGHT, TINY_WIDTH
 from tests.coglet_harness import CogletServer, save_output
-from tests.e2e.test_i2v import assert_different_video, assert_same_file
-from tests.media import ffprobe, mp4_atoms
+from tests.media import assert_different_video, assert_same_file, ffprobe, mp4_atoms
 
 STEPS = 2
 

@@ -12,15 +12,8 @@ from cogvx.generate import Request, VideoModel
 from cogvx.models import get_variant
 from cogvx.v2v import load_video, plan_frames
 from tests.coglet_harness import CogletServer
-from tests.e2e.test_i2v import (
-    _env,
-    assert_different_video,
-    assert_same_file,
-    data_uri,
-    predict_failed,
-    predict_ok,
-)
-from tests.media import ffprobe
+from tests.e2e.test_i2v import _env, data_uri, predict_failed, predict_ok
+from tests.media import assert_different_video, assert_same_file, ffprobe
 
 
 def make_video(path, seconds: float, fps: int = 30, size: str = "160x120") -> bytes:
