@@ -25,8 +25,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cogvx.caption import load_clip  # noqa: E402
 from cogvx.cogvlm2 import sample_frame_indices  # noqa: E402
+from cogvx.services.caption import load_clip  # noqa: E402
 from cogvx.video import ffmpeg_exe  # noqa: E402
 
 

@@ -22,7 +22,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cogvx import video  # noqa: E402
+from cogvx.video import write as video  # noqa: E402
 from cogvx.video import write_video  # noqa: E402
 from tests.media import mp4_atoms  # noqa: E402
 

@@ -27,7 +27,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from cogvx.weights import install_weights, pack_folder  # noqa: E402
+from cogvx.weights.install import install_weights  # noqa: E402
+from cogvx.weights.pack import pack_folder  # noqa: E402
 
 
 def make_folder(root: Path, size_mb: int) -> None:

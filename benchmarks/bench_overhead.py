@@ -45,8 +45,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from cogvx.cogvideox.generate import VideoModel  # noqa: E402
 from cogvx.dev.tiny import save_tiny_weights  # noqa: E402
-from cogvx.generate import VideoModel  # noqa: E402
 from cogvx.gpu import cpu_generator, release_openmp_pool  # noqa: E402
 from tests.coglet_harness import CogletServer, save_output  # noqa: E402
 

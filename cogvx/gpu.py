@@ -10,13 +10,13 @@ from typing import Any
 
 import torch
 
-from cogvx import checks
+from cogvx import checks, settings
 from cogvx.log import log as log_line
 from cogvx.models import MemoryNeed
+from cogvx.settings import OFFLOAD_ENV
 
 HEADROOM_GB = 1.5  # CUDA context, allocator fragmentation, the encoder's output tensors
 OFFLOAD_MODES = ("none", "model", "sequential")
-OFFLOAD_ENV = "COGVX_OFFLOAD"  # force a mode: none | model | sequential
 
 
 @dataclass(frozen=True)
@@ -63,12 +63,30 @@ def plan_memory(
     )
 
 
+def available_memory_gib(device: torch.device) -> float:
+    """Memory a run can still use: free VRAM plus torch's cached blocks, or MemAvailable (CPU).
+
+    The one memory measurement: the setup-time plans (`measure_gpu`, the caption plan) and the
+    per-request checks of enhancement and the fast path all read it.
+    """
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return (free + cached) / 2**30
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) / 2**20
+    return float(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")) / 2**30
+
+
 def measure_gpu() -> tuple[float, float] | None:
-    """(free_gb, total_gb) of the current CUDA device, or None without one."""
+    """(available_gib, total_gib) of the current CUDA device, or None without one."""
     if not torch.cuda.is_available():
         return None
-    free, total = torch.cuda.mem_get_info()
-    return free / 2**30, total / 2**30
+    device = torch.device("cuda", torch.cuda.current_device())
+    total = torch.cuda.get_device_properties(device).total_memory
+    return available_memory_gib(device), total / 2**30
 
 
 def current_plan(need: MemoryNeed) -> MemoryPlan:
@@ -76,7 +94,7 @@ def current_plan(need: MemoryNeed) -> MemoryPlan:
     measured = measure_gpu()
     if measured is None:
         return plan_memory(need, None)
-    return plan_memory(need, *measured, forced=os.environ.get(OFFLOAD_ENV) or None)
+    return plan_memory(need, *measured, forced=settings.offload_mode())
 
 
 def apply_plan(pipe: Any, plan: MemoryPlan, log: Callable[[str], None] = log_line) -> None:

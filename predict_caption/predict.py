@@ -1,11 +1,11 @@
-"""CogVLM2-Caption video captioning runner: Inputs only; the work is in cogvx.caption."""
+"""CogVLM2-Caption video captioning runner: Inputs only; the work is in cogvx.services.caption."""
 
 from typing import Optional
 
 from cog import BaseRunner, Input, Path
 
-from cogvx.caption import CaptionService
-from cogvx.inputs import request_file
+from cogvx.net.inputs import request_file
+from cogvx.services.caption import CaptionService
 
 
 class Runner(BaseRunner):

@@ -4,8 +4,8 @@ from typing import Optional
 
 from cog import BaseRunner, Input, Path
 
-from cogvx.enhance import EnhanceService
-from cogvx.inputs import request_file
+from cogvx.net.inputs import request_file
+from cogvx.services.enhance import EnhanceService
 
 
 class Runner(BaseRunner):

@@ -4,8 +4,8 @@ from typing import Optional
 
 from cog import BaseRunner, Input, Path
 
-from cogvx.inputs import request_file
-from cogvx.service import VideoService
+from cogvx.net.inputs import request_file
+from cogvx.services.video import VideoService
 
 
 class Inputs:

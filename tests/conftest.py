@@ -2,6 +2,8 @@
 
 import os
 
+import cogvx  # noqa: F401 - first: pins MKL_CBWR before torch computes anything (cogvx/__init__)
+
 # Tiny models on a shared 2-core machine: one OpenMP thread per process. With two, every small
 # conv3d waits on a thread barrier whenever another process holds a core (60 ms vs 2.5 ms a call).
 os.environ.setdefault("OMP_NUM_THREADS", "1")

@@ -11,26 +11,18 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from cogvx import enhance
 from cogvx.dev.enhance import tiny_ifnet_state_dict, tiny_realesrgan_state_dict
 from cogvx.dev.venhancer import tiny_text_encoder, tiny_tokenizer, tiny_vae
-from cogvx.enhance import (
-    EnhanceMemoryError,
-    EnhanceService,
-    EnhanceSetupError,
-    FastModels,
-    Request,
-    WorkingSet,
-    check_request,
-    fast_enhance,
-    fast_factor,
-    find_enhance_root,
-    resolve_target_fps,
-    venhancer_working_set,
-)
-from cogvx.rife import ifnet_from_state_dict, interpolate
-from cogvx.upscale import upscale_frames, upscaler_from_state_dict
+from cogvx.errors import EnhanceMemoryError, EnhanceSetupError
+from cogvx.fast import caps
+from cogvx.fast.models import FastModels, fast_enhance, fast_factor
+from cogvx.fast.rife import ifnet_from_state_dict, interpolate
+from cogvx.fast.upscale import upscale_frames, upscaler_from_state_dict
+from cogvx.services import enhance_request
+from cogvx.services.enhance import EnhanceService, find_enhance_root
+from cogvx.services.enhance_request import Request, check_request, resolve_target_fps
 from cogvx.venhancer import arith
+from cogvx.venhancer.memory import WorkingSet, venhancer_working_set
 from tests.media import ffprobe
 from tests.shared_fixtures import fixture_dir
 from tools.build_enhance_weights import main as build_enhance_weights
@@ -131,17 +123,19 @@ def test_fast_path_keeps_input_frames_and_matches_its_parts(fast_models):
 
 def test_prompt_note_says_what_is_cut():
     tok = tiny_tokenizer()  # one token per character
-    assert "quality suffix is" in enhance.prompt_note(tok, "a cat")
-    assert "end of the prompt and all of the quality suffix" in enhance.prompt_note(tok, "a" * 90)
+    assert "quality suffix is" in enhance_request.prompt_note(tok, "a cat")
+    assert "end of the prompt and all of the quality suffix" in enhance_request.prompt_note(
+        tok, "a" * 90
+    )
 
 
 def test_input_caps_name_the_file(tmp_path):
     with pytest.raises(ValueError, match=r"tiny.mp4 is 8x8; both sides must be >= 16"):
-        enhance.probe_input(_clip(tmp_path / "tiny.mp4", size="8x8"))
+        enhance_request.probe_input(_clip(tmp_path / "tiny.mp4", size="8x8"))
     with pytest.raises(ValueError, match=r"on CPU at most 97"):
-        enhance.check_output_frames(98, torch.device("cpu"))
+        caps.check_output_frames(98, torch.device("cpu"))
     with pytest.raises(ValueError, match=r"at most 640 are made"):
-        enhance.check_output_frames(641, torch.device("cuda"))
+        caps.check_output_frames(641, torch.device("cuda"))
 
 
 @pytest.fixture(scope="module")
@@ -201,14 +195,14 @@ def test_fast_only_weights_refuse_venhancer_and_memory_checks_refuse(tmp_path, c
     with pytest.raises(EnhanceMemoryError, match=r"needs ~1048576.0 GiB working memory"):
         service._check_memory(WorkingSet(0.0, 2.0**20, 0.0), 0.0)
     with pytest.raises(EnhanceMemoryError, match=r"needs 4096 GiB of frames in RAM, but only"):
-        enhance.check_ram(4096.0, "4096 GiB of frames")
+        caps.check_ram(4096.0, "4096 GiB of frames")
 
 
 def test_generators_output_options_use_the_fast_path(tmp_path, monkeypatch):
     """T2V with COGVX_FAST_WEIGHTS: upscale x2 + RIFE x2; without it the options are refused
     before anything is generated."""
     from cogvx.dev.tiny import TINY_HEIGHT, TINY_WIDTH, save_tiny_weights
-    from cogvx.service import VideoService
+    from cogvx.services.video import VideoService
 
     folder = save_tiny_weights("t2v-5b", tmp_path / "t2v")
     fast = tmp_path / "fast-w" / "fast"

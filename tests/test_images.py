@@ -11,7 +11,7 @@ from PIL import Image
 from cogvx import images
 from cogvx.images import derived_size, describe_fit, fit_image, load_image
 from cogvx.models import get_variant
-from cogvx.service import fit_input_image
+from cogvx.services.video import fit_input_image
 
 
 def _save(img: Image.Image, path, **kw):

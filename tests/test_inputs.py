@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from cogvx import inputs
 from cogvx.images import load_image
-from cogvx.inputs import request_file
+from cogvx.net import inputs
+from cogvx.net.inputs import request_file
 from cogvx.video import VideoReadError, probe_video, read_frames
 
 FFMPEG = "/usr/bin/ffmpeg"

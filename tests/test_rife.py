@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from cogvx.dev.enhance import tiny_ifnet_state_dict
-from cogvx.rife import (
+from cogvx.fast.rife import (
     IFNet,
     RifeWeightsError,
     ifnet_from_state_dict,

@@ -10,16 +10,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from cogvx.convert.sat import (
-    FAMILIES,
-    SAT_PREFIX,
-    SatConversionError,
-    detect_transformer,
-    load_state_dict,
-)
+from cogvx.convert.sat import load_state_dict
+from cogvx.convert.sat_layout import FAMILIES, detect_transformer
 from cogvx.convert.sat_pipeline import convert_pipeline
 from cogvx.dev.sat_synth import sat_transformer_state, sat_vae_state, tiny_transformer, tiny_vae
 from cogvx.dev.tiny import save_tiny_t5
+from cogvx.lora.sat_format import SAT_PREFIX, SatConversionError
 from tests.shared_fixtures import fixture_dir
 from tools.convert_weight_sat2hf import main as convert_main
 

@@ -7,10 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from cogvx.convert.sat import FAMILIES, SAT_PREFIX, SatConversionError
+from cogvx.convert.sat_layout import FAMILIES
 from cogvx.convert.sat_lora import export_lora
 from cogvx.convert.sat_pipeline import convert_pipeline
 from cogvx.dev.sat_synth import sat_lora_state, sat_transformer_state, tiny_transformer
+from cogvx.lora.sat_format import SAT_PREFIX, SatConversionError
 from tools.export_sat_lora_weight import main as export_main
 
 QUIET = {"log": lambda _msg: None}

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from cogvx.dev.schema import static_input_problems
+from cogvx.dev.static_inputs import static_input_problems
 
 REPO = Path(__file__).resolve().parents[1]
 PREDICTORS = ["predict_t2v", "predict_i2v", "predict_caption", "predict_enhance"]

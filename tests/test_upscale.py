@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import save_file
 
 from cogvx.dev.enhance import tiny_realesrgan_state_dict
-from cogvx.upscale import (
+from cogvx.fast.upscale import (
     StateDictError,
     load_state_dict_file,
     load_upscaler,

@@ -1,4 +1,4 @@
-"""The address policy for user URLs (cogvx.urls) as a table, then through the real fetcher.
+"""The address policy for user URLs (cogvx.net.urls) as a table, then through the real fetcher.
 
 No test here sends a packet beyond loopback: host names go through a resolver stub, and a
 tripwire on socket.getaddrinfo fails any test that would ask the system resolver for a name.
@@ -10,9 +10,9 @@ import socket
 
 import pytest
 
-from cogvx import _fetch
 from cogvx.lora import LoraCache, LoraError
-from cogvx.urls import (
+from cogvx.net import http as net_http
+from cogvx.net.urls import (
     ALLOW_PRIVATE_ENV,
     AddressRefused,
     UrlError,
@@ -240,7 +240,7 @@ def test_a_redirect_to_an_internal_address_is_refused_before_connecting(tmp_path
 
 
 def test_every_way_of_failing_gives_the_same_message(tmp_path, two_servers, monkeypatch):
-    monkeypatch.setattr(_fetch, "BACKOFF_S", 0.001)
+    monkeypatch.setattr(net_http, "BACKOFF_S", 0.001)
     allowed, internal = two_servers
     allowed.statuses.update({"/gone": 404, "/denied": 403, "/broken": 500})
     allowed.redirects["/to-file"] = "file:///etc/passwd"

@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cogvx import video
 from cogvx.video import read_frames, write_video
+from cogvx.video import write as video
 from tests.media import sha256
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,7 +51,7 @@ import ctypes, hashlib, json, sys
 from pathlib import Path
 import numpy as np
 import av  # loads libavutil
-from cogvx import video
+from cogvx.video import write as video
 frames_path, out_dir, no_simd, x264_params = sys.argv[1:5]
 if no_simd == "1":
     avutil = next(line.split()[-1] for line in open("/proc/self/maps") if "libavutil" in line)

@@ -1,4 +1,4 @@
-"""Frame reading (cogvx.video) and the caption clip rules (cogvx.caption.load_clip).
+"""Frame reading (cogvx.video) and the caption clip rules (cogvx.services.caption.load_clip).
 
 The clips are committed in tests/data/video_read/ (encoders' output differs from machine to
 machine, so they are not made here). So is the reference: the original CogVLM2 demo's reader run
@@ -21,14 +21,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cogvx.caption import (
+from cogvx.cogvlm2 import sample_frame_indices
+from cogvx.services.caption import (
     MAX_FRAMES,
     CaptionSetupError,
     downscaled_size,
     load_clip,
     plan_caption_memory,
 )
-from cogvx.cogvlm2 import sample_frame_indices
 from cogvx.video import VideoReadError, bitexact_scaling, probe_video, read_frames, write_video
 from tests.video_reference import DATA, REFERENCE, reference_arrays
 from tests.video_reference import reference_frames as frozen_frames

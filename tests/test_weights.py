@@ -14,14 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from cogvx import _fetch
-from cogvx.weights import (
-    MANIFEST_NAME,
-    MARKER_NAME,
-    WeightsError,
-    install_weights,
-    pack_folder,
-)
+from cogvx.errors import WeightsError
+from cogvx.net import http as net_http
+from cogvx.net.chunks import plan_spans
+from cogvx.weights.install import install_weights
+from cogvx.weights.pack import pack_folder
+from cogvx.weights.tarcheck import MANIFEST_NAME, MARKER_NAME
 from tests.weights_server import WeightsServer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -47,7 +45,7 @@ def packed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, bytes]
 
 def spans(data: bytes) -> list[tuple[int, int]]:
     """The ranges `fetch` asks for (4 connections)."""
-    return _fetch.plan_spans(len(data), CHUNK, 4)
+    return plan_spans(len(data), CHUNK, 4)
 
 
 def n_chunks(data: bytes) -> int:
@@ -212,7 +210,7 @@ def test_truncated_tarball(packed, tmp_path, ranges):
 @pytest.mark.parametrize("ranges", [True, False])
 def test_server_sending_less_than_content_length(packed, tmp_path, monkeypatch, ranges):
     _, _, data = packed
-    monkeypatch.setattr(_fetch, "BACKOFF_S", 0.001)
+    monkeypatch.setattr(net_http, "BACKOFF_S", 0.001)
     with WeightsServer({"/w.tar": data}, ranges=ranges, short_by=1000) as srv:
         with pytest.raises(WeightsError) as err:
             fetch(srv.url("/w.tar"), tmp_path / "w")
@@ -502,7 +500,7 @@ def test_setuid_and_world_writable_modes_are_filtered(tmp_path, source, umask):
 @pytest.mark.parametrize("ranges", [True, False])
 def test_a_stall_says_no_data_for_n_seconds(packed, tmp_path, monkeypatch, ranges):
     _, _, data = packed
-    monkeypatch.setattr(_fetch, "BACKOFF_S", 0.001)
+    monkeypatch.setattr(net_http, "BACKOFF_S", 0.001)
     with WeightsServer({"/w.tar": data}, ranges=ranges, hang=lambda _: True, hang_s=5) as srv:
         url = srv.url("/w.tar")
         with pytest.raises(WeightsError) as err:

@@ -21,7 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from cogvx.enhance import FAST_DIR, RIFE_FILES, UPSCALER_FILES, VENHANCER_DIR  # noqa: E402
+from cogvx.fast.models import FAST_DIR, RIFE_FILES, UPSCALER_FILES  # noqa: E402
+from cogvx.services.enhance import VENHANCER_DIR  # noqa: E402
 
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
@@ -68,8 +69,8 @@ def build_fast(realesrgan: Path, rife: Path, out: Path, log=print) -> Path:
     """fast/realesrgan.safetensors and fast/flownet.safetensors, each checked by loading it."""
     from safetensors.torch import save_file
 
-    from cogvx.rife import ifnet_from_state_dict
-    from cogvx.upscale import load_state_dict_file, upscaler_from_state_dict
+    from cogvx.fast.rife import ifnet_from_state_dict
+    from cogvx.fast.upscale import load_state_dict_file, upscaler_from_state_dict
 
     dest = out / FAST_DIR
     dest.mkdir(parents=True, exist_ok=True)

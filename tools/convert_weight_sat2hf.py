@@ -15,8 +15,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cogvx.convert.sat import FAMILIES, SatConversionError, dtype_from_flags  # noqa: E402
+from cogvx.convert.sat import dtype_from_flags  # noqa: E402
+from cogvx.convert.sat_layout import FAMILIES  # noqa: E402
 from cogvx.convert.sat_pipeline import convert_pipeline  # noqa: E402
+from cogvx.lora.sat_format import SatConversionError  # noqa: E402
 
 
 def _size(text: str) -> tuple[int, int]:

@@ -14,8 +14,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cogvx.convert.sat import SatConversionError  # noqa: E402
 from cogvx.convert.sat_lora import export_lora  # noqa: E402
+from cogvx.lora.sat_format import SatConversionError  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

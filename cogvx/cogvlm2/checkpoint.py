@@ -12,7 +12,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+
+from cogvx.errors import WeightsFileError
+from cogvx.weights.tensors import iter_safetensors
 
 from .config import CogVLM2Config
 
@@ -33,7 +35,7 @@ _TOP_RENAMES = {
 VISION_PREFIX = "model.vision."
 
 
-class CogVLM2CheckpointError(RuntimeError):
+class CogVLM2CheckpointError(WeightsFileError):
     """The safetensors of a CogVLM2 folder are missing, unreadable or do not fit config.json."""
 
 
@@ -68,14 +70,7 @@ def iter_tensors(
     """Yield (key, tensor) from each file in turn, loaded onto `device` in the stored dtype."""
     dev = str(torch.device(device))
     for path in files:
-        try:
-            with safe_open(str(path), framework="pt", device=dev) as f:
-                for key in f.keys():
-                    yield key, f.get_tensor(key)
-        except (OSError, RuntimeError, ValueError) as exc:
-            if isinstance(exc, CogVLM2CheckpointError):
-                raise
-            raise CogVLM2CheckpointError(f"{path}: cannot read safetensors ({exc})") from exc
+        yield from iter_safetensors(path, dev, CogVLM2CheckpointError)
 
 
 def load_state_dicts(

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from cogvx.convert.sat import DTYPES, Log, load_state_dict, source_dtype
-from cogvx.sat_lora_format import (  # noqa: F401 (re-exported: the LoRA pieces of this tool)
+from cogvx.lora.sat_format import (  # noqa: F401 (re-exported: the LoRA pieces of this tool)
     LoraModule,
     collect_lora,
     lora_deltas,

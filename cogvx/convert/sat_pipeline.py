@@ -10,18 +10,16 @@ from pathlib import Path
 
 from cogvx.convert.sat import (
     DTYPES,
-    FAMILIES,
     Log,
-    SatConversionError,
-    detect_transformer,
-    get_family,
     load_state_dict,
-    plan_transformer,
     source_dtype,
     split_sat_model,
     write_model_folder,
 )
+from cogvx.convert.sat_keys import plan_transformer
+from cogvx.convert.sat_layout import FAMILIES, detect_transformer, get_family
 from cogvx.convert.sat_vae import convert_vae
+from cogvx.lora.sat_format import SatConversionError
 from cogvx.models import scheduler_config
 
 TOKENIZER_FILES = (
@@ -127,7 +125,7 @@ def convert_pipeline(
         raise ValueError(f"--lora {lora!r} is not allowed; choose merge or drop")
     if tar is not None:
         try:
-            from cogvx.weights import pack_folder
+            from cogvx.weights.pack import pack_folder
         except ImportError as e:
             raise RuntimeError(
                 f"--tar needs cogvx.weights.pack_folder, unavailable here ({e})"

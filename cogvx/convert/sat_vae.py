@@ -7,7 +7,9 @@ from pathlib import Path
 
 import torch
 
-from cogvx.convert.sat import Log, Planned, SatConversionError, write_model_folder
+from cogvx.convert.sat import Log, write_model_folder
+from cogvx.convert.sat_keys import Planned
+from cogvx.lora.sat_format import SatConversionError
 
 # Published VAE configs differ only in latent scaling (1.0: 2b 1.15258426, 5b 0.7; 1.5 inverts).
 VAE_DEFAULTS = dict(

@@ -12,9 +12,10 @@ import torch
 from safetensors.torch import save_file
 
 from cogvx.dev.venhancer import save_tiny_venhancer
-from cogvx.enhance import FAST_DIR, RIFE_FILES, UPSCALER_FILES, VENHANCER_DIR
-from cogvx.rife import IFNet
-from cogvx.upscale import UPSCALER_KINDS
+from cogvx.fast.models import FAST_DIR, RIFE_FILES, UPSCALER_FILES
+from cogvx.fast.rife import IFNet
+from cogvx.fast.upscale import UPSCALER_KINDS
+from cogvx.services.enhance import VENHANCER_DIR
 
 
 def _conv(sd: dict, name: str, cin: int, cout: int, gen: torch.Generator, k: int = 3) -> None:

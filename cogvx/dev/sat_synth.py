@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from cogvx.convert.sat import SAT_PREFIX, SatFamily, transformer_to_sat
+from cogvx.convert.sat_keys import transformer_to_sat
+from cogvx.convert.sat_layout import SatFamily
 from cogvx.convert.sat_vae import vae_to_sat
+from cogvx.lora.sat_format import SAT_PREFIX
 
 
 def tiny_transformer(

@@ -14,40 +14,27 @@ from pathlib import Path
 import torch
 from diffusers import UNet3DConditionModel
 
+from cogvx.errors import WeightsFileError
 from cogvx.venhancer.controlnet import VEnhancerUNet, VideoControlNet
 from cogvx.venhancer.unet import patch_resampling
-from cogvx.weights import read_tensor_file
+from cogvx.weights.tensors import load_state_dict
 
 CONTROLNET_PREFIX = "VideoControlNet."
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(WeightsFileError):
     """A checkpoint file cannot be read or does not fit the VEnhancer modules."""
 
 
 def load_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     """Read a state dict from .safetensors or a torch pickle (weights_only=True, never code)."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"VEnhancer checkpoint {path} does not exist")
-    try:
-        if path.suffix == ".safetensors" or path.suffix in PICKLE_SUFFIXES:
-            sd = read_tensor_file(path)  # pickles memory-mapped: an 8 GB checkpoint is paged in
-        else:
-            raise CheckpointError(
-                f"VEnhancer checkpoint {path}: unknown suffix {path.suffix!r}; "
-                f"use .safetensors or one of {PICKLE_SUFFIXES}"
-            )
-    except CheckpointError:
-        raise
-    except Exception as e:  # corrupt file, pickle with code in it, truncated download...
-        raise CheckpointError(f"cannot read VEnhancer checkpoint {path}: {e}") from e
-    if isinstance(sd, Mapping) and "state_dict" in sd:
-        sd = sd["state_dict"]
-    if not isinstance(sd, Mapping) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise CheckpointError(f"VEnhancer checkpoint {path} is not a flat state dict of tensors")
-    return dict(sd)
+    return load_state_dict(
+        path,
+        what="VEnhancer checkpoint",
+        error=CheckpointError,
+        suffixes=(".safetensors", *PICKLE_SUFFIXES),
+    )
 
 
 def infer_unet_config(sd: Mapping[str, torch.Tensor]) -> dict:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from cogvx.weights import pack_folder
+from cogvx.weights.pack import pack_folder
 from tests.weights_server import WeightsServer
 from tools.make_tiny_weights import main as make_tiny_weights
 

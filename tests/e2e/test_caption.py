@@ -15,9 +15,9 @@ import subprocess
 import pytest
 from safetensors.torch import load_file, save_file
 
-from cogvx.caption import CaptionSetupError
 from cogvx.cogvlm2 import CogVLM2Captioner
-from cogvx.weights import pack_folder
+from cogvx.errors import MissingWeightsError
+from cogvx.weights.pack import pack_folder
 from tests.coglet_harness import CogletServer
 from tests.shared_fixtures import fixture_dir
 from tests.video_reference import DATA, demo_frames
@@ -188,7 +188,7 @@ def test_no_weights_says_how_to_build_them():
     with the T2V models, so this runs the Runner in-process (saves a server start)."""
     from predict_caption.predict import Runner
 
-    with pytest.raises(CaptionSetupError) as exc:
+    with pytest.raises(MissingWeightsError) as exc:
         Runner().setup(weights=None)
     message = str(exc.value)
     assert "tools/pack_weights.py" in message and "COG_WEIGHTS" in message
@@ -197,7 +197,7 @@ def test_no_weights_says_how_to_build_them():
 
 def test_prompt_longer_than_the_model_positions_is_refused(tiny_folder, media):
     """In-process (the same service the Runner wraps): the tiny model has 2048 positions."""
-    from cogvx.caption import CaptionService
+    from cogvx.services.caption import CaptionService
 
     service = CaptionService(str(tiny_folder), log=lambda _: None)
     kwargs = dict(video=media / "clip.mp4", strategy="chat", temperature=0.0, top_p=1.0, seed=None)

@@ -13,10 +13,11 @@ import numpy as np
 import pytest
 import torch
 
-from cogvx.enhance import EnhanceSetupError, FastModels, fast_enhance
+from cogvx.errors import MissingWeightsError
+from cogvx.fast.models import FastModels, fast_enhance
 from cogvx.venhancer.pipeline import VEnhancer
 from cogvx.video import read_frames, write_video
-from cogvx.weights import install_weights
+from cogvx.weights.install import install_weights
 from tests.coglet_harness import CogletServer, save_output
 from tests.media import ffprobe
 from tests.weights_server import WeightsServer
@@ -186,7 +187,7 @@ def test_no_weights_says_how_to_build_them():
     """setup() without COG_WEIGHTS, in process (coglet's SETUP_FAILED path is tested with T2V)."""
     from predict_enhance.predict import Runner
 
-    with pytest.raises(EnhanceSetupError) as exc:
+    with pytest.raises(MissingWeightsError) as exc:
         Runner().setup(weights=None)
     message = str(exc.value)
     assert "tools/build_enhance_weights.py" in message and "tools/pack_weights.py" in message

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from cogvx.weights import pack_folder
+from cogvx.weights.pack import pack_folder
 from tests.coglet_harness import CogletServer, save_output
 from tests.e2e.test_caption import tiny_folder  # noqa: F401 (the tiny CogVLM2 fixture)
 from tests.e2e.test_i2v import _env, image_uri

@@ -12,7 +12,7 @@ import json
 
 import pytest
 
-from cogvx.urls import ALLOW_PRIVATE_ENV, fetch_failed
+from cogvx.net.urls import ALLOW_PRIVATE_ENV, fetch_failed
 from tests.coglet_harness import CogletServer, free_port
 from tests.e2e.test_i2v import _env, predict_failed, predict_ok
 from tests.test_lora import save_diffusers_lora

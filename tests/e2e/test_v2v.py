@@ -7,10 +7,10 @@ import subprocess
 import numpy as np
 import pytest
 
+from cogvx.cogvideox.generate import Request, VideoModel
+from cogvx.cogvideox.v2v import load_video, plan_frames
 from cogvx.dev.tiny import TINY_HEIGHT, TINY_WIDTH
-from cogvx.generate import Request, VideoModel
 from cogvx.models import get_variant
-from cogvx.v2v import load_video, plan_frames
 from tests.coglet_harness import CogletServer
 from tests.e2e.test_i2v import _env, data_uri, predict_failed, predict_ok
 from tests.media import assert_different_video, assert_same_file, ffprobe

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cogvx.upscale import StateDictError, check_uint8_frames, load_state_dict_file, to_uint8
+from cogvx.fast.upscale import StateDictError, check_uint8_frames, load_state_dict_file, to_uint8
 
 RELEASED_WIDTH = 90  # channels of every IFBlock in the released HDv3 flownet
 SCALE_LIST = (4, 2, 1)  # coarse-to-fine downscale of the three IFBlocks (divided by `scale`)

@@ -18,6 +18,7 @@ from cogvx.log import log as log_line
 from cogvx.lora import LoraSlot
 from cogvx.models import Variant, get_variant
 from cogvx.video import to_uint8_frames
+from cogvx.weights.install import find_weights_root, install_model
 
 PROMPT_CHARS = 20_000  # longer prompts are cut before tokenizing (the model reads 226 tokens)
 
@@ -26,13 +27,11 @@ Log = Callable[[str], None]
 
 def find_pipeline_root(folder: Path) -> Path:
     """The folder holding model_index.json (tarballs may wrap it in one or two folders)."""
-    for depth in range(3):
-        hits = sorted(folder.glob("/".join(["*"] * depth + ["model_index.json"])))
-        if hits:
-            return hits[0].parent
-    raise RuntimeError(
+    return find_weights_root(
+        folder,
+        lambda root: (root / "model_index.json").is_file(),
         f"no diffusers pipeline (model_index.json) found in {folder}; the weights must be a "
-        "diffusers folder such as `save_pretrained` writes"
+        "diffusers folder such as `save_pretrained` writes",
     )
 
 
@@ -48,13 +47,9 @@ def missing_weights_message(v: Variant) -> str:
 
 def resolve_weights(v: Variant, weights: str | None, log: Log) -> Path:
     """Install (or reuse) the variant's weights and return the pipeline folder."""
-    from cogvx.weights import install_weights, weights_cache_root
-
     source = str(weights) if weights else v.weights_url
-    if not source:
-        raise RuntimeError(missing_weights_message(v))
-    folder = install_weights(source, weights_cache_root() / v.name, log=log)
-    return find_pipeline_root(Path(folder))
+    folder = install_model(source, v.name, missing_weights_message(v), log=log)
+    return find_pipeline_root(folder)
 
 
 @dataclass

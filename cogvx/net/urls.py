@@ -12,15 +12,15 @@ Operator URLs (COG_WEIGHTS, COGVX_FAST_WEIGHTS) get no address check, only the U
 from __future__ import annotations
 
 import ipaddress
-import os
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
+from cogvx import settings
 from cogvx.log import clip
+from cogvx.settings import ALLOW_PRIVATE_ENV
 
-ALLOW_PRIVATE_ENV = "COGVX_ALLOW_PRIVATE_URLS"
 MAX_URL_CHARS = 8192  # longer URLs are refused (signed CDN URLs stay well under 4 KB)
 ECHO_CHARS = 200  # characters of a URL quoted in messages and logs
 SCHEMES = ("http", "https")
@@ -211,7 +211,7 @@ class UrlPolicy:
 
 def user_url_policy(name: str, resolver: Resolver | None = None) -> UrlPolicy:
     """The policy for URLs a user sends (input `name`), from COGVX_ALLOW_PRIVATE_URLS."""
-    value = os.environ.get(ALLOW_PRIVATE_ENV, "").strip()
+    value = settings.allow_private_urls()
     kw: dict = {"resolver": resolver or system_resolver}
     if value.lower() in _ON:
         return UrlPolicy(name, allow_private=True, **kw)

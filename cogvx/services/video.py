@@ -7,13 +7,13 @@ from pathlib import Path
 from typing import Any
 
 from cogvx import checks
-from cogvx.enhance import check_fast_output, fast_enhance, fast_missing_message, load_fast_from_env
-from cogvx.generate import Request, VideoModel
+from cogvx.cogvideox.generate import Request, VideoModel
+from cogvx.fast.caps import check_fast_output
+from cogvx.fast.models import fast_enhance, fast_missing_message, load_fast_from_env
 from cogvx.gpu import release_openmp_pool, releasing_openmp_pool
 from cogvx.log import log as log_line
 from cogvx.models import Variant
-from cogvx.outputs import output_root
-from cogvx.video import OUTPUT_FORMATS, fresh_output_path, write_video
+from cogvx.video import OUTPUT_FORMATS, save_video
 
 UPSCALES = (1, 2, 4)  # Real-ESRGAN output option (fast path)
 Metric = Callable[[str, Any], None]
@@ -107,14 +107,10 @@ class VideoService:
         if post:
             out = fast_enhance(self.fast, out, upscale, factor, self.log)
             fps *= factor
-        path = fresh_output_path(output_root(), output_format, stem=f"cogvideox-{result.seed}")
-        write_video(out, path, fps=fps, fmt=output_format, quality=output_quality)
-        duration = len(out) / fps
-        self.log(f"wrote {path.name}: {len(out)} frames, {duration:.2f}s at {fps} fps")
-        if record_metric is not None:
-            record_metric("video_output_count", 1)
-            record_metric("video_output_duration_seconds", duration)
-        return path
+        return save_video(
+            out, stem=f"cogvideox-{result.seed}", fps=fps, fmt=output_format,
+            quality=output_quality, log=self.log, record_metric=record_metric,
+        )  # fmt: skip
 
 
 def fit_input_image(path: str | Path, v: Variant, fit: str, log: Callable[[str], None]) -> Any:
@@ -133,6 +129,6 @@ def fit_input_image(path: str | Path, v: Variant, fit: str, log: Callable[[str],
 
 def read_v2v_video(path: str | Path, v: Variant, log: Callable[[str], None]) -> Any:
     """Frames of an input video at the variant's size, fps and an accepted frame count."""
-    from cogvx.v2v import load_video
+    from cogvx.cogvideox.v2v import load_video
 
     return load_video(path, v.width, v.height, v.fps, v.v2v_frames, log=log)

@@ -1,54 +1,40 @@
-"""Fetch a weight tarball (pget, else parallel HTTP ranges into GNU tar), verify, install it.
+"""Install a weight tarball (pget, else parallel HTTP ranges into GNU tar), verify, mark it.
 
 `install_weights(source, dest)` takes an http(s) URL of a tarball, a local .tar or a local folder.
-`pack_folder(src, out_tar)` writes a tarball with a sha256 manifest first, which installs check.
 Weight URLs come from the operator (COG_WEIGHTS, COGVX_FAST_WEIGHTS), not from users: any host is
 fetched (loopback and private mirrors included), but every redirect must stay http(s). User URLs
-go through the same fetcher with `cogvx.urls`' address policy (see `cogvx.lora`).
+go through the same fetcher with `cogvx.net.urls`' address policy (see `cogvx.lora`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import http.client
-import io
 import json
 import os
 import shutil
 import socket
 import stat
 import subprocess
-import tarfile
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from cogvx._fetch import (
-    MANIFEST_NAME,
-    MARKER_NAME,
-    RangeReader,
-    TarChecker,
-    WeightsError,
-    content_range_total,
-    extract_stream,
-    file_chunks,
-    first_span,
-    is_url,
-    open_first,
-    parse_manifest,
-    safe_url,
-    stream_chunks,
-)
-
-__all__ = ["MANIFEST_NAME", "MARKER_NAME", "WeightsError", "install_weights", "pack_folder"]
+from cogvx import settings
+from cogvx.errors import MissingWeightsError, SetupError, WeightsError
+from cogvx.net.chunks import RangeReader, file_chunks, first_span, stream_chunks
+from cogvx.net.http import content_range_total, is_url, open_first
+from cogvx.net.urls import safe_url
+from cogvx.weights.extract import extract_stream
+from cogvx.weights.pack import _hash_files
+from cogvx.weights.tarcheck import MANIFEST_NAME, MARKER_NAME, TarChecker, parse_manifest
 
 Log = Callable[[str], None]
-FAKE_FREE_ENV = "COGVX_FAKE_FREE_BYTES"  # tests: pretend the disk has this many free bytes
+
+Log = Callable[[str], None]
 SPACE_MARGIN = 64 << 20  # free space kept on top of 1.05 x the tarball
 
 
@@ -127,103 +113,11 @@ def install_weights(
     return dest
 
 
-def pack_folder(src: str | os.PathLike, out_tar: str | os.PathLike, log: Log = print) -> Path:
-    """Write an uncompressed tarball of `src`'s files (sorted, links dereferenced), manifest first.
-
-    The manifest member `cogvx-manifest.json` is {"format": 1, "files": {rel: {size, sha256}}}.
-    """
-    root = Path(src)
-    out = Path(out_tar)
-    if not root.is_dir():
-        raise ValueError(f"pack_folder: source {root} is not a folder")
-    skip = {out.resolve(), out.with_name(out.name + ".partial").resolve()}
-    rels = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames.sort()
-        for name in filenames:
-            full = Path(dirpath) / name
-            rel = full.relative_to(root).as_posix()
-            if rel in (MANIFEST_NAME, MARKER_NAME) or full.resolve() in skip:
-                continue
-            if not full.is_file():
-                raise ValueError(f"pack_folder: {full} is not a regular file (broken link?)")
-            rels.append(rel)
-    rels.sort()
-    sizes = {rel: (root / rel).stat().st_size for rel in rels}
-    digests = _hash_files(root, rels)
-    manifest = {
-        "format": 1,
-        "files": {rel: {"size": sizes[rel], "sha256": digests[rel]} for rel in rels},
-    }
-    data = json.dumps(manifest, indent=1, sort_keys=True).encode()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".partial")
-    try:
-        with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT, copybufsize=8 << 20) as tf:
-            tf.addfile(
-                _tarinfo(MANIFEST_NAME, len(data), int(time.time()), 0o644), io.BytesIO(data)
-            )
-            for rel in rels:
-                st = (root / rel).stat()
-                if st.st_size != sizes[rel]:
-                    raise RuntimeError(f"pack_folder: {root / rel} changed while packing")
-                mode = 0o755 if st.st_mode & 0o111 else 0o644
-                with open(root / rel, "rb") as f:
-                    tf.addfile(_tarinfo(rel, st.st_size, int(st.st_mtime), mode), f)
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    total = sum(sizes.values())
-    log(f"packed {len(rels)} files ({total / 1e9:.2f} GB) from {root} into {out}")
-    return out
-
-
-# --- helpers ----------------------------------------------------------------------------------
-
-
-CACHE_ENV = "COGVX_WEIGHTS_CACHE"  # where tarballs are installed (default ./weights)
-
-
-def weights_cache_root() -> Path:
-    """Folder holding installed weight folders, one per model (and the LoRA cache)."""
-    return Path(os.environ.get(CACHE_ENV, "weights")).absolute()
-
-
-def read_tensor_file(path: str | os.PathLike) -> Any:
-    """Raw contents of a .safetensors file or a torch pickle loaded with weights_only=True.
-
-    Pickles are memory-mapped when their format allows (a multi-GB checkpoint is paged in, not
-    copied); callers unwrap containers and word their own errors.
-    """
-    import torch
-
-    path = Path(path)
-    if path.suffix.lower() == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path), device="cpu")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError as e:
-        if "mmap" not in str(e):
-            raise
-        return torch.load(path, map_location="cpu", weights_only=True)  # legacy (non-zip) format
-
-
-def _tarinfo(name: str, size: int, mtime: int, mode: int) -> tarfile.TarInfo:
-    info = tarfile.TarInfo(name)
-    info.size, info.mtime, info.mode = size, mtime, mode
-    info.uid = info.gid = 0
-    info.uname = info.gname = ""
-    return info
-
-
 def _free_bytes(path: Path) -> int:
     """Free bytes on the filesystem of `path` (COGVX_FAKE_FREE_BYTES overrides, for tests)."""
-    fake = os.environ.get(FAKE_FREE_ENV)
-    if fake:
-        return int(fake)
+    fake = settings.fake_free_bytes()
+    if fake is not None:
+        return fake
     return shutil.disk_usage(path).free
 
 
@@ -499,22 +393,6 @@ def _verify(root: Path, files: dict[str, int], checker: TarChecker | None, label
     return True
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    buf = bytearray(8 << 20)
-    view = memoryview(buf)
-    with open(path, "rb", buffering=0) as f:
-        while n := f.readinto(buf):
-            h.update(view[:n])
-    return h.hexdigest()
-
-
-def _hash_files(root: Path, rels: list[str]) -> dict[str, str]:
-    workers = max(1, min(8, os.cpu_count() or 1, len(rels)))
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        return dict(zip(rels, pool.map(lambda rel: _sha256_file(root / rel), rels), strict=True))
-
-
 def _write_marker(root: Path, label: str, files: dict[str, int], verified: bool, log: Log) -> None:
     marker = {
         "format": 1,
@@ -528,3 +406,31 @@ def _write_marker(root: Path, label: str, files: dict[str, int], verified: bool,
         (root / MARKER_NAME).write_text(json.dumps(marker, indent=1, sort_keys=True))
     except OSError as e:  # pget's cache shim can hand back a read-only folder
         log(f"weights: could not write {MARKER_NAME} in {root} ({e}); it will be checked again")
+
+
+def install_model(source: str | None, name: str, missing: str, log: Log = print) -> Path:
+    """Install (or reuse) a model's weights under `<weights cache>/<name>`; return the folder.
+
+    No source raises MissingWeightsError with `missing` (how to provide the weights)."""
+    if not source:
+        raise MissingWeightsError(missing)
+    return Path(install_weights(source, settings.weights_cache_root() / name, log=log))
+
+
+def find_weights_root(
+    folder: Path,
+    is_root: Callable[[Path], bool],
+    not_found: str,
+    error: type[SetupError] = SetupError,
+) -> Path:
+    """`folder`, or the first folder one or two levels below it where `is_root` holds (tarballs
+    may wrap their files in folders); else `error(not_found)`."""
+    for depth in range(3):
+        if depth == 0:
+            roots = [folder]
+        else:
+            roots = sorted(p for p in folder.glob("/".join(["*"] * depth)) if p.is_dir())
+        for root in roots:
+            if is_root(root):
+                return root
+    raise error(not_found)

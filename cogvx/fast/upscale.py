@@ -9,67 +9,22 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from cogvx.weights import read_tensor_file
+from cogvx.errors import StateDictError
+from cogvx.weights.tensors import load_state_dict, plain_state_dict
 
-STATE_DICT_SUFFIXES = (".pth", ".pt", ".pkl", ".bin", ".ckpt", ".safetensors")
-# Containers the released files wrap their tensors in (Real-ESRGAN: params_ema / params).
-WRAPPER_KEYS = ("params_ema", "params", "state_dict", "model_state_dict")
 UPSCALER_KINDS = ("compact", "rrdb")
 SUPPORTED_ARCHS = ("ESRGAN", "Compact")  # spandrel ids of RRDBNet and SRVGGNetCompact
 DEFAULT_TILE = 512  # CogVideoX's demo: tiles of 512 input pixels, 32 of overlap
 DEFAULT_OVERLAP = 32
 
 
-class StateDictError(RuntimeError):
-    """A weights file could not be read as a state dict of tensors, or has the wrong layout."""
-
-
 def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Read a state dict of tensors on CPU: safetensors, or a torch pickle with weights_only=True.
-
-    Unwraps the usual containers (params_ema, params, state_dict) and strips a "module." prefix.
-    """
-    path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix not in STATE_DICT_SUFFIXES:
-        raise StateDictError(
-            f"weights file {path}: suffix {suffix!r} is not one of {STATE_DICT_SUFFIXES}"
-        )
-    if not path.is_file():
-        raise StateDictError(f"weights file {path} does not exist")
-    try:
-        loaded = read_tensor_file(path)
-    except Exception as e:  # noqa: BLE001 - any reader failure is reported with the file name
-        raise StateDictError(
-            f"weights file {path} could not be read as a state dict of tensors"
-            f" ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
-        ) from e
-    return _plain_state_dict(loaded, path)
-
-
-def _plain_state_dict(loaded: object, path: Path | str) -> dict[str, torch.Tensor]:
-    """Unwrap a container dict and drop a DataParallel "module." prefix; tensors only."""
-    if not isinstance(loaded, dict):
-        raise StateDictError(f"weights file {path} holds a {type(loaded).__name__}, not a dict")
-    for key in WRAPPER_KEYS:
-        if isinstance(loaded.get(key), dict):
-            loaded = loaded[key]
-            break
-    out: dict[str, torch.Tensor] = {}
-    for key, value in loaded.items():
-        if not isinstance(value, torch.Tensor):
-            raise StateDictError(
-                f"weights file {path}: entry {key!r} is a {type(value).__name__}, not a tensor"
-            )
-        out[key.removeprefix("module.")] = value
-    if not out:
-        raise StateDictError(f"weights file {path} holds no tensors")
-    return out
+    """Read a state dict of tensors on CPU (see `cogvx.weights.tensors.load_state_dict`)."""
+    return load_state_dict(path)
 
 
 @dataclass
@@ -111,7 +66,7 @@ def upscaler_from_state_dict(
     """Let spandrel detect RRDBNet / SRVGGNetCompact from the keys and build it in eval mode."""
     import spandrel
 
-    sd = _plain_state_dict(state_dict, source)
+    sd = plain_state_dict(state_dict, source, error=StateDictError)
     try:
         descriptor = spandrel.ModelLoader().load_from_state_dict(sd)
     except spandrel.UnsupportedModelError as e:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -11,9 +10,10 @@ from pathlib import Path
 
 import numpy as np
 
-from cogvx import checks
+from cogvx import checks, settings
 from cogvx.cogvlm2.captioner import DEFAULT_PROMPT
 from cogvx.cogvlm2.sampling import BASE_CLIP_SECONDS, STRATEGIES, sample_frame_indices
+from cogvx.errors import CaptionSetupError
 from cogvx.gpu import (
     HEADROOM_GB,
     measure_gpu,
@@ -23,7 +23,9 @@ from cogvx.gpu import (
 )
 from cogvx.log import bound_library_logs
 from cogvx.log import log as log_line
+from cogvx.settings import QUANTIZE_ENV
 from cogvx.video import VideoInfo, VideoReadError, probe_video, read_frames
+from cogvx.weights.install import find_weights_root, install_model
 
 Log = Callable[[str], None]
 
@@ -37,16 +39,11 @@ MAX_FRAME_PIXELS = 3840 * 2160  # larger frames are downscaled before preprocess
 DOWNSCALE_SHORT_SIDE = 1080  # ...to this short side (the model crops a 224 px square anyway)
 MAX_ASPECT = 32.0  # width/height (or height/width) above this is refused
 
-QUANTIZE_ENV = "COGVX_QUANTIZE"  # force: none | int8 | nf4 (default: chosen from free VRAM)
 QUANTIZE_CHOICES = ("none", "int8", "nf4")
 # Peak GPU memory (GiB) per mode, 24 frames and 2048 new tokens: 12.5 B parameters (bf16 25 GB;
 # int8 / nf4 keep embeddings, LM head, norms and convs in bf16) + ViT activations + KV cache.
 # Estimates from the parameter count, not measured on a GPU.
 MEMORY_GIB = {"none": 24.5, "int8": 13.5, "nf4": 8.0}
-
-
-class CaptionSetupError(RuntimeError):
-    """The caption model cannot be set up: missing weights, or a GPU too small for it."""
 
 
 def missing_weights_message() -> str:
@@ -62,16 +59,19 @@ def missing_weights_message() -> str:
 
 def find_caption_root(folder: Path) -> Path:
     """The folder holding config.json and the safetensors (tarballs may wrap it in folders)."""
-    for depth in range(3):
-        for config in sorted(folder.glob("/".join(["*"] * depth + ["config.json"]))):
-            root = config.parent
-            if (root / "model.safetensors").is_file() or (
-                root / "model.safetensors.index.json"
-            ).is_file():
-                return root
-    raise CaptionSetupError(
+
+    def is_root(root: Path) -> bool:
+        return (root / "config.json").is_file() and (
+            (root / "model.safetensors").is_file()
+            or (root / "model.safetensors.index.json").is_file()
+        )
+
+    return find_weights_root(
+        folder,
+        is_root,
         f"no CogVLM2-Caption folder (config.json beside model.safetensors or "
-        f"model.safetensors.index.json) found in {folder}"
+        f"model.safetensors.index.json) found in {folder}",
+        CaptionSetupError,
     )
 
 
@@ -210,16 +210,13 @@ class CaptionService:
 
     def __init__(self, weights: str | None = None, log: Log = log_line) -> None:
         from cogvx.cogvlm2 import CogVLM2Captioner
-        from cogvx.weights import install_weights, weights_cache_root
 
         self.log = log
         source = str(weights) if weights else WEIGHTS_URL
-        if not source:
-            raise CaptionSetupError(missing_weights_message())
         folder = find_caption_root(
-            Path(install_weights(source, weights_cache_root() / MODEL_NAME, log=log))
+            install_model(source, MODEL_NAME, missing_weights_message(), log)
         )
-        forced = (os.environ.get(QUANTIZE_ENV) or "").strip().lower() or None
+        forced = settings.quantize_mode()
         measured = measure_gpu()
         plan = plan_caption_memory(
             measured[0] if measured else None, bitsandbytes_available(), forced

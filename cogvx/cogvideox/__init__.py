@@ -1,0 +1,1 @@
+"""CogVideoX generation: the diffusers pipelines of the variants table (T2V, I2V, V2V)."""

@@ -1,0 +1,156 @@
+"""The LoRA download cache: files on disk keyed by URL, least recently used evicted first."""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import os
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from cogvx import settings
+from cogvx.errors import LoraError, WeightsError
+from cogvx.log import clip
+from cogvx.lora.files import extract_safetensors
+from cogvx.net.http import content_range_total, open_first
+from cogvx.net.urls import UrlPolicy, fetch_failed, safe_url, user_url_policy
+from cogvx.settings import LORA_MAX_BYTES_ENV
+
+Log = Callable[[str], None]
+
+Log = Callable[[str], None]
+
+STALL_TIMEOUT = 60.0
+
+
+class LoraCache:
+    """LoRA files on disk keyed by sha256(URL)[:16]; least recently used ones are evicted first.
+
+    Recency is the file's mtime (touched on every hit), so the order survives restarts.
+    """
+
+    def __init__(
+        self,
+        root: str | Path | None = None,
+        *,
+        min_free_bytes: int | None = None,
+        max_bytes: int | None = None,
+        free_bytes: Callable[[], int] | None = None,
+        log: Log = print,
+        policy: UrlPolicy | None = None,
+    ):
+        self.root = Path(root) if root else settings.lora_cache_dir()
+        self.min_free = (
+            min_free_bytes if min_free_bytes is not None else settings.lora_min_free_bytes()
+        )
+        if max_bytes is None:
+            max_bytes = settings.lora_max_bytes()
+        self.max_bytes = max_bytes
+        self._free = free_bytes or (lambda: shutil.disk_usage(self.root).free)
+        self.log = log
+        self.policy = policy or user_url_policy("lora_url")  # which addresses URLs may reach
+        self.hits = self.downloads = self.evictions = 0
+
+    def path_for(self, url: str) -> Path:
+        """Where the file for `url` lives (whether or not it is there)."""
+        return self.root / f"{hashlib.sha256(url.encode()).hexdigest()[:16]}.safetensors"
+
+    def entries(self) -> list[Path]:
+        """Cached files, least recently used first."""
+        if not self.root.is_dir():
+            return []
+        return sorted(self.root.glob("*.safetensors"), key=lambda p: p.stat().st_mtime_ns)
+
+    def fetch(self, url: str) -> Path:
+        """The cached file for `url`, downloading (and evicting old entries) on a miss."""
+        path = self.path_for(url)
+        label = clip(safe_url(url))
+        if path.is_file():
+            os.utime(path)
+            self.hits += 1
+            self.log(f"lora: cache hit for {label}")
+            return path
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.stem}.{os.getpid()}.partial")
+        try:
+            t0 = time.monotonic()
+            size = self._download(url, tmp, label, keep=path)
+            extract_safetensors(tmp, label, self.max_bytes)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        self.downloads += 1
+        self.log(f"lora: downloaded {label} ({size / 1e6:.1f} MB) in {time.monotonic() - t0:.1f}s")
+        return path
+
+    def make_room(self, need: int, keep: Path | None = None) -> None:
+        """Evict least recently used files until `need` bytes fit above the free-space floor."""
+        for old in self.entries():
+            if self._free() - need >= self.min_free:
+                return
+            if old == keep:
+                continue
+            size = old.stat().st_size
+            old.unlink(missing_ok=True)
+            self.evictions += 1
+            self.log(f"lora: evicted {old.name} ({size / 1e6:.1f} MB) to keep disk space free")
+        if self._free() < need:
+            raise LoraError(
+                f"not enough disk space for a {need / 1e6:.0f} MB LoRA in {self.root} "
+                f"({self._free() / 1e6:.0f} MB free)"
+            )
+
+    def _download(self, url: str, dest: Path, label: str, keep: Path) -> int:
+        """Fetch `url` into `dest`. Every network failure gives the same `fetch_failed` message
+        (no port-scan oracle) and response bytes are never quoted."""
+        failed = LoraError(fetch_failed("lora_url", url))
+        try:
+            _, conn, resp = open_first(
+                url, self.max_bytes + 1, STALL_TIMEOUT, self.log, policy=self.policy
+            )
+        except WeightsError:
+            raise failed from None
+        try:
+            if resp.status == 206:
+                total = content_range_total(resp, label)
+                end = int((resp.getheader("Content-Range") or "").split("-", 1)[1].split("/")[0])
+                if total <= self.max_bytes and end + 1 != total:
+                    raise LoraError(f"lora_url {label}: the server sent a partial range")
+            else:
+                length = resp.getheader("Content-Length")
+                total = int(length) if length and length.isdigit() else None
+            if total is not None and total > self.max_bytes:
+                raise LoraError(self._too_big(label, total))
+            self.make_room(total or 0, keep=keep)
+            got = 0
+            with open(dest, "wb") as f:
+                while chunk := _read(resp, failed):
+                    got += len(chunk)
+                    if got > self.max_bytes:
+                        raise LoraError(self._too_big(label, got, at_least=True))
+                    if total is None and got % (64 << 20) < len(chunk):
+                        self.make_room(64 << 20, keep=keep)  # no size was sent: keep checking
+                    f.write(chunk)
+        except WeightsError:  # a bad Content-Range
+            raise failed from None
+        finally:
+            conn.close()
+        if total is not None and got != total:
+            raise LoraError(f"lora_url {label}: download truncated ({got} of {total} bytes)")
+        return got
+
+    def _too_big(self, label: str, size: int, at_least: bool = False) -> str:
+        return (
+            f"lora_url {label}: the file is {'over ' if at_least else ''}{size / 1e6:.0f} MB; "
+            f"LoRAs up to {self.max_bytes / 1e6:.0f} MB are accepted ({LORA_MAX_BYTES_ENV})"
+        )
+
+
+def _read(resp: http.client.HTTPResponse, failed: LoraError) -> bytes:
+    """The next MiB of the body; a network error or stall raises `failed`."""
+    try:
+        return resp.read(1 << 20)
+    except (OSError, http.client.HTTPException):
+        raise failed from None

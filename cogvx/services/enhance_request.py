@@ -1,0 +1,147 @@
+"""The enhance model's request: input checks, the input video's caps, prompt notes."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cogvx import checks
+from cogvx.video import OUTPUT_FORMATS, VideoInfo, probe_video
+
+Log = Callable[[str], None]
+
+METHODS = ("venhancer", "fast")
+PRECISIONS = {"fp16": torch.float16, "bf16": torch.bfloat16}
+SIZE_POLICIES = ("original", "exact")
+
+MIN_SIDE = 16  # input frames smaller than this on either side are refused
+MAX_INPUT_PIXELS = 4096 * 4096  # per input frame (decoding cost), as video-to-video
+MAX_INPUT_FRAMES = 300  # e.g. 12.5 s at 24 fps; CogVideoX makes at most 161
+
+CPU_MAX_EVAL_PIXELS = 2_000_000  # VEnhancer frame-evaluations x latent pixels
+
+HEADROOM_GIB = 1.5  # CUDA context, allocator fragmentation
+
+
+@dataclass(frozen=True)
+class Request:
+    """One enhancement, checked."""
+
+    method: str
+    prompt: str
+    up_scale: float
+    target_fps: float | None
+    size_policy: str
+    noise_aug: int
+    solver_mode: str
+    steps: int
+    guidance_scale: float
+    chunk_overlap: int
+    precision: str
+    seed: int | None
+    output_format: str
+    output_quality: int
+
+
+def check_request(req: Request) -> Request:
+    """ValueError naming the first input outside what the predictor allows; else the request
+    with integer inputs as ints (JSON 2.0 arrives as a float)."""
+    from cogvx.venhancer.schedule import SOLVER_MODES
+
+    checks.choice("method", req.method, METHODS)
+    checks.in_range("up_scale", req.up_scale, 1.0, 8.0)
+    if req.target_fps is not None:
+        checks.in_range("target_fps", req.target_fps, 1.0, 240.0)
+    checks.choice("size_policy", req.size_policy, SIZE_POLICIES)
+    noise_aug = checks.integer("noise_aug", req.noise_aug, 1, 300)
+    checks.choice("solver_mode", req.solver_mode, SOLVER_MODES)
+    steps = checks.integer("steps", req.steps, 1, 50)
+    checks.in_range("guidance_scale", req.guidance_scale, 1.0, 20.0)
+    chunk_overlap = checks.integer("chunk_overlap", req.chunk_overlap, 1, 16)
+    checks.choice("precision", req.precision, list(PRECISIONS))
+    checks.choice("output_format", req.output_format, OUTPUT_FORMATS)
+    output_quality = checks.integer("output_quality", req.output_quality, 1, 100)
+    seed = checks.seed(req.seed)
+    return replace(
+        req, noise_aug=noise_aug, steps=steps, chunk_overlap=chunk_overlap,
+        output_quality=output_quality, seed=seed,
+    )  # fmt: skip
+
+
+def probe_input(path: str | Path) -> VideoInfo:
+    """Probe the input video and refuse sizes and lengths outside the caps."""
+    info = probe_video(path)
+    name = info.path.name
+    if min(info.width, info.height) < MIN_SIDE:
+        raise ValueError(
+            f"video {name} is {info.width}x{info.height}; both sides must be >= {MIN_SIDE} pixels"
+        )
+    if info.width * info.height > MAX_INPUT_PIXELS:
+        raise ValueError(
+            f"video {name} is {info.width}x{info.height}; frames up to "
+            f"{MAX_INPUT_PIXELS / 1e6:.0f} MP are accepted: downscale it first"
+        )
+    if not 0 < info.fps <= 240:
+        raise ValueError(f"video {name} states {info.fps:g} fps; 0-240 fps are accepted")
+    if info.num_frames < 2:
+        raise ValueError(f"video {name} has {info.num_frames} frame; at least 2 are needed")
+    if info.num_frames > MAX_INPUT_FRAMES:
+        raise ValueError(
+            f"video {name} has {info.num_frames} frames ({info.duration:.1f} s at "
+            f"{info.fps:.3g} fps); at most {MAX_INPUT_FRAMES} are accepted: trim it first"
+        )
+    return info
+
+
+def resolve_target_fps(target_fps: float | None, in_fps: float) -> float:
+    """target_fps, or twice the input rate when blank; never below the input rate."""
+    if target_fps is None:
+        return 2 * in_fps
+    if target_fps < in_fps - 1e-6:
+        raise ValueError(
+            f"target_fps={target_fps:g} is below the input video's {in_fps:.3g} fps; this model "
+            f"only adds frames: use target_fps >= {in_fps:.3g} (= keeps the frame rate)"
+        )
+    return target_fps
+
+
+def prompt_note(tokenizer: Any, prompt: str) -> str | None:
+    """A log line when the prompt plus VEnhancer's quality suffix exceeds 77 CLIP tokens."""
+    from cogvx.venhancer import text
+
+    limit = text.MAX_TOKENS
+    full = len(tokenizer(text.full_prompt(prompt), truncation=False, verbose=False).input_ids)
+    if full <= limit:
+        return None
+    own = len(tokenizer(prompt.strip(), truncation=False, verbose=False).input_ids)
+    if own > limit:
+        return (
+            f"prompt is {own} CLIP tokens; VEnhancer's text encoder reads {limit} (with start and "
+            "end), so the end of the prompt and all of the quality suffix are cut (truncated)"
+        )
+    return (
+        f"prompt + VEnhancer's quality suffix is {full} CLIP tokens; the text encoder reads "
+        f"{limit}, so the last {full - limit} tokens of the suffix are cut (truncated)"
+    )
+
+
+def device_dtype(precision: str, device: torch.device) -> torch.dtype:
+    """UNet + ControlNet dtype: the chosen precision on GPU, float32 on CPU."""
+    return PRECISIONS[precision] if device.type == "cuda" else torch.float32
+
+
+class ProgressLog:
+    """`progress(done, total)` that logs about every 10 % (every step for short runs)."""
+
+    def __init__(self, what: str, log: Log) -> None:
+        self.what, self.log, self.last, self.t0 = what, log, -1.0, time.perf_counter()
+
+    def __call__(self, done: int, total: int) -> None:
+        if done == total or done / total - self.last >= 0.1:
+            self.last = done / total
+            self.log(f"{self.what} {done}/{total} ({time.perf_counter() - self.t0:.1f}s)")

@@ -1,0 +1,93 @@
+"""Every `COGVX_*` environment variable, read here and nowhere else (a leaf: no cogvx imports).
+
+Values are read at call time, so a test or an operator can change them between calls. Parsing
+that needs domain knowledge (allowed modes, host lists) stays with the module that uses the value;
+the messages name the variable.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+OFFLOAD_ENV = "COGVX_OFFLOAD"  # force a mode: none | model | sequential
+QUANTIZE_ENV = "COGVX_QUANTIZE"  # captioning: none | int8 | nf4 (default: chosen from free VRAM)
+FAST_WEIGHTS_ENV = "COGVX_FAST_WEIGHTS"  # T2V/I2V images: tarball URL or folder of `fast/`
+OUTPUT_ENV = "COGVX_OUTPUT_DIR"  # per-prediction output folders live here
+CACHE_ENV = "COGVX_WEIGHTS_CACHE"  # where tarballs are installed (default ./weights)
+FAKE_FREE_ENV = "COGVX_FAKE_FREE_BYTES"  # tests: pretend the disk has this many free bytes
+LORA_CACHE_ENV = "COGVX_LORA_CACHE"  # folder of cached LoRA files (default <weights cache>/loras)
+LORA_MIN_FREE_ENV = "COGVX_LORA_MIN_FREE_GB"  # evict cached LoRAs to keep this much disk free
+LORA_MAX_BYTES_ENV = "COGVX_LORA_MAX_BYTES"  # largest LoRA file accepted
+ALLOW_PRIVATE_ENV = "COGVX_ALLOW_PRIVATE_URLS"  # user URLs: 1 | 0 | host[:port],...
+
+DEFAULT_OUTPUT_ROOT = "/tmp/cogvx-outputs"
+DEFAULT_LORA_MIN_FREE = 10 << 30
+DEFAULT_LORA_MAX_BYTES = 2 << 30  # rank 256 on every attention layer of a 5B model is ~0.5 GB
+
+
+def _text(name: str) -> str:
+    return os.environ.get(name, "").strip()
+
+
+def _number(name: str, default: int, scale: float = 1) -> int:
+    value = os.environ.get(name)
+    if not value:
+        return default
+    try:
+        return int(float(value) * scale)
+    except ValueError:
+        raise ValueError(f"{name}={value!r} is not a number") from None
+
+
+def offload_mode() -> str | None:
+    """COGVX_OFFLOAD as given (checked by `cogvx.gpu.plan_memory`), None when unset."""
+    return os.environ.get(OFFLOAD_ENV) or None
+
+
+def quantize_mode() -> str | None:
+    """COGVX_QUANTIZE lower-cased (checked by the caption memory plan), None when unset."""
+    return _text(QUANTIZE_ENV).lower() or None
+
+
+def fast_weights_source() -> str:
+    """COGVX_FAST_WEIGHTS: a tarball URL or folder of Real-ESRGAN + RIFE weights; '' when unset."""
+    return _text(FAST_WEIGHTS_ENV)
+
+
+def output_root() -> Path:
+    """Folder for prediction outputs; each prediction replaces the previous one's folder."""
+    return Path(os.environ.get(OUTPUT_ENV, DEFAULT_OUTPUT_ROOT))
+
+
+def weights_cache_root() -> Path:
+    """Folder holding installed weight folders, one per model (and the LoRA cache)."""
+    return Path(os.environ.get(CACHE_ENV, "weights")).absolute()
+
+
+def fake_free_bytes() -> int | None:
+    """Tests only: the free disk space to pretend (COGVX_FAKE_FREE_BYTES), None when unset."""
+    fake = os.environ.get(FAKE_FREE_ENV)
+    return int(fake) if fake else None
+
+
+def lora_cache_dir() -> Path:
+    """COGVX_LORA_CACHE, else `loras/` in the weights cache (COGVX_WEIGHTS_CACHE or ./weights)."""
+    if os.environ.get(LORA_CACHE_ENV):
+        return Path(os.environ[LORA_CACHE_ENV]).absolute()
+    return weights_cache_root() / "loras"
+
+
+def lora_min_free_bytes() -> int:
+    """Disk space the LoRA cache keeps free by evicting (COGVX_LORA_MIN_FREE_GB, default 10)."""
+    return _number(LORA_MIN_FREE_ENV, DEFAULT_LORA_MIN_FREE, 1 << 30)
+
+
+def lora_max_bytes() -> int:
+    """Largest LoRA file accepted (COGVX_LORA_MAX_BYTES, default 2 GiB)."""
+    return _number(LORA_MAX_BYTES_ENV, DEFAULT_LORA_MAX_BYTES)
+
+
+def allow_private_urls() -> str:
+    """COGVX_ALLOW_PRIVATE_URLS as given (parsed by `cogvx.net.urls.user_url_policy`)."""
+    return _text(ALLOW_PRIVATE_ENV)

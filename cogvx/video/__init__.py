@@ -1,0 +1,35 @@
+"""Video files: `write` (frames → MP4/WebM/GIF, byte-reproducible), `read` (probe + decode with
+PyAV, a container whitelist), `output` (the per-prediction output file, its log and metrics)."""
+
+from cogvx.video.output import fresh_output_path, save_video
+from cogvx.video.read import (
+    ACCEPTED,
+    DEMUXERS,
+    VideoInfo,
+    VideoReadError,
+    probe_video,
+    read_frames,
+)
+from cogvx.video.write import (
+    OUTPUT_FORMATS,
+    bitexact_scaling,
+    ffmpeg_exe,
+    to_uint8_frames,
+    write_video,
+)
+
+__all__ = [
+    "ACCEPTED",
+    "DEMUXERS",
+    "OUTPUT_FORMATS",
+    "VideoInfo",
+    "VideoReadError",
+    "bitexact_scaling",
+    "ffmpeg_exe",
+    "fresh_output_path",
+    "probe_video",
+    "read_frames",
+    "save_video",
+    "to_uint8_frames",
+    "write_video",
+]

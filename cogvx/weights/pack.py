@@ -1,0 +1,95 @@
+"""Pack a folder into a weight tarball with a sha256 manifest first, which installs check."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tarfile
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from cogvx.weights.tarcheck import MANIFEST_NAME, MARKER_NAME
+
+Log = Callable[[str], None]
+
+Log = Callable[[str], None]
+
+
+def pack_folder(src: str | os.PathLike, out_tar: str | os.PathLike, log: Log = print) -> Path:
+    """Write an uncompressed tarball of `src`'s files (sorted, links dereferenced), manifest first.
+
+    The manifest member `cogvx-manifest.json` is {"format": 1, "files": {rel: {size, sha256}}}.
+    """
+    root = Path(src)
+    out = Path(out_tar)
+    if not root.is_dir():
+        raise ValueError(f"pack_folder: source {root} is not a folder")
+    skip = {out.resolve(), out.with_name(out.name + ".partial").resolve()}
+    rels = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        dirnames.sort()
+        for name in filenames:
+            full = Path(dirpath) / name
+            rel = full.relative_to(root).as_posix()
+            if rel in (MANIFEST_NAME, MARKER_NAME) or full.resolve() in skip:
+                continue
+            if not full.is_file():
+                raise ValueError(f"pack_folder: {full} is not a regular file (broken link?)")
+            rels.append(rel)
+    rels.sort()
+    sizes = {rel: (root / rel).stat().st_size for rel in rels}
+    digests = _hash_files(root, rels)
+    manifest = {
+        "format": 1,
+        "files": {rel: {"size": sizes[rel], "sha256": digests[rel]} for rel in rels},
+    }
+    data = json.dumps(manifest, indent=1, sort_keys=True).encode()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".partial")
+    try:
+        with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT, copybufsize=8 << 20) as tf:
+            tf.addfile(
+                _tarinfo(MANIFEST_NAME, len(data), int(time.time()), 0o644), io.BytesIO(data)
+            )
+            for rel in rels:
+                st = (root / rel).stat()
+                if st.st_size != sizes[rel]:
+                    raise RuntimeError(f"pack_folder: {root / rel} changed while packing")
+                mode = 0o755 if st.st_mode & 0o111 else 0o644
+                with open(root / rel, "rb") as f:
+                    tf.addfile(_tarinfo(rel, st.st_size, int(st.st_mtime), mode), f)
+        os.replace(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    total = sum(sizes.values())
+    log(f"packed {len(rels)} files ({total / 1e9:.2f} GB) from {root} into {out}")
+    return out
+
+
+def _tarinfo(name: str, size: int, mtime: int, mode: int) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode = size, mtime, mode
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    return info
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    buf = bytearray(8 << 20)
+    view = memoryview(buf)
+    with open(path, "rb", buffering=0) as f:
+        while n := f.readinto(buf):
+            h.update(view[:n])
+    return h.hexdigest()
+
+
+def _hash_files(root: Path, rels: list[str]) -> dict[str, str]:
+    workers = max(1, min(8, os.cpu_count() or 1, len(rels)))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return dict(zip(rels, pool.map(lambda rel: _sha256_file(root / rel), rels), strict=True))
