@@ -12,6 +12,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+from cogvx.errors import InputError
 from cogvx.log import clip
 
 VALUE_LIMIT = 100  # characters of a value's repr quoted in a message
@@ -27,30 +28,30 @@ def prompt(text: str | None, name: str = "prompt") -> str:
     """A non-empty prompt, stripped."""
     text = (text or "").strip()
     if not text:
-        raise ValueError(f"{name} must not be empty; describe the video you want")
+        raise InputError(f"{name} must not be empty; describe the video you want")
     return text
 
 
 def choice(name: str, value: Any, allowed: Sequence[Any]) -> Any:
     """`value` if it is one of `allowed`."""
     if value not in allowed:
-        raise ValueError(f"{name}={shown(value)} is not allowed; choose one of {list(allowed)}")
+        raise InputError(f"{name}={shown(value)} is not allowed; choose one of {list(allowed)}")
     return value
 
 
 def in_range(name: str, value: float, lo: float, hi: float) -> float:
     """`value` if lo <= value <= hi."""
     if not lo <= value <= hi:
-        raise ValueError(f"{name}={shown(value)} is out of range; allowed: {lo} to {hi}")
+        raise InputError(f"{name}={shown(value)} is out of range; allowed: {lo} to {hi}")
     return value
 
 
 def _whole(name: str, value: Any, allowed: str) -> int:
     """`value` as an int: an int, or a float with no fractional part; never a bool."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{name}={shown(value)} is not an integer; allowed: {allowed}")
+        raise InputError(f"{name}={shown(value)} is not an integer; allowed: {allowed}")
     if isinstance(value, float) and not (math.isfinite(value) and value.is_integer()):
-        raise ValueError(f"{name}={shown(value)} is not a whole number; allowed: {allowed}")
+        raise InputError(f"{name}={shown(value)} is not a whole number; allowed: {allowed}")
     return int(value)
 
 
@@ -58,7 +59,7 @@ def integer(name: str, value: Any, lo: int, hi: int) -> int:
     """An integer input in lo..hi; an integral float (7.0) becomes 7."""
     number = _whole(name, value, f"integers {lo} to {hi}")
     if not lo <= number <= hi:
-        raise ValueError(f"{name}={shown(value)} is out of range; allowed: {lo} to {hi}")
+        raise InputError(f"{name}={shown(value)} is out of range; allowed: {lo} to {hi}")
     return number
 
 
@@ -75,5 +76,5 @@ def seed(value: Any) -> int | None:
     allowed = f"integers 0 to {SEED_MAX} (leave blank for a random seed)"
     number = _whole("seed", value, allowed)
     if not 0 <= number <= SEED_MAX:
-        raise ValueError(f"seed={shown(value)} is out of range; allowed: {allowed}")
+        raise InputError(f"seed={shown(value)} is out of range; allowed: {allowed}")
     return number

@@ -32,7 +32,7 @@ def load_image(path: str | Path, log: Log = print, name: str = "image") -> Image
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(path, formats=IMAGE_FORMATS)
+            img: Image.Image = Image.open(path, formats=IMAGE_FORMATS)
             w, h = img.size
             if w * h > MAX_PIXELS:
                 raise ValueError(

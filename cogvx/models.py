@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any, cast
 
 SEED_TARBALL_BASE = "https://weights.replicate.delivery/default/THUDM/CogVideo"
 FOLDER_OVERRIDES = "cogvx.json"  # optional file in a weights folder: {"height": .., "width": ..}
@@ -85,7 +86,7 @@ class Variant:
         unknown = sorted(set(data) - set(OVERRIDE_KEYS))
         if unknown:
             raise ValueError(f"{path}: unknown keys {unknown}; allowed: {list(OVERRIDE_KEYS)}")
-        new = {k: int(v) for k, v in data.items()}
+        new: dict[str, Any] = {k: int(v) for k, v in data.items()}
         if self.min_side and "min_side" not in new and ({"height", "width"} & set(new)):
             # A smaller native size (tiny test model, fine-tune) scales the size rule with it.
             h, w = new.get("height", self.height), new.get("width", self.width)
@@ -93,7 +94,9 @@ class Variant:
             m = self.size_multiple
             new["min_side"] = max(m, round(self.min_side * ratio / m) * m)
             if "max_side" not in new:
-                new["max_side"] = max(new["min_side"], int(self.max_side * ratio) // m * m)
+                # the released size rule sets min_side and max_side together
+                max_side = cast(int, self.max_side)
+                new["max_side"] = max(new["min_side"], int(max_side * ratio) // m * m)
         return replace(self, **new)
 
 
@@ -224,3 +227,53 @@ def get_variant(name: str) -> Variant:
         return VARIANTS[name]
     except KeyError:
         raise ValueError(f"unknown model {name!r}; known models: {sorted(VARIANTS)}") from None
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """One served model: its Cog config, runner class and weights (a row of the README table).
+
+    `model` names the variant for CogVideoX rows, else the model ("caption", "enhance"); it is
+    also the folder under the weights cache."""
+
+    config: str
+    run: str
+    model: str
+    hf_repo: str
+    weights_url: str | None  # default COG_WEIGHTS; None: the deployment must provide weights
+
+
+def _video(config: str, run: str, name: str) -> Deployment:
+    v = VARIANTS[name]
+    return Deployment(config, run, name, v.hf_repo, v.weights_url)
+
+
+DEPLOYMENTS: tuple[Deployment, ...] = (
+    _video("cog.yaml", "predict_t2v/predict.py:Runner", "t2v-5b"),
+    _video("cog.t2v-2b.yaml", "predict_t2v/predict.py:Runner2b", "t2v-2b"),
+    _video("cog.t2v-1.5.yaml", "predict_t2v/predict.py:Runner15", "t2v-1.5"),
+    _video("cog.i2v.yaml", "predict_i2v/predict.py:Runner", "i2v-5b"),
+    _video("cog.i2v-1.5.yaml", "predict_i2v/predict.py:Runner15", "i2v-1.5"),
+    Deployment(
+        "cog.caption.yaml",
+        "predict_caption/predict.py:Runner",
+        "caption",
+        "THUDM/cogvlm2-llama3-caption",
+        None,  # no public tarball is known
+    ),
+    Deployment(
+        "cog.enhance.yaml",
+        "predict_enhance/predict.py:Runner",
+        "enhance",
+        "jwhejwhe/VEnhancer",
+        None,  # VEnhancer's checkpoint is only a .pt: tools/build_enhance_weights.py builds one
+    ),
+)
+
+
+def get_deployment(model: str) -> Deployment:
+    """The row serving `model` (a variant name, "caption" or "enhance")."""
+    for d in DEPLOYMENTS:
+        if d.model == model:
+            return d
+    raise ValueError(f"unknown model {model!r}; known: {[d.model for d in DEPLOYMENTS]}")

@@ -33,7 +33,7 @@ class Inputs:
         le=20.0,
     )
     use_dynamic_cfg = Input(
-        description="Cosine guidance schedule over the steps (recommended by THUDM).",
+        description="Cosine guidance schedule over the steps (recommended by THUDM for 5b / 1.5).",
         default=True,
     )
     seed = Input(

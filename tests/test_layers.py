@@ -231,3 +231,27 @@ def test_the_walker_sees_function_level_and_relative_imports():
     assert "cogvx.convert.sat" in reachable(ROOT / "tools/convert_weight_sat2hf.py")
     assert "cogvx.venhancer.pipeline" in reachable(ROOT / "predict_enhance/predict.py")
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def environment_readers(modules: dict[str, Path]) -> list[str]:
+    """Modules other than cogvx.settings that touch os.environ / os.getenv (the root package may
+    pin a library setting before any math: MKL_CBWR)."""
+    found = []
+    for name, path in sorted(modules.items()):
+        if name in ("cogvx.settings", "cogvx"):
+            continue
+        tree = ast.parse(path.read_text(), str(path))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and node.attr in ("environ", "getenv", "environb"):
+                found.append(f"{name}:{node.lineno}")
+    return found
+
+
+def test_cogvx_environment_variables_are_read_in_settings_only():
+    assert environment_readers(MODULES) == []
+
+
+def test_the_environment_rule_can_fail(tmp_path):
+    bad = tmp_path / "bad.py"
+    bad.write_text("import os\nVALUE = os.environ.get('COGVX_X')\n")
+    assert environment_readers({"cogvx.bad": bad}) == ["cogvx.bad:2"]

@@ -20,6 +20,7 @@ from cogvx.models import Variant, get_variant
 from cogvx.video import to_uint8_frames
 from cogvx.weights.install import find_weights_root, install_model
 
+STRENGTH_RANGE = (0.0, 1.0)  # video-to-video: share of the input re-noised
 PROMPT_CHARS = 20_000  # longer prompts are cut before tokenizing (the model reads 226 tokens)
 
 Log = Callable[[str], None]
@@ -149,7 +150,7 @@ class VideoModel:
                     f"video is not an input of {v.name}; video-to-video needs a T2V model"
                 )
             checks.choice("video frame count", len(req.video), v.v2v_frames)
-            checks.in_range("strength", req.strength, 0.0, 1.0)
+            checks.in_range("strength", req.strength, *STRENGTH_RANGE)
             if int(req.num_inference_steps * req.strength) < 1:
                 raise ValueError(
                     f"strength={req.strength} with num_inference_steps={req.num_inference_steps} "

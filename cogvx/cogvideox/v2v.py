@@ -22,7 +22,9 @@ class FramePlan:
     note: str
 
 
-def plan_frames(timestamps: Sequence[float], model_fps: float, allowed: Sequence[int]) -> FramePlan:
+def plan_frames(
+    timestamps: Sequence[float] | np.ndarray, model_fps: float, allowed: Sequence[int]
+) -> FramePlan:
     """Sample at `model_fps` (nearest frame) and keep the largest allowed count from the start.
 
     A clip too short for that uses consecutive frames at its own rate instead.

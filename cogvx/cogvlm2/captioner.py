@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -132,7 +133,9 @@ class CogVLM2Captioner:
         is honoured ("word ." -> "word."), which transformers 5 skips for BPE tokenizers.
         """
         tok = self.tokenizer
-        text = tok.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+        text = cast(  # one sequence of ids decodes to one str
+            str, tok.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+        )
         if tok.clean_up_tokenization_spaces:
             text = tok.clean_up_tokenization(text)
         return text.strip()

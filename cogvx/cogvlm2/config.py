@@ -9,11 +9,13 @@ from typing import Any
 
 from transformers import LlamaConfig
 
+from cogvx.errors import SetupError
+
 DEFAULT_ROPE_THETA = 500000.0  # hard-coded by the original modeling code, absent from config.json
 DEFAULT_PAD_TOKEN_ID = 128002  # the original hard-codes this id for the vision placeholders
 
 
-class CogVLM2ConfigError(RuntimeError):
+class CogVLM2ConfigError(SetupError):
     """config.json of a CogVLM2 folder is missing or lacks a required field."""
 
 

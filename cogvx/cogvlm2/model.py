@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -22,6 +23,8 @@ class CheckpointRotaryEmbedding(nn.Module):
     The original builds `positions * inv_freq` and its cos/sin in the model dtype (bf16 on GPU),
     so this mirrors it; in float32 it equals transformers' default rotary embedding.
     """
+
+    inv_freq: torch.Tensor  # a buffer
 
     def __init__(self, inv_freq: torch.Tensor) -> None:
         super().__init__()
@@ -165,8 +168,11 @@ class CogVLM2Model(nn.Module):
         embeds = self.embed(input_ids, token_type_ids, pixel_values)
         position_ids = build_position_ids(token_type_ids).to(self.device)
         mask = torch.ones(input_ids.shape, dtype=torch.long, device=self.device)
-        sampling = {"temperature": temperature, "top_p": top_p, "top_k": 0} if do_sample else {}
-        return self.language_model.generate(
+        sampling: dict[str, Any] = (
+            {"temperature": temperature, "top_p": top_p, "top_k": 0} if do_sample else {}
+        )
+        # transformers types generate's self as a protocol LlamaForCausalLM does not match
+        return self.language_model.generate(  # type: ignore[misc]
             inputs_embeds=embeds,
             attention_mask=mask,
             position_ids=position_ids,

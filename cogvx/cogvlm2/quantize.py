@@ -11,12 +11,14 @@ import logging
 import torch
 from torch import nn
 
+from cogvx.errors import SetupError
+
 QUANTIZE_MODES = ("int8", "nf4")
 _SKIP = ("language_model.lm_head",)
 INT8_OUTLIER_THRESHOLD = 6.0  # transformers' default llm_int8_threshold
 
 
-class QuantizationUnavailableError(RuntimeError):
+class QuantizationUnavailableError(SetupError):
     """bitsandbytes is needed for the requested quantization but cannot be imported."""
 
 
@@ -52,6 +54,7 @@ def quantize_linears(model: nn.Module, mode: str, compute_dtype: torch.dtype) ->
     for name, linear in targets:
         has_bias = linear.bias is not None
         weight = linear.weight.data
+        new: bnb.nn.Linear8bitLt | bnb.nn.Linear4bit
         if mode == "int8":
             new = bnb.nn.Linear8bitLt(
                 linear.in_features,

@@ -15,7 +15,7 @@ def sample_frame_indices(
     fps: float,
     strategy: str = "chat",
     max_frames: int = 24,
-    timestamps: Sequence[float] | None = None,
+    timestamps: Sequence[float] | np.ndarray | None = None,
 ) -> list[int]:
     """Frame indices to decode, in order (duplicates possible for 'base' on short clips).
 

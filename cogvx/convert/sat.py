@@ -13,6 +13,7 @@ import pickle
 import re
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import cast
 
 import torch
 
@@ -221,4 +222,5 @@ def source_dtype(tensors: Iterable[torch.Tensor]) -> torch.dtype:
     for t in tensors:
         if t.is_floating_point():
             counts[t.dtype] = counts.get(t.dtype, 0) + t.numel()
-    return max(counts, key=counts.get) if counts else torch.float32
+    by_count = cast("Callable[[torch.dtype], int]", counts.get)  # keys of counts: never None
+    return max(counts, key=by_count) if counts else torch.float32

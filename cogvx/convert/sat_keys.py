@@ -6,6 +6,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import torch
 
@@ -63,6 +64,8 @@ def _template_re(template: str) -> re.Pattern:
 _SAT_RES = [(_template_re(src), dst, kind) for src, dst, kind in TRANSFORMER_RULES]
 _HF_RES = [(src, [_template_re(d) for d in dst], kind) for src, dst, kind in TRANSFORMER_RULES]
 _DST_TEMPLATES = {src: dst for src, dst, _ in TRANSFORMER_RULES}
+# mypy cannot type a lambda with default arguments against Callable[[], ...]: cast it
+_Make = Callable[[], torch.Tensor]
 
 
 @dataclass
@@ -123,15 +126,15 @@ def plan_transformer(
                 continue
             names = [d.format(**m.groupdict()) for d in dst]
             if kind == "copy":
-                plan[names[0]] = Planned(tuple(t.shape), lambda t=t: t)
+                plan[names[0]] = Planned(tuple(t.shape), cast(_Make, lambda t=t: t))
             elif kind == "qkv":
                 shape = (t.shape[0] // 3, *t.shape[1:])
                 for i, name in enumerate(names):
-                    plan[name] = Planned(shape, lambda t=t, i=i: t.chunk(3, dim=0)[i])
+                    plan[name] = Planned(shape, cast(_Make, lambda t=t, i=i: t.chunk(3, dim=0)[i]))
             else:  # adaln
                 shape = (t.shape[0] // 2, *t.shape[1:])
                 for i, name in enumerate(names):
-                    plan[name] = Planned(shape, lambda t=t, i=i: _adaln_half(t, i))
+                    plan[name] = Planned(shape, cast(_Make, lambda t=t, i=i: _adaln_half(t, i)))
             break
         else:
             unexpected.append(k)
@@ -146,7 +149,9 @@ def plan_transformer(
             if name not in plan:
                 raise SatConversionError(f"{path}: LoRA targets {name}, which the model lacks")
             old = plan[name]
-            plan[name] = Planned(old.shape, lambda old=old, d=delta: _add_delta(old.make(), d()))
+            plan[name] = Planned(
+                old.shape, cast(_Make, lambda old=old, d=delta: _add_delta(old.make(), d()))
+            )
     elif loras:
         dropped.extend(loras)
     return plan, dropped

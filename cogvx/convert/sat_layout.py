@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -272,7 +273,7 @@ def detect_transformer(
     learned = family.positional == "rope+learned" and has_pos
     sh, sw, sf = family.sample
     text_len = 226
-    grid = None
+    grid: Sequence[int] | None = None
     if "mixins.pos_embed.freqs_sin" in sd and rope:
         grid = rope_grid(sd["mixins.pos_embed.freqs_sin"], head_dim)
         notes.append(f"RoPE table in checkpoint: latent grid {grid} (frames, h, w) after patching")
@@ -319,7 +320,7 @@ def detect_transformer(
                 "--sample-size HxW (latent), --sample-frames and --max-text-seq-length to match "
                 "the training config"
             )
-    config = dict(
+    config: dict[str, Any] = dict(
         num_attention_heads=hidden // head_dim,
         attention_head_dim=head_dim,
         in_channels=in_ch,

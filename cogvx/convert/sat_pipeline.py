@@ -172,6 +172,7 @@ def convert_pipeline(
                 f"({', '.join(FAMILIES)})"
             )
         if vae_sd is None:
+            assert vae is not None  # no embedded VAE taken: vae_src is still vae
             vae_sd = load_state_dict(vae, trust_pickle)
             if all(k.startswith("first_stage_model.") for k in vae_sd):
                 vae_sd = {k[len("first_stage_model.") :]: v for k, v in vae_sd.items()}
@@ -180,6 +181,8 @@ def convert_pipeline(
             DTYPES[vae_dtype], vae_norm_groups, max_shard_size, vae_src, log,
         )  # fmt: skip
         del vae_sd
+    # a transformer gives its family; --vae alone without --variant was refused above
+    assert family is not None
     import diffusers
 
     sched_cls = getattr(diffusers, family.scheduler)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, cast
 
 import torch
 
@@ -98,7 +100,7 @@ def detect_vae(sd: dict[str, torch.Tensor], path: str | Path = "checkpoint") -> 
             raise SatConversionError(f"{path}: unknown VAE layout, {k} is missing")
         channels.append(sd[k].shape[0])
     per_block = len({k.split(".")[4] for k in keys if k.startswith("encoder.down.0.block.")})
-    config = dict(VAE_DEFAULTS)
+    config: dict[str, Any] = dict(VAE_DEFAULTS)
     config.update(
         block_out_channels=tuple(channels),
         down_block_types=("CogVideoXDownBlock3D",) * n,
@@ -121,7 +123,9 @@ def plan_vae(
         if k.startswith("loss."):
             dropped.append(k)
             continue
-        plan[vae_key_to_diffusers(k, n)] = Planned(tuple(t.shape), lambda t=t: t)
+        plan[vae_key_to_diffusers(k, n)] = Planned(
+            tuple(t.shape), cast("Callable[[], torch.Tensor]", lambda t=t: t)
+        )
     return plan, dropped
 
 

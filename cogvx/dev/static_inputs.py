@@ -10,7 +10,7 @@ import ast
 import math
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 # The Go CLI (pkg/schema/python) reads Inputs from the syntax tree without running the code:
 #  - ge/le/min_length/max_length: strconv.ParseFloat of the argument's source text, else dropped;
@@ -270,7 +270,8 @@ class _StaticChecker:
                 targets, value = [stmt.target], stmt.value
             simple = isinstance(stmt, ast.Assign | ast.AnnAssign) and len(targets) == 1
             for name in (n for t in targets for n in ast.walk(t) if isinstance(n, ast.Name)):
-                self.last_bind[name.id] = value if simple else stmt
+                # simple implies the value is set (an AnnAssign without one has no targets)
+                self.last_bind[name.id] = cast(ast.expr, value) if simple else stmt
             if simple and isinstance(targets[0], ast.Name):
                 go = self.go_value(value)  # type: ignore[arg-type]
                 if go is not _FAIL:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,7 +32,7 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 class Upscaler:
     """A loaded spandrel image model with the device and dtype it runs in."""
 
-    descriptor: object  # spandrel.ImageModelDescriptor
+    descriptor: Any  # spandrel.ImageModelDescriptor (spandrel ships no type information)
     device: torch.device
     dtype: torch.dtype
 

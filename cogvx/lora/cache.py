@@ -20,8 +20,6 @@ from cogvx.settings import LORA_MAX_BYTES_ENV
 
 Log = Callable[[str], None]
 
-Log = Callable[[str], None]
-
 STALL_TIMEOUT = 60.0
 
 
@@ -112,6 +110,7 @@ class LoraCache:
             )
         except WeightsError:
             raise failed from None
+        total: int | None
         try:
             if resp.status == 206:
                 total = content_range_total(resp, label)

@@ -87,6 +87,7 @@ def extract_safetensors(path: Path, label: str, max_bytes: int) -> None:
                 f"{max_bytes / 1e6:.0f} MB limit"
             )
         src = tf.extractfile(member)
+        assert src is not None  # members are regular files (isreg)
         out = path.with_name(path.name + ".member")
         try:
             with open(out, "wb") as f:
@@ -162,8 +163,8 @@ def normalize_lora(
                 "<module>.lora_A.weight / lora_B.weight, e.g. "
                 "transformer_blocks.0.attn1.to_q.lora_A.weight)"
             )
-        ab = "A" if m["kind"] in ("lora_A", "lora_down") else "B"
-        pairs.setdefault(m["module"], {})[ab] = (key, sd[key])
+        side = "A" if m["kind"] in ("lora_A", "lora_down") else "B"
+        pairs.setdefault(m["module"], {})[side] = (key, sd[key])
     if not pairs:
         raise LoraError(f"LoRA {label} holds no LoRA matrices")
     rslora = bool(meta.get("use_rslora"))

@@ -12,13 +12,16 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import torch
+
+from cogvx.errors import WeightsFileError
 
 SAT_PREFIX = "model.diffusion_model."
 
 
-class SatConversionError(RuntimeError):
+class SatConversionError(WeightsFileError):
     """A checkpoint that cannot be converted; the message names the file and what is wrong."""
 
 
@@ -109,11 +112,13 @@ def lora_deltas(
     sd: dict[str, torch.Tensor], alpha: float = 1.0, path: str | Path = "checkpoint"
 ) -> dict[str, Callable[[], torch.Tensor]]:
     """Weight deltas alpha/r * B @ A per diffusers weight key (lazy, fp32), for merging."""
-    out = {}
+    out: dict[str, Callable[[], torch.Tensor]] = {}
     for mod in collect_lora(sd, path):
         scale = alpha / mod.rank
         for i, target in enumerate(_TARGETS[mod.module]):
             a, b = mod.a[i], mod.b[i]
             key = f"transformer_blocks.{mod.layer}.attn1.{target}.weight"
-            out[key] = lambda a=a, b=b, s=scale: (b.float() @ a.float()) * s
+            out[key] = cast(
+                "Callable[[], torch.Tensor]", lambda a=a, b=b, s=scale: (b.float() @ a.float()) * s
+            )
     return out

@@ -16,8 +16,6 @@ from cogvx.net.urls import safe_url
 
 Log = Callable[[str], None]
 
-Log = Callable[[str], None]
-
 ADAPTER = "user_lora"
 
 

@@ -11,8 +11,6 @@ from cogvx.net.urls import UrlError, safe_url, split_url
 
 Log = Callable[[str], None]
 
-Log = Callable[[str], None]
-
 HF_DEFAULT_FILE = "pytorch_lora_weights.safetensors"  # what diffusers' save_lora_weights writes
 
 MAX_SOURCE_CHARS = 4096  # longest lora_url accepted (signed URLs run to ~2 KB)

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import io
 import mmap
 import queue
 import socket
 import struct
 import threading
 from collections.abc import Callable, Iterator
-from typing import BinaryIO
 
 from cogvx.errors import WeightsError
 from cogvx.net.http import (
@@ -42,7 +42,7 @@ def plan_spans(total: int, chunk_size: int, connections: int) -> list[tuple[int,
     Connections share an uncapped link, so equal big first chunks would all finish late
     together and leave tar idle; the ramp hands tar its first bytes almost at once.
     """
-    spans = []
+    spans: list[tuple[int, int]] = []
     start = 0
     while start < total:
         i = len(spans)
@@ -205,6 +205,7 @@ class RangeReader:
                     raise ConnectionError("empty answer to a range request")
                 exact = size == length - got
                 stop_at = got + min(size, length - got)
+                assert conn is not None  # an answer comes with its connection (see _work)
                 got, readinto = self._body_reader(conn, resp, view, got, stop_at)
                 while got < stop_at:
                     if self._stop.is_set():
@@ -356,6 +357,8 @@ def stream_chunks(
         reader.join(timeout=5)
 
 
-def file_chunks(f: BinaryIO, *, chunk_size: int, label: str) -> Iterator[memoryview]:
+def file_chunks(
+    f: io.RawIOBase | io.BufferedIOBase, *, chunk_size: int, label: str
+) -> Iterator[memoryview]:
     """Chunks of a local file, read ahead in a helper thread."""
     return stream_chunks(f.readinto, chunk_size=chunk_size, expected=None, label=label)

@@ -26,16 +26,17 @@ from pathlib import Path, PurePath
 from typing import Any
 
 from cogvx.checks import shown
+from cogvx.errors import InputError
 
 # tempfile._RandomNameSequence: 8 characters from this alphabet after the "tmp" prefix
 DOWNLOAD_NAME = re.compile(r"tmp[a-z0-9_]{8}[^/]*")
 STARTED_NS = time.time_ns()  # imported when the predictor loads, before setup and any request
 
 
-def refusal(name: str, value: Any) -> ValueError:
+def refusal(name: str, value: Any) -> InputError:
     """The one message for a file input that is not this request's download."""
     text = str(value) if isinstance(value, (str, PurePath)) else value
-    return ValueError(
+    return InputError(
         f"{name}={shown(text)} is not a file sent with this request: upload the file, or give "
         "an http(s) URL or a data: URI. Paths on the server are never read"
     )

@@ -15,9 +15,11 @@ import ipaddress
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import cast
 from urllib.parse import urlsplit
 
 from cogvx import settings
+from cogvx.errors import InputError
 from cogvx.log import clip
 from cogvx.settings import ALLOW_PRIVATE_ENV
 
@@ -31,7 +33,7 @@ IP = ipaddress.IPv4Address | ipaddress.IPv6Address
 Resolver = Callable[[str, int], list[str]]
 
 
-class UrlError(ValueError):
+class UrlError(InputError):
     """A URL is malformed or not allowed; the message names the input and a bounded prefix."""
 
 
@@ -165,7 +167,7 @@ def address_problem(ip: IP) -> str | None:
 def system_resolver(host: str, port: int) -> list[str]:
     """Addresses of `host` for a TCP connection (the system resolver, /etc/hosts included)."""
     infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
-    return [info[4][0] for info in infos]
+    return [cast(str, info[4][0]) for info in infos]  # TCP/IP addresses are strings
 
 
 def _host_entry(entry: str) -> tuple[str, int | None]:

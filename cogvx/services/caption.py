@@ -23,15 +23,17 @@ from cogvx.gpu import (
 )
 from cogvx.log import bound_library_logs
 from cogvx.log import log as log_line
+from cogvx.models import get_deployment
 from cogvx.settings import QUANTIZE_ENV
 from cogvx.video import VideoInfo, VideoReadError, probe_video, read_frames
 from cogvx.weights.install import find_weights_root, install_model
 
 Log = Callable[[str], None]
 
-MODEL_NAME = "caption"  # folder name under the weights cache
-HF_REPO = "THUDM/cogvlm2-llama3-caption"
-WEIGHTS_URL: str | None = None  # no public tarball is known: COG_WEIGHTS must name one
+DEPLOYMENT = get_deployment("caption")  # the row of cogvx.models.DEPLOYMENTS
+MODEL_NAME = DEPLOYMENT.model  # folder name under the weights cache
+HF_REPO = DEPLOYMENT.hf_repo
+WEIGHTS_URL = DEPLOYMENT.weights_url  # None: COG_WEIGHTS must name one
 
 MAX_FRAMES = 24  # frames the model sees ('chat': one per second; 'base': spread over 60 s)
 READ_SECONDS = BASE_CLIP_SECONDS + 2  # neither rule looks further; longer videos are cut here
@@ -43,6 +45,14 @@ QUANTIZE_CHOICES = ("none", "int8", "nf4")
 # Peak GPU memory (GiB) per mode, 24 frames and 2048 new tokens: 12.5 B parameters (bf16 25 GB;
 # int8 / nf4 keep embeddings, LM head, norms and convs in bf16) + ViT activations + KV cache.
 # Estimates from the parameter count, not measured on a GPU.
+# Request ranges and choices, checked here. The predictors' Input(ge=, le=, choices=) repeat
+# them as literals (Cog's static schema parser reads only literals);
+# tests/test_predictor_inputs.py holds both equal.
+RANGES: dict[str, tuple[float, float]] = {
+    "max_new_tokens": (1, 4096),
+    "temperature": (0.0, 2.0),
+    "top_p": (0.01, 1.0),
+}
 MEMORY_GIB = {"none": 24.5, "int8": 13.5, "nf4": 8.0}
 
 
@@ -274,10 +284,12 @@ class CaptionService:
                 f'prompt must not be empty; ask something about the video, e.g. "{DEFAULT_PROMPT}"'
             )
         checks.choice("strategy", strategy, STRATEGIES)
-        max_new_tokens = checks.integer("max_new_tokens", max_new_tokens, 1, 4096)
+        max_new_tokens = checks.integer(
+            "max_new_tokens", max_new_tokens, *map(int, RANGES["max_new_tokens"])
+        )
         seed = checks.seed(seed)
-        temperature = float(checks.in_range("temperature", temperature, 0.0, 2.0))
-        top_p = float(checks.in_range("top_p", top_p, 0.01, 1.0))
+        temperature = float(checks.in_range("temperature", temperature, *RANGES["temperature"]))
+        top_p = float(checks.in_range("top_p", top_p, *RANGES["top_p"]))
         clip = load_clip(video, strategy, self.log)
         self.check_length(len(clip.indices), prompt, strategy, max_new_tokens)
         if temperature > 0:

@@ -31,6 +31,7 @@ from cogvx.fast.models import (
 from cogvx.gpu import available_memory_gib, measure_gpu, release_openmp_pool, releasing_openmp_pool
 from cogvx.log import bound_library_logs
 from cogvx.log import log as log_line
+from cogvx.models import get_deployment
 from cogvx.services.enhance_request import (
     CPU_MAX_EVAL_PIXELS,
     HEADROOM_GIB,
@@ -50,8 +51,9 @@ from cogvx.weights import find_weights_root, install_model
 Log = Callable[[str], None]
 Metric = Callable[[str, Any], None]
 
-MODEL_NAME = "enhance"  # folder name under the weights cache
-WEIGHTS_URL: str | None = None  # VEnhancer has no public tarball: COG_WEIGHTS must name one
+DEPLOYMENT = get_deployment("enhance")  # the row of cogvx.models.DEPLOYMENTS
+MODEL_NAME = DEPLOYMENT.model  # folder name under the weights cache
+WEIGHTS_URL = DEPLOYMENT.weights_url  # None (no public tarball): COG_WEIGHTS must name one
 VENHANCER_DIR = "venhancer"
 
 WEIGHTS_LAYOUT = f"""\

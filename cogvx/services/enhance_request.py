@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from cogvx import checks
+from cogvx.venhancer.schedule import SOLVER_MODES
 from cogvx.video import OUTPUT_FORMATS, VideoInfo, probe_video
 
 Log = Callable[[str], None]
@@ -18,6 +19,25 @@ Log = Callable[[str], None]
 METHODS = ("venhancer", "fast")
 PRECISIONS = {"fp16": torch.float16, "bf16": torch.bfloat16}
 SIZE_POLICIES = ("original", "exact")
+# Request ranges and choices, checked here. The predictor's Input(ge=, le=, choices=) repeat
+# them as literals (Cog's static schema parser reads only literals);
+# tests/test_predictor_inputs.py holds both equal.
+RANGES: dict[str, tuple[float, float]] = {
+    "up_scale": (1.0, 8.0),
+    "target_fps": (1.0, 240.0),
+    "noise_aug": (1, 300),
+    "steps": (1, 50),
+    "guidance_scale": (1.0, 20.0),
+    "chunk_overlap": (1, 16),
+    "output_quality": (1, 100),
+}
+CHOICES: dict[str, tuple] = {
+    "method": METHODS,
+    "size_policy": SIZE_POLICIES,
+    "solver_mode": SOLVER_MODES,
+    "precision": tuple(PRECISIONS),
+    "output_format": OUTPUT_FORMATS,
+}
 
 MIN_SIDE = 16  # input frames smaller than this on either side are refused
 MAX_INPUT_PIXELS = 4096 * 4096  # per input frame (decoding cost), as video-to-video
@@ -51,26 +71,17 @@ class Request:
 def check_request(req: Request) -> Request:
     """ValueError naming the first input outside what the predictor allows; else the request
     with integer inputs as ints (JSON 2.0 arrives as a float)."""
-    from cogvx.venhancer.schedule import SOLVER_MODES
-
-    checks.choice("method", req.method, METHODS)
-    checks.in_range("up_scale", req.up_scale, 1.0, 8.0)
-    if req.target_fps is not None:
-        checks.in_range("target_fps", req.target_fps, 1.0, 240.0)
-    checks.choice("size_policy", req.size_policy, SIZE_POLICIES)
-    noise_aug = checks.integer("noise_aug", req.noise_aug, 1, 300)
-    checks.choice("solver_mode", req.solver_mode, SOLVER_MODES)
-    steps = checks.integer("steps", req.steps, 1, 50)
-    checks.in_range("guidance_scale", req.guidance_scale, 1.0, 20.0)
-    chunk_overlap = checks.integer("chunk_overlap", req.chunk_overlap, 1, 16)
-    checks.choice("precision", req.precision, list(PRECISIONS))
-    checks.choice("output_format", req.output_format, OUTPUT_FORMATS)
-    output_quality = checks.integer("output_quality", req.output_quality, 1, 100)
-    seed = checks.seed(req.seed)
-    return replace(
-        req, noise_aug=noise_aug, steps=steps, chunk_overlap=chunk_overlap,
-        output_quality=output_quality, seed=seed,
-    )  # fmt: skip
+    for name in ("method", "size_policy", "solver_mode", "precision", "output_format"):
+        checks.choice(name, getattr(req, name), CHOICES[name])
+    for name in ("up_scale", "target_fps", "guidance_scale"):
+        value = getattr(req, name)
+        if value is not None:  # target_fps: blank = twice the input rate
+            checks.in_range(name, value, *RANGES[name])
+    whole: dict[str, Any] = {
+        name: checks.integer(name, getattr(req, name), int(RANGES[name][0]), int(RANGES[name][1]))
+        for name in ("noise_aug", "steps", "chunk_overlap", "output_quality")
+    }
+    return replace(req, **whole, seed=checks.seed(req.seed))
 
 
 def probe_input(path: str | Path) -> VideoInfo:

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from cogvx import checks
-from cogvx.cogvideox.generate import Request, VideoModel
+from cogvx.cogvideox.generate import STRENGTH_RANGE, Request, VideoModel
 from cogvx.fast.caps import check_fast_output
 from cogvx.fast.models import fast_enhance, fast_missing_message, load_fast_from_env
 from cogvx.gpu import release_openmp_pool, releasing_openmp_pool
@@ -16,6 +16,18 @@ from cogvx.models import Variant
 from cogvx.video import OUTPUT_FORMATS, save_video
 
 UPSCALES = (1, 2, 4)  # Real-ESRGAN output option (fast path)
+# Request ranges and choices, checked here. The predictors' Input(ge=, le=, choices=) repeat
+# them as literals (Cog's static schema parser reads only literals);
+# tests/test_predictor_inputs.py holds both equal.
+RANGES: dict[str, tuple[float, float]] = {
+    "num_inference_steps": (1, 100),
+    "guidance_scale": (0.0, 20.0),
+    "fps": (1, 60),
+    "output_quality": (1, 100),
+    "lora_scale": (-1.0, 3.0),
+    "strength": STRENGTH_RANGE,
+}
+CHOICES: dict[str, tuple] = {"output_format": OUTPUT_FORMATS, "upscale": UPSCALES}
 Metric = Callable[[str, Any], None]
 
 
@@ -62,17 +74,17 @@ class VideoService:
 
         image: a file for image-to-video; video: a file for video-to-video (T2V models).
         upscale / interpolate: Real-ESRGAN / RIFE x2 on the output (COGVX_FAST_WEIGHTS)."""
-        checks.choice("output_format", output_format, OUTPUT_FORMATS)
-        upscale = checks.integer_choice("upscale", upscale, UPSCALES)
+        checks.choice("output_format", output_format, CHOICES["output_format"])
+        upscale = checks.integer_choice("upscale", upscale, CHOICES["upscale"])
         factor = 2 if interpolate else 1
         post = [n for n, on in (("upscale", upscale > 1), ("interpolate", factor > 1)) if on]
         if post and self.fast is None:
             raise ValueError(fast_missing_message(" and ".join(post)))
-        output_quality = checks.integer("output_quality", output_quality, 1, 100)
-        fps = checks.integer("fps", fps, 1, 60)
-        num_inference_steps = checks.integer("num_inference_steps", num_inference_steps, 1, 100)
+        output_quality = _whole("output_quality", output_quality)
+        fps = _whole("fps", fps)
+        num_inference_steps = _whole("num_inference_steps", num_inference_steps)
         seed = checks.seed(seed)
-        checks.in_range("lora_scale", float(lora_scale), -1.0, 3.0)
+        checks.in_range("lora_scale", float(lora_scale), *RANGES["lora_scale"])
         v = self.model.variant
         frames = None
         if video is not None:
@@ -86,7 +98,9 @@ class VideoService:
             negative_prompt=(negative_prompt or "").strip(),
             num_frames=num_frames,
             num_inference_steps=num_inference_steps,
-            guidance_scale=float(checks.in_range("guidance_scale", guidance_scale, 0.0, 20.0)),
+            guidance_scale=float(
+                checks.in_range("guidance_scale", guidance_scale, *RANGES["guidance_scale"])
+            ),
             use_dynamic_cfg=use_dynamic_cfg,
             seed=seed,
             image=None if image is None else fit_input_image(image, v, image_fit, self.log),
@@ -101,16 +115,23 @@ class VideoService:
             else:
                 n = num_frames or v.default_frames
                 w, h = req.image.size if req.image is not None else (v.width, v.height)
+            assert self.fast is not None  # post without fast models was refused above
             check_fast_output(self.fast, n, h, w, upscale, factor, self.log, name="upscale")
         result = self.model.generate(req)
         out = result.frames
         if post:
+            assert self.fast is not None  # post without fast models was refused above
             out = fast_enhance(self.fast, out, upscale, factor, self.log)
             fps *= factor
         return save_video(
             out, stem=f"cogvideox-{result.seed}", fps=fps, fmt=output_format,
             quality=output_quality, log=self.log, record_metric=record_metric,
         )  # fmt: skip
+
+
+def _whole(name: str, value: object) -> int:
+    lo, hi = RANGES[name]
+    return checks.integer(name, value, int(lo), int(hi))
 
 
 def fit_input_image(path: str | Path, v: Variant, fit: str, log: Callable[[str], None]) -> Any:

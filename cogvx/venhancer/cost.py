@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 import torch
 
@@ -67,7 +68,7 @@ def _count_flops(latent_h: int, latent_w: int, frames: int, config_items: tuple)
     from cogvx.venhancer.controlnet import VEnhancerUNet, VideoControlNet
     from cogvx.venhancer.unet import build_unet
 
-    config = {k: list(v) if isinstance(v, tuple) else v for k, v in config_items}
+    config: dict[str, Any] = {k: list(v) if isinstance(v, tuple) else v for k, v in config_items}
     config = config or RELEASED_CONFIG
     with torch.device("meta"):
         model = VEnhancerUNet(build_unet(config), VideoControlNet.from_unet_config(config))

@@ -89,7 +89,10 @@ class VEnhancer:
         self.model = model.to(self.device, dtype).eval().requires_grad_(False)
         self.vae = vae.to(self.device).eval().requires_grad_(False)  # fp32 as the original
         self.tokenizer = tokenizer
-        self.text_encoder = text_encoder.to(self.device).eval().requires_grad_(False)
+        # transformers' decorated PreTrainedModel.to is typed without its self argument
+        self.text_encoder = (
+            text_encoder.to(self.device).eval().requires_grad_(False)  # type: ignore[arg-type]
+        )
         self.schedule = Schedule()
 
     @classmethod

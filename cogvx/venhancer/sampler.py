@@ -141,6 +141,7 @@ def dpmpp_2m_sde(
             eta_h = eta * h
             x = s_next / s * (-eta_h).exp() * x + (-h - eta_h).expm1().neg() * denoised
             if old_denoised is not None:
+                assert h_last is not None  # set together with old_denoised
                 r = h_last / h
                 x = x + 0.5 * (-h - eta_h).expm1().neg() * (1 / r) * (denoised - old_denoised)
             if eta:

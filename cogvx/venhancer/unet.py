@@ -7,6 +7,8 @@ are patched here in place, so latent heights must be 8k+2 (the pipeline pads to 
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 import torch
 import torch.nn.functional as F
 from diffusers import UNet3DConditionModel
@@ -25,6 +27,7 @@ RELEASED_CONFIG: dict = {
     "attention_head_dim": 64,
 }
 DOWNSAMPLE_PADDING = (2, 1)
+M = TypeVar("M", bound=torch.nn.Module)
 
 
 class CroppedUpsample2D(Upsample2D):
@@ -35,7 +38,7 @@ class CroppedUpsample2D(Upsample2D):
         return self.conv(x[..., 1:-1, :])
 
 
-def patch_resampling(unet: torch.nn.Module) -> torch.nn.Module:
+def patch_resampling(unet: M) -> M:
     """Give every Downsample2D conv padding (2, 1) and swap Upsample2D for CroppedUpsample2D.
 
     Works on a UNet3DConditionModel or a VideoControlNet, before or after loading weights.

@@ -79,8 +79,8 @@ def tiled_decode(
             img = vae.decode(piece.to(vae.dtype) / vae.config.scaling_factor, num_frames=n).sample
             pieces.append(img.float().unflatten(0, (b, n)).permute(0, 2, 1, 3, 4))
         video = blend_chunks(pieces, frame_window[1])
-        weights = gaussian_weights(video.shape[-1], video.shape[-2])
-        weights = torch.tensor(weights, dtype=out.dtype, device=out.device)
+        weights_np = gaussian_weights(video.shape[-1], video.shape[-2])
+        weights = torch.tensor(weights_np, dtype=out.dtype, device=out.device)
         ph = slice(hs.start * scale, hs.stop * scale)
         pw = slice(ws.start * scale, ws.stop * scale)
         out[..., ph, pw] += video * weights

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from cogvx.errors import InputError
 from cogvx.video.write import bitexact_scaling
 
 # (cheap) to learn each frame's timestamp; a single decoding pass then converts just the frames
@@ -17,7 +18,7 @@ from cogvx.video.write import bitexact_scaling
 SCAN_REORDER_MARGIN = 64  # packets read past the scan limit, so reordered (B-)frames are all seen
 
 
-class VideoReadError(ValueError):
+class VideoReadError(InputError):
     """The file is not a video that can be decoded here; the message names the file and why."""
 
     def __init__(self, message: str, frames_decoded: int | None = None) -> None:
@@ -78,7 +79,7 @@ def _open(path: Path) -> Any:
         ) from exc
     except (av.FFmpegError, OSError, UnicodeDecodeError) as exc:
         if isinstance(exc, av.error.ArgumentError):  # what a format off the whitelist gives
-            reason = "its container format is not one this server opens"
+            reason: object = "its container format is not one this server opens"
         else:
             reason = getattr(exc, "strerror", None) or exc  # without the server-side path
         raise VideoReadError(

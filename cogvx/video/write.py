@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -124,7 +124,8 @@ def _encode_av(
     rate = Fraction(fps).limit_denominator(1001)
     try:
         with av.open(str(path), "w", format=fmt, options=container_options) as out:
-            stream = out.add_stream(codec, rate=rate, options=options)
+            # `codec` is a str, so the stubs cannot pick the video-stream overload
+            stream = cast(av.VideoStream, out.add_stream(codec, rate=rate, options=options))
             stream.width, stream.height, stream.pix_fmt = data.shape[2], data.shape[1], "yuv420p"
             # A helper thread converts frame i+1 to YUV (swscale and numpy release the GIL)
             # while frame i encodes; at most CONVERT_AHEAD frames wait converted.
@@ -160,6 +161,7 @@ def _encode_gif(data: np.ndarray, path: Path, fps: float, global_args: Sequence[
     # Frames are converted one at a time while ffmpeg works on the previous ones.
     with tempfile.TemporaryFile() as err:
         proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stderr=err)
+        assert proc.stdin is not None  # stdin=PIPE
         try:
             for frame in data:
                 proc.stdin.write(np.ascontiguousarray(_uint8(frame)).tobytes())

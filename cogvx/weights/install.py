@@ -18,7 +18,7 @@ import socket
 import stat
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -31,8 +31,6 @@ from cogvx.net.urls import safe_url
 from cogvx.weights.extract import extract_stream
 from cogvx.weights.pack import _hash_files
 from cogvx.weights.tarcheck import MANIFEST_NAME, MARKER_NAME, TarChecker, parse_manifest
-
-Log = Callable[[str], None]
 
 Log = Callable[[str], None]
 SPACE_MARGIN = 64 << 20  # free space kept on top of 1.05 x the tarball
@@ -222,6 +220,8 @@ def _download(
 ) -> TarChecker:
     first = first_span(chunk_size, connections)
     target, conn, resp = open_first(url, first, stall_timeout, log)
+    total: int | None
+    chunks: Iterable[memoryview]
     try:
         if resp.status == 206:
             total = content_range_total(resp, label)
@@ -381,7 +381,9 @@ def _verify(root: Path, files: dict[str, int], checker: TarChecker | None, label
     if extra:
         raise WeightsError(f"{label}: files not listed in the manifest: {', '.join(extra[:5])}")
     if checker is not None:
-        digests = {name: sha for name, (_, sha) in checker.digests().items()}
+        digests: Mapping[str, str | None] = {
+            name: sha for name, (_, sha) in checker.digests().items()
+        }
     else:
         digests = _hash_files(root, sorted(expected))
     for rel, info in expected.items():

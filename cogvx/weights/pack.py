@@ -16,8 +16,6 @@ from cogvx.weights.tarcheck import MANIFEST_NAME, MARKER_NAME
 
 Log = Callable[[str], None]
 
-Log = Callable[[str], None]
-
 
 def pack_folder(src: str | os.PathLike, out_tar: str | os.PathLike, log: Log = print) -> Path:
     """Write an uncompressed tarball of `src`'s files (sorted, links dereferenced), manifest first.
@@ -51,7 +49,10 @@ def pack_folder(src: str | os.PathLike, out_tar: str | os.PathLike, log: Log = p
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".partial")
     try:
-        with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT, copybufsize=8 << 20) as tf:
+        # typeshed's tarfile.open lacks TarFile's copybufsize keyword
+        with tarfile.open(  # type: ignore[call-overload]
+            tmp, "w", format=tarfile.PAX_FORMAT, copybufsize=8 << 20
+        ) as tf:
             tf.addfile(
                 _tarinfo(MANIFEST_NAME, len(data), int(time.time()), 0o644), io.BytesIO(data)
             )

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from cogvx.errors import StateDictError, WeightsFileError
 
@@ -83,7 +83,7 @@ def plain_state_dict(
         raise error(f"{what} {source} holds a {type(loaded).__name__}, not a dict")
     for key in WRAPPER_KEYS:
         if isinstance(loaded.get(key), Mapping):
-            loaded = loaded[key]
+            loaded = cast(Mapping[Any, Any], loaded[key])
             break
     out: dict[str, Any] = {}
     for key, value in loaded.items():
