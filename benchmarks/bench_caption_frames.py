@@ -16,18 +16,15 @@ import os
 import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from cogvx.cogvlm2 import sample_frame_indices  # noqa: E402
-from cogvx.services.caption import load_clip  # noqa: E402
-from cogvx.video import ffmpeg_exe  # noqa: E402
+from cogvx.cogvlm2 import sample_frame_indices
+from cogvx.services.caption import load_clip
+from cogvx.video import ffmpeg_exe
 
 
 def ffmpeg_binary() -> str:

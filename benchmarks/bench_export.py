@@ -1,6 +1,8 @@
 """Encode a generation's frames: cogvx.video.write_video vs diffusers' export_to_video.
 
-    python benchmarks/bench_export.py [--repeats 5] [--sizes 49x480x720,81x768x1360,161x768x1360]
+    python -m benchmarks.bench_export [--repeats 5] [--sizes 49x480x720,81x768x1360,161x768x1360]
+
+(From the repo root, as a module: it imports tests.support.media, which is not installed.)
 
 Sizes are frames x height x width: 5b's 49 at 480x720 and 1.5's 81 and 161 at 768x1360. For
 each it prints both times, PSNR against the source frames, file size and faststart, plus our
@@ -13,18 +15,15 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from cogvx.video import write as video  # noqa: E402
-from cogvx.video import write_video  # noqa: E402
-from tests.media import mp4_atoms  # noqa: E402
+from cogvx.video import write as video
+from cogvx.video import write_video
+from tests.support.media import mp4_atoms
 
 
 def frames_like_a_generation(t: int = 49, h: int = 480, w: int = 720) -> np.ndarray:

@@ -24,11 +24,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from cogvx.weights.install import install_weights
+from cogvx.weights.pack import pack_folder
 
-from cogvx.weights.install import install_weights  # noqa: E402
-from cogvx.weights.pack import pack_folder  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 
 def make_folder(root: Path, size_mb: int) -> None:
@@ -49,8 +48,9 @@ def make_folder(root: Path, size_mb: int) -> None:
 
 
 def serve(tar: Path, rate_mbps: float) -> tuple[subprocess.Popen, str]:
-    """Start tests/weights_server.py in its own process (no GIL shared with the client)."""
-    cmd = [sys.executable, "-m", "tests.weights_server", str(tar), "--rate-mbps", str(rate_mbps)]
+    """Start tests/support/weights_server.py in its own process (no GIL shared with the client)."""
+    cmd = [sys.executable, "-m", "tests.support.weights_server", str(tar)]
+    cmd += ["--rate-mbps", str(rate_mbps)]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     return proc, proc.stdout.readline().strip()

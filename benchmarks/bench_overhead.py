@@ -1,6 +1,8 @@
 """A prediction through the real coglet server vs the bare diffusers call, tiny t2v-5b, on CPU.
 
-    python benchmarks/bench_overhead.py [--frames 49 --steps 50 --repeats 5]
+    python -m benchmarks.bench_overhead [--frames 49 --steps 50 --repeats 5]
+
+(From the repo root, as a module: it imports tests.support.coglet_harness, not installed.)
 
 One run, the same tiny weights, prompt, seed and arguments on every side, interleaved (one of
 each per repeat, so load drift hits all alike):
@@ -33,7 +35,6 @@ import os
 import queue
 import resource
 import statistics
-import sys
 import tempfile
 import threading
 import time
@@ -42,13 +43,10 @@ from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from cogvx.cogvideox.generate import VideoModel  # noqa: E402
-from cogvx.dev.tiny import save_tiny_weights  # noqa: E402
-from cogvx.gpu import cpu_generator, release_openmp_pool  # noqa: E402
-from tests.coglet_harness import CogletServer, save_output  # noqa: E402
+from cogvx.cogvideox.generate import VideoModel
+from cogvx.dev.tiny import save_tiny_weights
+from cogvx.gpu import cpu_generator, release_openmp_pool
+from tests.support.coglet_harness import CogletServer, save_output
 
 PROMPT = "a cat on the dog in the garden"
 

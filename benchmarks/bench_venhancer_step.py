@@ -21,16 +21,12 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from cogvx.dev.venhancer import TINY_UNET_CONFIG, tiny_venhancer  # noqa: E402
-from cogvx.venhancer.cost import flops_per_frame  # noqa: E402
+from cogvx.dev.venhancer import TINY_UNET_CONFIG, tiny_venhancer
+from cogvx.venhancer.cost import flops_per_frame
 
 SIZES = [(10, 16), (18, 32), (34, 64)]  # latent (h, w): heights 8k+2 as the UNet needs
 FRAMES = 8

@@ -4,7 +4,7 @@ import os
 import subprocess
 import sys
 
-from tests.coglet_harness import REPO
+from tests.support.coglet_harness import REPO
 
 CODE = """
 import os, threading, torch

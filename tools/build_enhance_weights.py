@@ -13,16 +13,13 @@ out (a fast-only or VEnhancer-only folder). Every part is loaded and checked bef
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
 
-import torch  # noqa: E402
-
-from cogvx.fast.models import FAST_DIR, RIFE_FILES, UPSCALER_FILES  # noqa: E402
-from cogvx.services.enhance import VENHANCER_DIR  # noqa: E402
+from cogvx.fast.models import FAST_DIR, RIFE_FILES, UPSCALER_FILES
+from cogvx.services.enhance import VENHANCER_DIR
 
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 

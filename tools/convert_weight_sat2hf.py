@@ -13,12 +13,10 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from cogvx.convert.sat import dtype_from_flags  # noqa: E402
-from cogvx.convert.sat_layout import FAMILIES  # noqa: E402
-from cogvx.convert.sat_pipeline import convert_pipeline  # noqa: E402
-from cogvx.lora.sat_format import SatConversionError  # noqa: E402
+from cogvx.convert.sat import dtype_from_flags
+from cogvx.convert.sat_layout import FAMILIES
+from cogvx.convert.sat_pipeline import convert_pipeline
+from cogvx.lora.sat_format import SatConversionError
 
 
 def _size(text: str) -> tuple[int, int]:

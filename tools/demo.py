@@ -23,11 +23,10 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from cogvx.dev.tiny import save_tiny_weights
+from cogvx.weights.pack import pack_folder
 
-from cogvx.dev.tiny import save_tiny_weights  # noqa: E402
-from cogvx.weights.pack import pack_folder  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 CONFIGS = {"t2v-5b": "cog.yaml", "t2v-2b": "cog.t2v-2b.yaml", "t2v-1.5": "cog.t2v-1.5.yaml"}
 FRAMES = {"t2v-5b": 49, "t2v-2b": 49, "t2v-1.5": 33}

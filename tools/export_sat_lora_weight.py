@@ -12,10 +12,8 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from cogvx.convert.sat_lora import export_lora  # noqa: E402
-from cogvx.lora.sat_format import SatConversionError  # noqa: E402
+from cogvx.convert.sat_lora import export_lora
+from cogvx.lora.sat_format import SatConversionError
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,14 +7,11 @@ python tools/make_tiny_weights.py --model enhance --out /tmp/tiny-enhance   (ven
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from cogvx.dev.tiny import save_tiny_weights  # noqa: E402
-from cogvx.models import VARIANTS  # noqa: E402
+from cogvx.dev.tiny import save_tiny_weights
+from cogvx.models import VARIANTS
 
 
 def main(argv: list[str] | None = None) -> int:

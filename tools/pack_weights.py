@@ -12,10 +12,8 @@ import tarfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from cogvx.weights.pack import pack_folder  # noqa: E402
-from cogvx.weights.tarcheck import MANIFEST_NAME  # noqa: E402
+from cogvx.weights.pack import pack_folder
+from cogvx.weights.tarcheck import MANIFEST_NAME
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,11 +18,7 @@ from pathlib import Path
 
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from cogvx.dev.schema import SchemaError, parse_ref, write_schema  # noqa: E402
+from cogvx.dev.schema import SchemaError, parse_ref, write_schema
 
 SCHEMA_PATH = Path(".cog") / "openapi_schema.json"
 

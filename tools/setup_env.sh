@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Create .venv with the pinned CPU test/dev environment, and make sure ffmpeg/ffprobe exist.
+# Create .venv with the pinned CPU test/dev environment and cogvx installed editable (-e .),
+# and make sure ffmpeg/ffprobe exist.
 # Idempotent: re-running only installs what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,4 +12,7 @@ fi
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --disable-pip-version-check -r requirements/test.txt
+# cogvx itself, editable: tools/ and benchmarks/ scripts import it from any working directory.
+# No build isolation: the venv's setuptools (torch requires it) builds it, with no index needed.
+.venv/bin/python -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
 echo "environment ready: $(.venv/bin/python -c 'import torch, diffusers, cog; print("torch", torch.__version__, "diffusers", diffusers.__version__, "cog", cog.__version__)')"

@@ -54,7 +54,7 @@ def _crf(quality: int, worst: int, best: int) -> int:
     return round(worst + (best - worst) * (quality - 1) / 99)
 
 
-# Same frames -> same bytes, every call, on every x86-64 CPU (tests/test_video_determinism.py):
+# Same frames -> same bytes, every call, on every x86-64 CPU (tests/video/test_video_determinism):
 # - x264's AVX-512 kernels read uninitialised heap memory: on AVX-512 CPUs, in-process encodes of
 #   identical frames differed call to call (a fresh ffmpeg process only looks stable because its
 #   heap starts clean). x264's SSSE3+ kernels also give other bytes than its SSE2 and C code, so

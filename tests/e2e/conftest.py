@@ -1,4 +1,7 @@
-"""Fixtures for end-to-end tests: tiny weights built by the tools, packed, served over loopback."""
+"""Fixtures for end-to-end tests: tiny weights built by the tools, packed, served over loopback.
+
+Every test collected under tests/e2e/ carries the `e2e` marker: `pytest -m "not e2e"` runs the
+unit tests only, `pytest -m e2e` these."""
 
 from __future__ import annotations
 
@@ -7,8 +10,19 @@ from pathlib import Path
 import pytest
 
 from cogvx.weights.pack import pack_folder
-from tests.weights_server import WeightsServer
+from tests.support.e2e import tiny_caption_folder
+from tests.support.weights_server import WeightsServer
 from tools.make_tiny_weights import main as make_tiny_weights
+
+HERE = Path(__file__).resolve().parent
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker
+def pytest_collection_modifyitems(config, items):
+    """Mark every test of this folder `e2e` (the hook sees the whole session's items)."""
+    for item in items:
+        if HERE in item.path.parents:
+            item.add_marker(pytest.mark.e2e)
 
 
 @pytest.fixture(scope="session")
@@ -40,3 +54,9 @@ def weights_server(tiny_tarballs):
 
         server.serve = serve  # type: ignore[attr-defined]
         yield server
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory) -> Path:
+    """The tiny CogVLM2 whose LM head can only say words of its own vocabulary (captioning)."""
+    return tiny_caption_folder(tmp_path_factory.mktemp("caption-tiny") / "cogvlm2")

@@ -1,9 +1,10 @@
 """Caption end to end: tiny CogVLM2 packed and served over HTTP -> real setup() -> real coglet.
 
-The tiny model is the golden fixture (../shared/fixtures/cogvlm2) with one change: its LM head
-keeps only the tokenizer's 463 ids, so greedy captions are real (random) text instead of ids
-that decode to "". Videos are sent as URLs, as a client would: the committed clips of
-tests/data/video_read (with the original demo's frames frozen beside them) and files made here.
+The tiny model (`tiny_folder`, tests/e2e/conftest.py) is the golden fixture
+(../shared/fixtures/cogvlm2) with one change: its LM head keeps only the tokenizer's 463 ids, so
+greedy captions are real (random) text instead of ids that decode to "". Videos are sent as
+URLs, as a client would: the committed clips of tests/data/video_read (with the original demo's
+frames frozen beside them) and files made here.
 """
 
 from __future__ import annotations
@@ -13,19 +14,14 @@ import shutil
 import subprocess
 
 import pytest
-from safetensors.torch import load_file, save_file
 
 from cogvx.cogvlm2 import CogVLM2Captioner
 from cogvx.errors import MissingWeightsError
 from cogvx.weights.pack import pack_folder
-from tests.coglet_harness import CogletServer
-from tests.shared_fixtures import fixture_dir
-from tests.video_reference import DATA, demo_frames
-from tests.weights_server import WeightsServer
+from tests.support.coglet_harness import CogletServer
+from tests.support.video_reference import DATA, demo_frames
+from tests.support.weights_server import WeightsServer
 
-FILES = ["config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json"]
-FILES += ["special_tokens_map.json"]
-VOCAB = 463  # ids 0..462 are the tiny tokenizer's; 128000+ are special
 TOKENS = 6
 
 
@@ -33,21 +29,6 @@ def _ffmpeg(*args: str) -> None:
     subprocess.run(
         ["/usr/bin/ffmpeg", "-hide_banner", "-loglevel", "error", "-y", *args], check=True
     )
-
-
-@pytest.fixture(scope="module")
-def tiny_folder(tmp_path_factory):
-    """The fixture model whose LM head can only say words of its own vocabulary."""
-    src, dst = fixture_dir("cogvlm2"), tmp_path_factory.mktemp("caption-tiny") / "cogvlm2"
-    dst.mkdir()
-    for name in FILES:
-        shutil.copy(src / name, dst / name)
-    state = load_file(str(src / "model.safetensors"))
-    head = state["lm_head.weight"].clone()
-    head[VOCAB:] = 0
-    state["lm_head.weight"] = head * 4
-    save_file(state, str(dst / "model.safetensors"), metadata={"format": "pt"})
-    return dst
 
 
 @pytest.fixture(scope="module")

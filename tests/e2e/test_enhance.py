@@ -18,9 +18,9 @@ from cogvx.fast.models import FastModels, fast_enhance
 from cogvx.venhancer.pipeline import VEnhancer
 from cogvx.video import read_frames, write_video
 from cogvx.weights.install import install_weights
-from tests.coglet_harness import CogletServer, save_output
-from tests.media import ffprobe
-from tests.weights_server import WeightsServer
+from tests.support.coglet_harness import CogletServer, save_output
+from tests.support.media import ffprobe
+from tests.support.weights_server import WeightsServer
 
 CHEAP = {"size_policy": "exact", "solver_mode": "normal", "steps": 2, "guidance_scale": 1.0}
 

@@ -2,74 +2,21 @@
 
 from __future__ import annotations
 
-import base64
-import io
-
 import numpy as np
 import pytest
-from PIL import Image
 
 from cogvx.dev.tiny import TINY_HEIGHT, TINY_WIDTH
-from tests.coglet_harness import CogletServer, save_output
-from tests.media import assert_different_video, assert_same_file, decode, ffprobe
-
-STEPS = 2
-
-
-def _env(tmp, url: str) -> dict[str, str]:
-    return {
-        "COG_WEIGHTS": url,
-        "COGVX_WEIGHTS_CACHE": str(tmp / "cache"),
-        "COGVX_OUTPUT_DIR": str(tmp / "outputs"),
-        "COGVX_LORA_CACHE": str(tmp / "loras"),
-    }
-
-
-def data_uri(data: bytes, mime: str) -> str:
-    """A data: URI, the way a client sends a file input inline."""
-    return f"data:{mime};base64,{base64.b64encode(data).decode()}"
-
-
-def image_uri(img: Image.Image, fmt: str = "PNG") -> str:
-    buf = io.BytesIO()
-    img.save(buf, fmt)
-    return data_uri(buf.getvalue(), f"image/{fmt.lower()}")
-
-
-def gradient(w: int, h: int, mode: str = "RGB") -> Image.Image:
-    """A smooth test picture (not flat, so fitting mistakes would show)."""
-    y, x = np.mgrid[0:h, 0:w]
-    arr = np.stack([x * 255 // max(w - 1, 1), y * 255 // max(h - 1, 1), (x + y) % 256], -1)
-    return Image.fromarray(arr.astype(np.uint8)).convert(mode)
-
-
-def predict_ok(server, tmp_path, name: str, **inputs):
-    """One successful prediction (waiting out coglet's short busy tail after the previous one)."""
-    for _ in range(20):
-        status, body = server.predict({"num_inference_steps": STEPS, **inputs}, timeout=300)
-        if status != 409:
-            break
-        server.wait_idle(timeout=60)
-    assert status == 200 and body["status"] == "succeeded", (body, server.logs()[-3000:])
-    return save_output(body["output"], tmp_path / name), body
-
-
-def predict_failed(server, **inputs) -> str:
-    """The error of a prediction that must fail; the server must stay READY."""
-    for _ in range(20):
-        status, body = server.predict({"num_inference_steps": STEPS, **inputs}, timeout=300)
-        if status != 409:
-            break
-        server.wait_idle(timeout=60)
-    assert status == 200 and body["status"] == "failed", body
-    assert server.wait_idle(timeout=60)["status"] == "READY"
-    return body["error"]
+from tests.support.coglet_harness import CogletServer
+from tests.support.e2e import data_uri, gradient, image_uri, predict_failed, predict_ok, runner_env
+from tests.support.loras import save_diffusers_lora
+from tests.support.media import assert_different_video, assert_same_file, decode, ffprobe
 
 
 @pytest.fixture(scope="module")
 def server_5b(weights_server, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("i2v5b")
-    with CogletServer("cog.i2v.yaml", env=_env(tmp, weights_server.serve("i2v-5b"))) as server:
+    url = weights_server.serve("i2v-5b")
+    with CogletServer("cog.i2v.yaml", env=runner_env(tmp, url)) as server:
         assert server.wait_ready(timeout=300)["status"] == "READY", server.logs()
         yield server
 
@@ -77,8 +24,6 @@ def server_5b(weights_server, tmp_path_factory):
 @pytest.fixture(scope="module")
 def lora_url(weights_server, tmp_path_factory) -> str:
     """A peft LoRA for the tiny transformers (same attention shapes in T2V and I2V), served."""
-    from tests.test_lora import save_diffusers_lora
-
     path = save_diffusers_lora(tmp_path_factory.mktemp("lora") / "style.safetensors")
     weights_server.files["/i2v-style.safetensors"] = path
     return weights_server.url("/i2v-style.safetensors")
@@ -147,7 +92,7 @@ def server_15(weights_server, tmp_path_factory):
     """CogVideoX1.5-I2V on tiny weights (their RoPE grid covers every size the rule picks)."""
     tmp = tmp_path_factory.mktemp("i2v15")
     url = weights_server.serve("i2v-1.5")
-    with CogletServer("cog.i2v-1.5.yaml", env=_env(tmp, url)) as server:
+    with CogletServer("cog.i2v-1.5.yaml", env=runner_env(tmp, url)) as server:
         assert server.wait_ready(timeout=300)["status"] == "READY", server.logs()
         yield server
 

@@ -7,11 +7,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from tests.coglet_harness import CogletServer
-from tests.e2e.test_i2v import _env, data_uri, predict_failed, predict_ok
-from tests.e2e.test_v2v import make_video
-from tests.media import assert_different_video, assert_same_file, decode
-from tests.test_lora import save_diffusers_lora
+from tests.support.coglet_harness import CogletServer
+from tests.support.e2e import data_uri, make_video, predict_failed, predict_ok, runner_env
+from tests.support.loras import save_diffusers_lora
+from tests.support.media import assert_different_video, assert_same_file, decode
 
 BASE = {"prompt": "a cat on the dog", "num_frames": 9, "seed": 5}
 
@@ -43,7 +42,7 @@ def loras(weights_server, tmp_path_factory) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def server(weights_server, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("lora-e2e")
-    with CogletServer("cog.yaml", env=_env(tmp, weights_server.serve("t2v-5b"))) as server:
+    with CogletServer("cog.yaml", env=runner_env(tmp, weights_server.serve("t2v-5b"))) as server:
         assert server.wait_ready(timeout=300)["status"] == "READY", server.logs()
         server.tmp = tmp  # type: ignore[attr-defined]
         yield server

@@ -24,11 +24,10 @@ import pytest
 from PIL import Image
 
 from cogvx.weights.pack import pack_folder
-from tests.coglet_harness import CogletServer, save_output
-from tests.e2e.test_caption import tiny_folder  # noqa: F401 (the tiny CogVLM2 fixture)
-from tests.e2e.test_i2v import _env, image_uri
-from tests.media import ffprobe
-from tests.weights_server import WeightsServer
+from tests.support.coglet_harness import CogletServer, save_output
+from tests.support.e2e import image_uri, runner_env
+from tests.support.media import ffprobe
+from tests.support.weights_server import WeightsServer
 
 SECRET_SIZE = "80x56"  # the private video's size: if it were ever probed, the logs would say so
 REFUSED = "is not a file sent with this request"
@@ -103,7 +102,7 @@ def _start(config: str, env: dict[str, str]):
 
 @pytest.fixture(scope="module")
 def t2v(weights_server, tmp_path_factory, outputs):
-    env = _env(tmp_path_factory.mktemp("security-t2v"), weights_server.serve("t2v-5b"))
+    env = runner_env(tmp_path_factory.mktemp("security-t2v"), weights_server.serve("t2v-5b"))
     server = _start("cog.yaml", {**env, "COGVX_OUTPUT_DIR": str(outputs)})
     yield server
     server.stop()
@@ -112,7 +111,8 @@ def t2v(weights_server, tmp_path_factory, outputs):
 @pytest.fixture(scope="module")
 def i2v(weights_server, tmp_path_factory):
     server = _start(
-        "cog.i2v.yaml", _env(tmp_path_factory.mktemp("sec-i2v"), weights_server.serve("i2v-5b"))
+        "cog.i2v.yaml",
+        runner_env(tmp_path_factory.mktemp("sec-i2v"), weights_server.serve("i2v-5b")),
     )
     yield server
     server.stop()

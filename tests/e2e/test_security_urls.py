@@ -13,10 +13,10 @@ import json
 import pytest
 
 from cogvx.net.urls import ALLOW_PRIVATE_ENV, fetch_failed
-from tests.coglet_harness import CogletServer, free_port
-from tests.e2e.test_i2v import _env, predict_failed, predict_ok
-from tests.test_lora import save_diffusers_lora
-from tests.weights_server import WeightsServer
+from tests.support.coglet_harness import CogletServer, free_port
+from tests.support.e2e import predict_failed, predict_ok, runner_env
+from tests.support.loras import save_diffusers_lora
+from tests.support.weights_server import WeightsServer
 
 SECRET = b"INTERNAL-SECRET-" * 64
 BASE = {"prompt": "a cat", "num_frames": 9, "seed": 1}
@@ -50,7 +50,8 @@ def allowed(internal, tmp_path_factory):
 @pytest.fixture(scope="module")
 def server(weights_server, allowed, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("sec-t2v")
-    env = _env(tmp, weights_server.serve("t2v-5b"))  # operator URL on loopback: not restricted
+    # operator URL on loopback: not restricted
+    env = runner_env(tmp, weights_server.serve("t2v-5b"))
     env[ALLOW_PRIVATE_ENV] = f"127.0.0.1:{allowed.port}"
     with CogletServer("cog.yaml", env=env) as server:
         assert server.wait_ready(timeout=300)["status"] == "READY", server.logs()
@@ -148,7 +149,7 @@ def test_malformed_urls_get_short_messages_naming_lora_url(server, url, message)
 def test_with_the_opt_in_off_even_the_allow_listed_host_is_refused(
     weights_server, allowed, tmp_path
 ):
-    env = {**_env(tmp_path, weights_server.serve("t2v-5b")), ALLOW_PRIVATE_ENV: "0"}
+    env = {**runner_env(tmp_path, weights_server.serve("t2v-5b")), ALLOW_PRIVATE_ENV: "0"}
     with CogletServer("cog.yaml", env=env) as off:
         assert off.wait_ready(timeout=300)["status"] == "READY", off.logs()
         before = allowed.count("/style.safetensors")

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.coglet_harness import CogletServer, save_output
-from tests.media import assert_same_file, ffprobe
+from tests.support.coglet_harness import CogletServer, save_output
+from tests.support.media import assert_same_file, ffprobe
 
 STEPS = 2
 MB_PROMPT = "a cat walks on the grass " * 42_000  # ~1 MB

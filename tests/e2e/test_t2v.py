@@ -8,8 +8,8 @@ import time
 import pytest
 
 from cogvx.dev.tiny import TINY_HEIGHT, TINY_WIDTH
-from tests.coglet_harness import CogletServer, save_output
-from tests.media import assert_different_video, assert_same_file, ffprobe, mp4_atoms
+from tests.support.coglet_harness import CogletServer, save_output
+from tests.support.media import assert_different_video, assert_same_file, ffprobe, mp4_atoms
 
 STEPS = 2
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-
 import numpy as np
 import pytest
 
@@ -11,20 +9,9 @@ from cogvx.cogvideox.generate import Request, VideoModel
 from cogvx.cogvideox.v2v import load_video, plan_frames
 from cogvx.dev.tiny import TINY_HEIGHT, TINY_WIDTH
 from cogvx.models import get_variant
-from tests.coglet_harness import CogletServer
-from tests.e2e.test_i2v import _env, data_uri, predict_failed, predict_ok
-from tests.media import assert_different_video, assert_same_file, ffprobe
-
-
-def make_video(path, seconds: float, fps: int = 30, size: str = "160x120") -> bytes:
-    """A real H.264 clip from ffmpeg's test source."""
-    subprocess.run(
-        ["ffmpeg", "-loglevel", "error", "-y", "-f", "lavfi",
-         "-i", f"testsrc=size={size}:rate={fps}", "-t", str(seconds),
-         "-c:v", "libx264", "-pix_fmt", "yuv420p", str(path)],
-        check=True,
-    )  # fmt: skip
-    return path.read_bytes()
+from tests.support.coglet_harness import CogletServer
+from tests.support.e2e import data_uri, make_video, predict_failed, predict_ok, runner_env
+from tests.support.media import assert_different_video, assert_same_file, ffprobe
 
 
 def test_frames_are_sampled_at_the_model_rate_and_cut_to_an_allowed_count():
@@ -75,7 +62,7 @@ def test_15_video_to_video_runs_in_process(tmp_path, tiny_tarballs):
 @pytest.fixture(scope="module")
 def server(weights_server, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("v2v")
-    with CogletServer("cog.yaml", env=_env(tmp, weights_server.serve("t2v-5b"))) as server:
+    with CogletServer("cog.yaml", env=runner_env(tmp, weights_server.serve("t2v-5b"))) as server:
         assert server.wait_ready(timeout=300)["status"] == "READY", server.logs()
         server.tmp = tmp  # type: ignore[attr-defined]
         yield server

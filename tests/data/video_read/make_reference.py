@@ -61,7 +61,7 @@ HERE = Path(__file__).resolve().parent
 SAMPLING = HERE.parents[2] / "cogvx" / "cogvlm2" / "sampling.py"
 FFMPEG = "/usr/bin/ffmpeg"
 STRATEGIES = ("chat", "base")
-NEIGHBOURS = 3  # as in tests/test_video_read.py: each stored frame must differ from these
+NEIGHBOURS = 3  # as in tests/video/test_video_read.py: each stored frame must differ from these
 MIN_NEIGHBOUR_MAD = 1.5  # mean abs difference to any of them (a shifted frame shows)
 
 

@@ -21,9 +21,9 @@ import pytest
 
 from cogvx.video import read_frames, write_video
 from cogvx.video import write as video
-from tests.media import sha256
+from tests.support.media import sha256
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def generation_like(t: int, h: int, w: int, seed: int = 0) -> np.ndarray:

@@ -7,7 +7,7 @@ import torch
 
 from cogvx.venhancer import arith
 from cogvx.venhancer.schedule import Schedule
-from tests.shared_fixtures import fixture_dir
+from tests.support.shared_fixtures import fixture_dir
 
 FIX = fixture_dir("venhancer")
 ROWS = json.loads((FIX / "arith/arith.json").read_text())["rows"]

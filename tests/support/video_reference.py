@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-DATA = Path(__file__).parent / "data" / "video_read"
+DATA = Path(__file__).resolve().parents[1] / "data" / "video_read"
 REFERENCE: dict[str, dict] = json.loads((DATA / "reference.json").read_text())["clips"]
 
 

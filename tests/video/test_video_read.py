@@ -30,8 +30,8 @@ from cogvx.services.caption import (
     plan_caption_memory,
 )
 from cogvx.video import VideoReadError, bitexact_scaling, probe_video, read_frames, write_video
-from tests.video_reference import DATA, REFERENCE, reference_arrays
-from tests.video_reference import reference_frames as frozen_frames
+from tests.support.video_reference import DATA, REFERENCE, reference_arrays
+from tests.support.video_reference import reference_frames as frozen_frames
 
 FFMPEG = "/usr/bin/ffmpeg"
 # Pixels against the frozen frames. FFmpeg's default YUV->RGB conversion (what decord and plain

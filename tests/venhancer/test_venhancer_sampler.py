@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 from cogvx.venhancer import sampler
 from cogvx.venhancer.convert import load_venhancer_unet
 from cogvx.venhancer.schedule import Schedule
-from tests.shared_fixtures import fixture_dir
+from tests.support.shared_fixtures import fixture_dir
 
 FIX = fixture_dir("venhancer")
 RUNS = json.loads((FIX / "sampler/runs.json").read_text())

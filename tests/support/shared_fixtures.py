@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CANDIDATES = [
     Path(os.environ["COGVX_FIXTURES"]) if os.environ.get("COGVX_FIXTURES") else None,
     REPO.parent / "shared" / "fixtures",

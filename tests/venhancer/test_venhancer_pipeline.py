@@ -13,7 +13,7 @@ from cogvx.venhancer import arith, cost, text, vae
 from cogvx.venhancer.controlnet import VEnhancerUNet, VideoControlNet
 from cogvx.venhancer.pipeline import VEnhancer
 from cogvx.venhancer.unet import build_unet
-from tests.shared_fixtures import fixture_dir
+from tests.support.shared_fixtures import fixture_dir
 
 FIXTURE_CKPT = fixture_dir("venhancer") / "unet/model.safetensors"
 

@@ -24,7 +24,7 @@ from cogvx.net.urls import (
     split_url,
     user_url_policy,
 )
-from tests.weights_server import WeightsServer
+from tests.support.weights_server import WeightsServer
 
 MIRROR = ("mirror.internal", None)
 PUBLIC = "93.184.215.14"  # returned by the stub only; never connected to (refused or not used)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from cogvx.video import fresh_output_path, to_uint8_frames, write_video
-from tests.media import ffprobe, mp4_atoms
+from tests.support.media import ffprobe, mp4_atoms
 
 
 def _frames(t=49, h=48, w=80):

@@ -7,7 +7,7 @@ import pytest
 
 from cogvx.dev.static_inputs import static_input_problems
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PREDICTORS = ["predict_t2v", "predict_i2v", "predict_caption", "predict_enhance"]
 
 

@@ -3,7 +3,7 @@
 Serves files from memory or disk with keep-alive and Range support, and can misbehave on purpose:
 ignore ranges, drop a connection half-way, cap each connection's rate, hold requests at a gate.
 
-CLI (benchmark): python -m tests.weights_server FILE [--rate-mbps R]  -> prints the URL, serves.
+CLI (benchmark): python -m tests.support.weights_server FILE [--rate-mbps R]  (prints the URL)
 """
 
 from __future__ import annotations

@@ -23,8 +23,8 @@ from cogvx.services.enhance import EnhanceService, find_enhance_root
 from cogvx.services.enhance_request import Request, check_request, resolve_target_fps
 from cogvx.venhancer import arith
 from cogvx.venhancer.memory import WorkingSet, venhancer_working_set
-from tests.media import ffprobe
-from tests.shared_fixtures import fixture_dir
+from tests.support.media import ffprobe
+from tests.support.shared_fixtures import fixture_dir
 from tools.build_enhance_weights import main as build_enhance_weights
 
 CHEAP = {"size_policy": "exact", "solver_mode": "normal", "steps": 1, "guidance_scale": 1.0}

@@ -11,7 +11,7 @@ from safetensors.torch import load_file, save_file
 from cogvx.venhancer import convert
 from cogvx.venhancer.controlnet import VEnhancerUNet, VideoControlNet
 from cogvx.venhancer.unet import RELEASED_CONFIG, check_latent_size
-from tests.shared_fixtures import fixture_dir
+from tests.support.shared_fixtures import fixture_dir
 
 FIX = fixture_dir("venhancer") / "unet"
 

@@ -1,6 +1,6 @@
 """Drive a real coglet server (started through tools/serve.py) from tests.
 
-    from tests.coglet_harness import CogletServer, save_output
+    from tests.support.coglet_harness import CogletServer, save_output
 
     with CogletServer("cog.yaml", env={"COG_WEIGHTS": str(tiny)}) as server:
         health = server.wait_ready(timeout=120)
@@ -31,7 +31,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SERVE = REPO / "tools" / "serve.py"
 TERMINAL = {"READY", "SETUP_FAILED", "DEFUNCT"}
 

@@ -26,7 +26,7 @@ from cogvx.cogvlm2 import (
 )
 from cogvx.cogvlm2.model import CheckpointRotaryEmbedding
 from cogvx.cogvlm2.quantize import QuantizationUnavailableError
-from tests.shared_fixtures import fixture_dir
+from tests.support.shared_fixtures import fixture_dir
 
 FIXTURE = fixture_dir("cogvlm2")
 PROMPT = "Please describe this video in detail."
@@ -305,7 +305,7 @@ def test_chat_frames_match_the_original_loop(total, fps):
 @pytest.mark.parametrize("name", ["h264.mp4", "vfr.mp4", "ts.ts", "vp9.webm"])
 def test_chat_frames_from_decord_timestamps(name):
     """decord's timestamps of committed clips (frozen): the rule picks what the demo picked."""
-    from tests.video_reference import REFERENCE, reference_arrays
+    from tests.support.video_reference import REFERENCE, reference_arrays
 
     clip = REFERENCE[name]
     stamps = reference_arrays()[f"{name}/timestamps"][:, 0]

@@ -16,7 +16,7 @@ from cogvx.convert.sat_pipeline import convert_pipeline
 from cogvx.dev.sat_synth import sat_transformer_state, sat_vae_state, tiny_transformer, tiny_vae
 from cogvx.dev.tiny import save_tiny_t5
 from cogvx.lora.sat_format import SAT_PREFIX, SatConversionError
-from tests.shared_fixtures import fixture_dir
+from tests.support.shared_fixtures import fixture_dir
 from tools.convert_weight_sat2hf import main as convert_main
 
 FIXTURES = fixture_dir("sat")

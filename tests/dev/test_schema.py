@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from cogvx.dev.schema import openapi_schema
-from tests.coglet_harness import CogletServer, decode_data_uri, save_output
+from tests.support.coglet_harness import CogletServer, decode_data_uri, save_output
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SAMPLE = REPO / "tests" / "sample_runner"
 WEIGHTS = "https://example.invalid/sample-weights.tar"
 PNG_1PX = base64.b64decode(

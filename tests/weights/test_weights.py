@@ -20,9 +20,9 @@ from cogvx.net.chunks import plan_spans
 from cogvx.weights.install import install_weights
 from cogvx.weights.pack import pack_folder
 from cogvx.weights.tarcheck import MANIFEST_NAME, MARKER_NAME
-from tests.weights_server import WeightsServer
+from tests.support.weights_server import WeightsServer
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CHUNK = 256 << 10
 
 
