@@ -8,6 +8,9 @@ from pathlib import Path
 from typing import Any, cast
 
 SEED_TARBALL_BASE = "https://weights.replicate.delivery/default/THUDM/CogVideo"
+# Every released diffusers folder (THUDM/CogVideoX-2b, -5b, -5b-I2V, 1.5-5B, 1.5-5B-I2V) ships
+# this scheduler; Variant.scheduler is the one THUDM's cli_demo runs (the loader swaps it in).
+RELEASE_SCHEDULER = "CogVideoXDDIMScheduler"
 FOLDER_OVERRIDES = "cogvx.json"  # optional file in a weights folder: {"height": .., "width": ..}
 OVERRIDE_KEYS = ("height", "width", "fps", "min_side", "max_side")
 
@@ -46,11 +49,12 @@ class Variant:
     width: int
     max_tokens: int  # T5 prompt length the transformer was trained with
     memory: MemoryNeed
-    scheduler: str = "CogVideoXDPMScheduler"  # diffusers scheduler class of the release
+    scheduler: str = "CogVideoXDPMScheduler"  # the class THUDM runs it with (cli_demo)
     snr_shift_scale: float = 1.0
     vae_scaling_factor: float = 0.7
     default_guidance: float = 6.0
     default_steps: int = 50
+    dynamic_cfg: bool = True  # THUDM: cosine CFG with DPM; off for 2b's DDIM
     # Image-to-video size rule: None = fixed height x width; else the short side is min_side and
     # the long side follows the image's aspect ratio up to max_side, in multiples of size_multiple.
     min_side: int | None = None
@@ -121,6 +125,7 @@ VARIANTS: dict[str, Variant] = {
             max_tokens=226,
             memory=MemoryNeed(no_offload=18.0, model_offload=12.0, sequential_offload=4.0),
             scheduler="CogVideoXDDIMScheduler",
+            dynamic_cfg=False,
             snr_shift_scale=3.0,
             vae_scaling_factor=1.15258426,
         ),
@@ -157,7 +162,7 @@ VARIANTS: dict[str, Variant] = {
             fps=16,
             height=768,
             width=1360,
-            max_tokens=224,
+            max_tokens=226,  # the released transformer config (SAT trained on 224): see README
             memory=MemoryNeed(no_offload=42.0, model_offload=24.0, sequential_offload=10.0),
             patch_t=2,
         ),
@@ -194,7 +199,7 @@ VARIANTS: dict[str, Variant] = {
             fps=16,
             height=768,
             width=1360,
-            max_tokens=224,
+            max_tokens=226,  # the released transformer config (SAT trained on 224): see README
             memory=MemoryNeed(no_offload=43.0, model_offload=25.0, sequential_offload=10.0),
             patch_t=2,
             min_side=768,  # THUDM: min(W, H) = 768, 768 <= max(W, H) <= 1360, multiples of 16

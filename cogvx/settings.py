@@ -20,6 +20,7 @@ LORA_CACHE_ENV = "COGVX_LORA_CACHE"  # folder of cached LoRA files (default <wei
 LORA_MIN_FREE_ENV = "COGVX_LORA_MIN_FREE_GB"  # evict cached LoRAs to keep this much disk free
 LORA_MAX_BYTES_ENV = "COGVX_LORA_MAX_BYTES"  # largest LoRA file accepted
 ALLOW_PRIVATE_ENV = "COGVX_ALLOW_PRIVATE_URLS"  # user URLs: 1 | 0 | host[:port],...
+HF_ENDPOINT_ENV = "HF_ENDPOINT"  # huggingface_hub's variable: a mirror of huggingface.co
 
 DEFAULT_OUTPUT_ROOT = "/tmp/cogvx-outputs"
 DEFAULT_LORA_MIN_FREE = 10 << 30
@@ -91,3 +92,8 @@ def lora_max_bytes() -> int:
 def allow_private_urls() -> str:
     """COGVX_ALLOW_PRIVATE_URLS as given (parsed by `cogvx.net.urls.user_url_policy`)."""
     return _text(ALLOW_PRIVATE_ENV)
+
+
+def hf_endpoint() -> str:
+    """HF_ENDPOINT (huggingface_hub's variable for a mirror), default https://huggingface.co."""
+    return _text(HF_ENDPOINT_ENV) or "https://huggingface.co"

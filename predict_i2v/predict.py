@@ -15,7 +15,7 @@ class Inputs:
         description="The first frame: PNG, JPEG, WebP, GIF (first frame), BMP or TIFF, up to 80 MP. Any mode is converted to 8-bit RGB (transparency on white); EXIF rotation is applied."  # noqa: E501
     )
     prompt = Input(
-        description="What happens in the video. Up to 226 T5 tokens (224 for 1.5) are read; longer prompts are truncated and the logs say so."  # noqa: E501
+        description="What happens in the video. Up to 226 T5 tokens are read; longer prompts are truncated and the logs say so."  # noqa: E501
     )
     negative_prompt = Input(
         description="What the video should not show (leave empty for none).", default=""
@@ -63,11 +63,11 @@ class Inputs:
         default=1,
     )
     lora_url = Input(
-        description="Optional LoRA (.safetensors only): an https URL of the file or of a .tar holding one, a Hugging Face repo as owner/repo (file pytorch_lora_weights.safetensors) or owner/repo/file.safetensors, or a replicate.com model URL. Downloads are cached; leave blank for the base model.",  # noqa: E501
+        description="Optional LoRA (.safetensors only): an https URL of the file or of a .tar holding one, a Hugging Face repo as owner/repo (its pytorch_lora_weights.safetensors or its one .safetensors), owner/repo/file.safetensors or a huggingface.co page of either, a replicate.com model URL, or a civitai.com download link. Downloads are cached; leave blank for the base model.",  # noqa: E501
         default=None,
     )
     lora_scale = Input(
-        description="LoRA strength: 1 = as trained (alpha/rank applied), 0 = the base model.",
+        description="LoRA strength: 1 = the file's alpha/rank (a file that stores no alpha, as THUDM's trainer saves them, loads at alpha = rank, as in diffusers), 0 = the base model.",  # noqa: E501
         default=1.0,
         ge=-1.0,
         le=3.0,

@@ -75,6 +75,7 @@ def test_video_runner_inputs_match_the_variants_table(ref):
     assert got["fps"]["default"] == v.fps
     assert got["num_inference_steps"]["default"] == v.default_steps
     assert got["guidance_scale"]["default"] == v.default_guidance
+    assert got["use_dynamic_cfg"]["default"] == v.dynamic_cfg
     ranges = {k: r for k, r in video_service.RANGES.items() if k != "strength" or "video" in got}
     assert set(ranges) - set(got) <= {"strength"}
     _check_tables(got, ranges, video_service.CHOICES)
@@ -111,3 +112,14 @@ def test_shared_inputs_blocks_of_t2v_and_i2v_stay_identical():
     assert set(i2v) - set(t2v) == {"image"}
     differ = {k for k in set(t2v) & set(i2v) if t2v[k] != i2v[k]}
     assert differ == set(SHARED_DIFFERENCES), {k: (t2v[k], i2v[k]) for k in differ}
+
+
+def test_every_config_is_a_row_of_the_deployments_table():
+    from cogvx.models import DEPLOYMENTS, VARIANTS
+
+    configs = {p.name: yaml.safe_load(p.read_text())["run"] for p in ROOT.glob("cog*.yaml")}
+    assert {d.config: d.run for d in DEPLOYMENTS} == configs
+    for d in DEPLOYMENTS:
+        if d.model in VARIANTS:  # a CogVideoX runner loads the variant its row names
+            assert _runner_class(d.run).MODEL == d.model
+    assert {d.model for d in DEPLOYMENTS} == set(VARIANTS) | {"caption", "enhance"}

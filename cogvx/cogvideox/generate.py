@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from cogvx import checks
+from cogvx.cogvideox.tiling import set_tiling
 from cogvx.gpu import MemoryPlan, apply_plan, cpu_generator, current_plan, resolve_seed, torch_dtype
 from cogvx.log import bound_library_logs
 from cogvx.log import log as log_line
@@ -51,6 +52,22 @@ def resolve_weights(v: Variant, weights: str | None, log: Log) -> Path:
     source = str(weights) if weights else v.weights_url
     folder = install_model(source, v.name, missing_weights_message(v), log=log)
     return find_pipeline_root(folder)
+
+
+def use_variant_scheduler(pipe: Any, v: Variant, log: Log) -> None:
+    """Run the scheduler THUDM runs the model with, whatever the folder ships.
+
+    The released diffusers folders all ship CogVideoXDDIMScheduler; THUDM's cli_demo swaps in
+    CogVideoXDPMScheduler for 5b / 1.5 (and keeps DDIM for 2b), always with trailing timesteps,
+    from the shipped config (betas, SNR shift, v-prediction). The variants table names the class.
+    """
+    import diffusers
+
+    shipped = type(pipe.scheduler).__name__
+    cls = getattr(diffusers, v.scheduler)
+    pipe.scheduler = cls.from_config(pipe.scheduler.config, timestep_spacing="trailing")
+    note = "" if shipped == v.scheduler else f" (the folder ships {shipped})"
+    log(f"scheduler: {v.scheduler}, {pipe.scheduler.config.timestep_spacing}{note}")
 
 
 @dataclass
@@ -110,6 +127,7 @@ class VideoModel:
             folder, dtype=torch_dtype(v.dtype, plan.device)
         )
         pipe.set_progress_bar_config(mininterval=1.0)
+        use_variant_scheduler(pipe, v, log)
         apply_plan(pipe, plan, log)
         bound_library_logs()  # diffusers logs the truncated part of a prompt: clip its records
         log(f"loaded {v.name} from {folder} in {time.perf_counter() - t0:.1f}s")
@@ -202,6 +220,7 @@ class VideoModel:
             kwargs["num_frames"] = req.num_frames
             what = f"{req.num_frames} frames"
         kwargs.update(height=height, width=width)
+        set_tiling(pipe.vae, self.plan.vae_tiling, height, width, self.log)
         self.log(
             f"generating {what} at {width}x{height}, "
             f"{req.num_inference_steps} steps, guidance {req.guidance_scale}"

@@ -8,7 +8,13 @@ from pathlib import Path
 
 import torch
 
-from cogvx.models import FOLDER_OVERRIDES, Variant, get_variant, scheduler_config
+from cogvx.models import (
+    FOLDER_OVERRIDES,
+    RELEASE_SCHEDULER,
+    Variant,
+    get_variant,
+    scheduler_config,
+)
 
 TINY_HEIGHT, TINY_WIDTH = 32, 48  # non-square, so height/width mix-ups show
 TEXT_DIM = 32
@@ -102,9 +108,10 @@ def _vae(v: Variant, seed: int):
 
 
 def _scheduler(v: Variant):
+    """What the released folders ship (DDIM for every model); the loader swaps in v.scheduler."""
     import diffusers
 
-    return getattr(diffusers, v.scheduler)(**scheduler_config(v))
+    return getattr(diffusers, RELEASE_SCHEDULER)(**scheduler_config(v))
 
 
 def build_tiny_pipeline(model: str, seed: int = 0):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import json
 import os
 import shutil
 import time
@@ -14,6 +15,7 @@ from cogvx import settings
 from cogvx.errors import LoraError, WeightsError
 from cogvx.log import clip
 from cogvx.lora.files import extract_safetensors
+from cogvx.lora.sources import hf_endpoint, pick_repo_file
 from cogvx.net.http import content_range_total, open_first
 from cogvx.net.urls import UrlPolicy, fetch_failed, safe_url, user_url_policy
 from cogvx.settings import LORA_MAX_BYTES_ENV
@@ -21,6 +23,7 @@ from cogvx.settings import LORA_MAX_BYTES_ENV
 Log = Callable[[str], None]
 
 STALL_TIMEOUT = 60.0
+MAX_LISTING = 4 << 20  # bytes of a Hugging Face file listing read at most
 
 
 class LoraCache:
@@ -50,6 +53,7 @@ class LoraCache:
         self.log = log
         self.policy = policy or user_url_policy("lora_url")  # which addresses URLs may reach
         self.hits = self.downloads = self.evictions = 0
+        self._repo_files: dict[tuple[str, str], str] = {}
 
     def path_for(self, url: str) -> Path:
         """Where the file for `url` lives (whether or not it is there)."""
@@ -82,6 +86,35 @@ class LoraCache:
         self.downloads += 1
         self.log(f"lora: downloaded {label} ({size / 1e6:.1f} MB) in {time.monotonic() - t0:.1f}s")
         return path
+
+    def find_repo_file(self, repo: str, rev: str) -> str:
+        """The download URL of a Hugging Face repo's LoRA file, from the Hub's file listing:
+        `pytorch_lora_weights.safetensors`, else the repo's one .safetensors (memoized)."""
+        key = (repo, rev)
+        if key not in self._repo_files:
+            api = f"{hf_endpoint()}/api/models/{repo}/revision/{rev}"
+            failed = LoraError(fetch_failed("lora_url", f"{hf_endpoint()}/{repo}"))
+            try:
+                _, conn, resp = open_first(
+                    api, MAX_LISTING, STALL_TIMEOUT, self.log, policy=self.policy
+                )
+            except WeightsError:
+                raise failed from None
+            try:
+                body = b""
+                while (chunk := _read(resp, failed)) and len(body) <= MAX_LISTING:
+                    body += chunk
+            finally:
+                conn.close()
+            try:
+                listing = json.loads(body)
+                files = [str(s["rfilename"]) for s in listing["siblings"]]
+            except (ValueError, KeyError, TypeError):
+                raise failed from None
+            name = pick_repo_file(files, repo)
+            self._repo_files[key] = f"{hf_endpoint()}/{repo}/resolve/{rev}/{name}"
+            self.log(f"lora: {repo} holds {clip(name, 80)}")
+        return self._repo_files[key]
 
     def make_room(self, need: int, keep: Path | None = None) -> None:
         """Evict least recently used files until `need` bytes fit above the free-space floor."""

@@ -23,7 +23,7 @@ from cogvx.errors import LoraError
 from cogvx.log import clip
 from cogvx.lora.sources import HF_DEFAULT_FILE
 from cogvx.weights.tarcheck import describe_head, looks_like_tar
-from cogvx.weights.tensors import read_safetensors
+from cogvx.weights.tensors import read_safetensors, safetensors_header
 
 Log = Callable[[str], None]
 
@@ -33,6 +33,7 @@ _LORA_KEY = re.compile(
     r"^(?P<module>.+)\.(?P<kind>lora_A|lora_B|lora_down|lora_up)(?:\.[\w-]+)?\.weight$"
 )
 _ALPHA_KEY = re.compile(r"^(?P<module>.+)\.alpha$")
+KOHYA_PREFIXES = ("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_")
 _STRIP_PREFIXES = ("transformer.", "base_model.model.")
 
 
@@ -144,6 +145,14 @@ def normalize_lora(
     meta = _adapter_metadata(metadata or {}, label)
     pairs: dict[str, dict[str, tuple[str, torch.Tensor]]] = {}
     alphas: dict[str, float] = {}
+    kohya = next((k for k in sd if k.startswith(KOHYA_PREFIXES)), None)
+    if kohya is not None:
+        raise LoraError(
+            f"LoRA {label} is a Kohya-format LoRA ({kohya!r}: lora_unet_* / lora_te_* keys); "
+            "diffusers has no Kohya converter for CogVideoX, so it cannot be loaded. Use a "
+            "diffusers/peft LoRA (transformer_blocks.N.attn1.to_q.lora_A.weight ...), as "
+            "diffusers' and THUDM's CogVideoX trainers save"
+        )
     for key in sorted(sd, key=_natural):
         if key.startswith(("text_encoder.", "te.", "lora_te")):
             raise LoraError(
@@ -248,3 +257,14 @@ def prepare_lora(
     check_fits(state, transformer, model, label, origin)
     dtype = next(transformer.parameters()).dtype
     return {k: v.to(dtype).contiguous() for k, v in state.items()}
+
+
+def alpha_note(path: str | Path, label: str) -> str:
+    """How the LoRA's strength at lora_scale 1 was set, for the load log line (header only)."""
+    keys, metadata = safetensors_header(path, f"LoRA {label}", LoraError)
+    if any(".matrix_A." in k for k in keys):
+        return "SAT matrices, scale as exported"
+    stored = any(_ALPHA_KEY.match(k) for k in keys)
+    if stored or "lora_alpha" in _adapter_metadata(metadata, label):
+        return "alpha/rank from the file"
+    return "no alpha stored: alpha = rank (scale 1), as diffusers loads it"

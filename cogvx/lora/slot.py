@@ -10,8 +10,8 @@ from typing import Any
 from cogvx.errors import LoraError
 from cogvx.log import clip
 from cogvx.lora.cache import LoraCache
-from cogvx.lora.files import prepare_lora
-from cogvx.lora.sources import resolve_source
+from cogvx.lora.files import alpha_note, prepare_lora
+from cogvx.lora.sources import parse_source
 from cogvx.net.urls import safe_url
 
 Log = Callable[[str], None]
@@ -48,7 +48,10 @@ class LoraSlot:
             return
         if not math.isfinite(scale):
             raise LoraError(f"lora_scale={scale!r} is not a finite number")
-        url = resolve_source(source)
+        parsed = parse_source(source)
+        url = parsed.url
+        if parsed.repo is not None:  # no file named: list the repo's files (memoized)
+            url = self.cache.find_repo_file(parsed.repo, parsed.rev)
         label = clip(safe_url(url))
         if url != self.url:
             path = self.cache.fetch(url)
@@ -66,7 +69,8 @@ class LoraSlot:
             ranks = sorted({t.shape[0] for k, t in state.items() if "lora_A" in k})
             self.log(
                 f"lora: loaded {label} ({len(state) // 2} layers, rank "
-                f"{'/'.join(map(str, ranks))}) in {time.monotonic() - t0:.1f}s"
+                f"{'/'.join(map(str, ranks))}; {alpha_note(path, label)}) "
+                f"in {time.monotonic() - t0:.1f}s"
             )
         else:
             self.log(f"lora: {label} is already loaded")

@@ -127,3 +127,16 @@ def read_safetensors(
         return load_file(str(path)), metadata
     except (SafetensorError, OSError, ValueError) as e:
         raise error(f"{label or path} is not a readable safetensors file: {e}") from None
+
+
+def safetensors_header(
+    path: str | os.PathLike, label: str | None = None, error: type[Exception] = WeightsFileError
+) -> tuple[list[str], dict[str, str]]:
+    """Tensor names and string metadata of one safetensors file, without reading any tensor."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            return list(f.keys()), dict(f.metadata() or {})
+    except (SafetensorError, OSError, ValueError) as e:
+        raise error(f"{label or path} is not a readable safetensors file: {e}") from None
