@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from cogvx.cogvideox.released import transformer_config, vae_config
 from cogvx.models import (
     FOLDER_OVERRIDES,
     RELEASE_SCHEDULER,
@@ -58,53 +59,44 @@ def save_tiny_t5(out_dir: str | Path, max_tokens: int = 226) -> None:
 
 
 def _transformer(v: Variant, seed: int):
+    """The released transformer config with only its sizes shrunk (see SIZE_FIELDS)."""
     from diffusers import CogVideoXTransformer3DModel
 
     torch.manual_seed(seed)
-    gen15 = v.generation == "1.5"
-    latent_frames = (v.default_frames - 1) // 4 + 1
-    kwargs = dict(
+    cfg = transformer_config(v.name)
+    cfg.update(
         num_attention_heads=2,
         attention_head_dim=16,
-        in_channels=32 if v.task == "i2v" else 16,
-        out_channels=16,
         time_embed_dim=16,
         text_embed_dim=TEXT_DIM,
         num_layers=1,
         sample_height=TINY_HEIGHT // 8,
         sample_width=TINY_WIDTH // 8,
-        sample_frames=v.default_frames,
-        max_text_seq_length=v.max_tokens,
-        use_rotary_positional_embeddings=v.name != "t2v-2b",
-        use_learned_positional_embeddings=v.name == "i2v-5b",
     )
-    if gen15:
+    if cfg["patch_size_t"]:
         # 1.5's RoPE base grid is square and larger than any output (300x300 latents when real);
         # the tiny one covers every size the 1.5-I2V aspect rule can pick.
         side = 2 * max(TINY_HEIGHT, TINY_WIDTH) // 8
-        kwargs.update(patch_size_t=2, patch_bias=False, sample_height=side, sample_width=side)
-    if v.name == "i2v-1.5":
-        kwargs.update(ofs_embed_dim=16)
-    assert latent_frames > 0
-    return CogVideoXTransformer3DModel(**kwargs).eval()
+        cfg.update(sample_height=side, sample_width=side)
+    if cfg["ofs_embed_dim"]:
+        cfg.update(ofs_embed_dim=16)
+    return CogVideoXTransformer3DModel(**cfg).eval()
 
 
 def _vae(v: Variant, seed: int):
+    """The released VAE config with only its sizes shrunk."""
     from diffusers import AutoencoderKLCogVideoX
 
     torch.manual_seed(seed)
-    kwargs = dict(
+    cfg = vae_config(v.name)
+    cfg.update(
         block_out_channels=(8, 8, 16, 16),
         layers_per_block=1,
         norm_num_groups=4,
-        latent_channels=16,
         sample_height=TINY_HEIGHT,
         sample_width=TINY_WIDTH,
     )
-    kwargs.update(scaling_factor=v.vae_scaling_factor)
-    if v.generation == "1.5":
-        kwargs.update(invert_scale_latents=True)
-    return AutoencoderKLCogVideoX(**kwargs).eval()
+    return AutoencoderKLCogVideoX(**cfg).eval()
 
 
 def _scheduler(v: Variant):
