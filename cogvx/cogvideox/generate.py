@@ -21,6 +21,7 @@ from cogvx.models import Variant, get_variant
 from cogvx.video import to_uint8_frames
 from cogvx.weights.install import find_weights_root, install_model
 
+STEPS_RANGE = (1, 100)  # denoising steps a request may ask for
 STRENGTH_RANGE = (0.0, 1.0)  # video-to-video: share of the input re-noised
 PROMPT_CHARS = 20_000  # longer prompts are cut before tokenizing (the model reads 226 tokens)
 
@@ -156,7 +157,7 @@ class VideoModel:
         req.prompt = checks.prompt(req.prompt)
         req.seed = checks.seed(req.seed)
         req.num_inference_steps = checks.integer(
-            "num_inference_steps", req.num_inference_steps, 1, 100
+            "num_inference_steps", req.num_inference_steps, *STEPS_RANGE
         )
         if v.task == "i2v" and req.image is None:
             raise ValueError(f"image is required: {v.name} animates an input image")

@@ -20,6 +20,8 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+from cogvx.models import get_variant
+
 TOKENIZER_MAX_LENGTH = 226
 TEXT_ENCODER = "google/t5-v1_1-xxl"
 
@@ -136,8 +138,6 @@ def step_flops(model: str, module: Any | None = None) -> int:
     """FLOPs of one transformer call (batch 1: CFG doubles it) at the native size and frames."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
-
-    from cogvx.models import get_variant
 
     v = get_variant(model)
     cfg = transformer_config(model)

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from cogvx import checks
-from cogvx.cogvideox.generate import STRENGTH_RANGE, Request, VideoModel
+from cogvx.cogvideox.generate import STEPS_RANGE, STRENGTH_RANGE, Request, VideoModel
 from cogvx.fast.caps import check_fast_output
 from cogvx.fast.models import fast_enhance, fast_missing_message, load_fast_from_env
 from cogvx.gpu import release_openmp_pool, releasing_openmp_pool
@@ -20,7 +20,7 @@ UPSCALES = (1, 2, 4)  # Real-ESRGAN output option (fast path)
 # them as literals (Cog's static schema parser reads only literals);
 # tests/test_predictor_inputs.py holds both equal.
 RANGES: dict[str, tuple[float, float]] = {
-    "num_inference_steps": (1, 100),
+    "num_inference_steps": STEPS_RANGE,
     "guidance_scale": (0.0, 20.0),
     "fps": (1, 60),
     "output_quality": (1, 100),

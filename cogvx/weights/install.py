@@ -29,7 +29,7 @@ from cogvx.net.chunks import RangeReader, file_chunks, first_span, stream_chunks
 from cogvx.net.http import content_range_total, is_url, open_first
 from cogvx.net.urls import safe_url
 from cogvx.weights.extract import extract_stream
-from cogvx.weights.pack import _hash_files
+from cogvx.weights.pack import hash_files
 from cogvx.weights.tarcheck import MANIFEST_NAME, MARKER_NAME, TarChecker, parse_manifest
 
 Log = Callable[[str], None]
@@ -385,7 +385,7 @@ def _verify(root: Path, files: dict[str, int], checker: TarChecker | None, label
             name: sha for name, (_, sha) in checker.digests().items()
         }
     else:
-        digests = _hash_files(root, sorted(expected))
+        digests = hash_files(root, sorted(expected))
     for rel, info in expected.items():
         if digests.get(rel) != info["sha256"]:
             raise WeightsError(

@@ -40,7 +40,7 @@ def pack_folder(src: str | os.PathLike, out_tar: str | os.PathLike, log: Log = p
             rels.append(rel)
     rels.sort()
     sizes = {rel: (root / rel).stat().st_size for rel in rels}
-    digests = _hash_files(root, rels)
+    digests = hash_files(root, rels)
     manifest = {
         "format": 1,
         "files": {rel: {"size": sizes[rel], "sha256": digests[rel]} for rel in rels},
@@ -90,7 +90,8 @@ def _sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def _hash_files(root: Path, rels: list[str]) -> dict[str, str]:
+def hash_files(root: Path, rels: list[str]) -> dict[str, str]:
+    """sha256 of each file under `root`, a few in parallel (pack writes them, install checks)."""
     workers = max(1, min(8, os.cpu_count() or 1, len(rels)))
     with ThreadPoolExecutor(max_workers=workers) as pool:
         return dict(zip(rels, pool.map(lambda rel: _sha256_file(root / rel), rels), strict=True))
