@@ -42,7 +42,7 @@ def plan_memory(
     """
     if free_gb is None:
         return MemoryPlan("cpu", "cpu", False, False, "no CUDA device: running on CPU")
-    card = f"{free_gb:.1f} GB free" + (f" of {total_gb:.1f} GB" if total_gb else "")
+    card = f"{free_gb:.1f} GiB free" + (f" of {total_gb:.1f} GiB" if total_gb else "")
     if forced:
         if forced not in OFFLOAD_MODES:
             raise ValueError(f"{OFFLOAD_ENV}={forced!r} is not allowed; use one of {OFFLOAD_MODES}")
@@ -55,11 +55,15 @@ def plan_memory(
     for mode, gb in steps:
         if free_gb >= gb + HEADROOM_GB:
             return MemoryPlan(
-                "cuda", mode, True, True, f"{card}; needs ~{gb:.0f} GB with offload={mode}"
+                "cuda",
+                mode,
+                True,
+                True,
+                f"{card}; needs ~{gb:.1f} GiB with offload={mode} ({need.describe()})",
             )
     raise RuntimeError(
         f"GPU has {card}; this model needs at least ~{need.sequential_offload + HEADROOM_GB:.1f}"
-        " GB even with sequential CPU offload"
+        " GiB even with sequential CPU offload"
     )
 
 

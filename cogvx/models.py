@@ -15,18 +15,70 @@ FOLDER_OVERRIDES = "cogvx.json"  # optional file in a weights folder: {"height":
 OVERRIDE_KEYS = ("height", "width", "fps", "min_side", "max_side")
 
 
+# Parameters of the released components, counted on the meta device (`python -m
+# cogvx.cogvideox.released`; tests/cogvideox/test_released_configs.py holds these to that count).
+TEXT_ENCODER_PARAMS = 4_762_310_656  # google/t5-v1_1-xxl encoder, shared by every release
+VAE_PARAMS = 215_583_907  # AutoencoderKLCogVideoX, the same shapes in every release
+TRANSFORMER_PARAMS = {
+    "t2v-2b": 1_693_783_872,
+    "t2v-5b": 5_570_283_072,
+    "i2v-5b": 5_570_479_680,
+    "t2v-1.5": 5_570_676_352,
+    "i2v-1.5": 5_571_594_880,
+}
+
+
 @dataclass(frozen=True)
 class MemoryNeed:
-    """Peak GPU memory (GB) of one generation under each offload mode, VAE tiling on.
+    """Peak GPU memory (GiB) of one generation under each offload mode, VAE tiling on.
 
-    Estimates: bf16/fp16 weight sizes (transformer, T5-XXL 9.5 GB, VAE 0.4 GB) plus attention
-    activations at the model's native size, checked against THUDM's published figures
-    (SAT 26 GB for 5b, diffusers "from 5 GB" with sequential offload).
+    Weights are the counted parameters at 2 bytes (bf16/fp16). `activation_gib` is the working
+    memory besides weights at the native size: THUDM's published minimum with sequential CPU
+    offload, VAE tiling and slicing (2b "from 4 GB", 5b "from 5 GB", 1.5 "from 10 GB"), where
+    almost no weights stay on the card. Model offload holds one component at a time.
     """
 
-    no_offload: float
-    model_offload: float
-    sequential_offload: float
+    transformer_params: int
+    activation_gib: float
+    text_encoder_params: int = TEXT_ENCODER_PARAMS
+    vae_params: int = VAE_PARAMS
+    bytes_per_param: int = 2
+
+    def weights_gib(self) -> dict[str, float]:
+        """GiB of each component's weights."""
+        counts = {
+            "transformer": self.transformer_params,
+            "text_encoder": self.text_encoder_params,
+            "vae": self.vae_params,
+        }
+        return {k: n * self.bytes_per_param / 2**30 for k, n in counts.items()}
+
+    @property
+    def no_offload(self) -> float:
+        """Everything on the card."""
+        return sum(self.weights_gib().values()) + self.activation_gib
+
+    @property
+    def model_offload(self) -> float:
+        """The largest component on the card, the others in CPU memory."""
+        return max(self.weights_gib().values()) + self.activation_gib
+
+    @property
+    def sequential_offload(self) -> float:
+        """Layers streamed to the card one at a time."""
+        return self.activation_gib
+
+    def describe(self) -> str:
+        """Where the numbers come from, for the setup log."""
+        w = self.weights_gib()
+        return (
+            f"weights {w['transformer']:.1f} transformer + {w['text_encoder']:.1f} T5 + "
+            f"{w['vae']:.1f} VAE GiB, activations ~{self.activation_gib:g} GiB"
+        )
+
+
+def _memory(model: str, activation_gib: float) -> MemoryNeed:
+    return MemoryNeed(TRANSFORMER_PARAMS[model], activation_gib)
 
 
 @dataclass(frozen=True)
@@ -123,7 +175,7 @@ VARIANTS: dict[str, Variant] = {
             height=480,
             width=720,
             max_tokens=226,
-            memory=MemoryNeed(no_offload=18.0, model_offload=12.0, sequential_offload=4.0),
+            memory=_memory("t2v-2b", 4.0),
             scheduler="CogVideoXDDIMScheduler",
             dynamic_cfg=False,
             snr_shift_scale=3.0,
@@ -145,7 +197,7 @@ VARIANTS: dict[str, Variant] = {
             height=480,
             width=720,
             max_tokens=226,
-            memory=MemoryNeed(no_offload=26.0, model_offload=16.0, sequential_offload=5.0),
+            memory=_memory("t2v-5b", 5.0),
         ),
         Variant(
             name="t2v-1.5",
@@ -163,7 +215,7 @@ VARIANTS: dict[str, Variant] = {
             height=768,
             width=1360,
             max_tokens=226,  # the released transformer config (SAT trained on 224): see README
-            memory=MemoryNeed(no_offload=42.0, model_offload=24.0, sequential_offload=10.0),
+            memory=_memory("t2v-1.5", 10.0),
             patch_t=2,
         ),
         Variant(
@@ -182,7 +234,7 @@ VARIANTS: dict[str, Variant] = {
             height=480,
             width=720,
             max_tokens=226,
-            memory=MemoryNeed(no_offload=27.0, model_offload=17.0, sequential_offload=5.0),
+            memory=_memory("i2v-5b", 5.0),
         ),
         Variant(
             name="i2v-1.5",
@@ -200,7 +252,7 @@ VARIANTS: dict[str, Variant] = {
             height=768,
             width=1360,
             max_tokens=226,  # the released transformer config (SAT trained on 224): see README
-            memory=MemoryNeed(no_offload=43.0, model_offload=25.0, sequential_offload=10.0),
+            memory=_memory("i2v-1.5", 10.0),
             patch_t=2,
             min_side=768,  # THUDM: min(W, H) = 768, 768 <= max(W, H) <= 1360, multiples of 16
             max_side=1360,

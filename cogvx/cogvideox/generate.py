@@ -6,12 +6,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
 
 from cogvx import checks
+from cogvx.cogvideox.cost import GenerationCost, generation_cost
 from cogvx.cogvideox.tiling import set_tiling
 from cogvx.gpu import MemoryPlan, apply_plan, cpu_generator, current_plan, resolve_seed, torch_dtype
 from cogvx.log import bound_library_logs
@@ -189,6 +190,24 @@ class VideoModel:
                     "the rest is ignored (truncated)"
                 )
 
+    def cost(self, req: Request, height: int, width: int) -> GenerationCost:
+        """The transformer work `req` asks for, counted from the loaded transformer's config."""
+        steps = req.num_inference_steps
+        if req.video is not None:  # the schedule's last steps x strength
+            steps = min(int(steps * req.strength), steps)
+        frames = len(req.video) if req.video is not None else cast(int, req.num_frames)
+        pipe = self.pipe  # the video-to-video pipeline shares its modules
+        return generation_cost(
+            pipe.transformer.config,
+            frames,
+            height,
+            width,
+            steps,
+            req.guidance_scale,
+            spatial_factor=pipe.vae_scale_factor_spatial,
+            text_tokens=self.variant.max_tokens,
+        )
+
     def generate(self, req: Request) -> Result:
         """Run the pipeline once and return uint8 frames."""
         self.check(req)
@@ -226,6 +245,7 @@ class VideoModel:
             f"generating {what} at {width}x{height}, "
             f"{req.num_inference_steps} steps, guidance {req.guidance_scale}"
         )
+        self.log(self.cost(req, height, width).describe())
         t0 = time.perf_counter()
         with torch.inference_mode():
             frames = pipe(**kwargs).frames[0]

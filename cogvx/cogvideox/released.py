@@ -10,9 +10,10 @@ VAE from the class defaults with `scaling_factor` 1.15258426 (2b) / 0.7, and
 `cogvx.models.scheduler_config`. The tiny test models (`cogvx.dev.tiny`) start from these dicts
 and shrink only their sizes.
 
-`python -m cogvx.cogvideox.released` builds each transformer at full size on the meta device (no
-memory, no weights) and prints its parameters, GFLOP per transformer call at the native size
-and frame count, and bf16 weight size.
+`python -m cogvx.cogvideox.released` builds each transformer, the T5 encoder and the VAE at full
+size on the meta device (no memory, no weights) and prints their parameters, GFLOP per
+transformer call at the native size and frame count, bf16 weight size and the memory policy's
+need per offload mode (`cogvx.models.MemoryNeed`, whose weight sizes are these counts).
 """
 
 from __future__ import annotations
@@ -20,10 +21,33 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+from cogvx.cogvideox.cost import latent_frames
 from cogvx.models import get_variant
 
 TOKENIZER_MAX_LENGTH = 226
 TEXT_ENCODER = "google/t5-v1_1-xxl"
+TEXT_ENCODER_CONFIG: dict[
+    str, Any
+] = {  # its config.json, as every release's text_encoder/ ships it
+    "d_ff": 10240,
+    "d_kv": 64,
+    "d_model": 4096,
+    "dense_act_fn": "gelu_new",
+    "dropout_rate": 0.1,
+    "feed_forward_proj": "gated-gelu",
+    "initializer_factor": 1.0,
+    "is_gated_act": True,
+    "layer_norm_epsilon": 1e-06,
+    "num_heads": 64,
+    "num_layers": 24,
+    "relative_attention_max_distance": 128,
+    "relative_attention_num_buckets": 32,
+    "tie_word_embeddings": False,
+    "vocab_size": 32128,
+}
+TEXT_ENCODER_SIZE_FIELDS = frozenset(
+    {"d_ff", "d_kv", "d_model", "num_heads", "num_layers", "vocab_size"}
+)
 
 TRANSFORMER_BASE: dict[str, Any] = {  # CogVideoXTransformer3DModel's config for 1.0 at 2b size
     "num_attention_heads": 30,
@@ -120,6 +144,11 @@ def vae_config(model: str) -> dict[str, Any]:
     return {**VAE_BASE, **VAE[model]}
 
 
+def text_encoder_config() -> dict[str, Any]:
+    """The released T5 encoder config (the same for every model)."""
+    return dict(TEXT_ENCODER_CONFIG)
+
+
 def meta_transformer(model: str) -> Any:
     """The full-size transformer on the meta device: shapes without memory or weights."""
     import torch
@@ -127,6 +156,24 @@ def meta_transformer(model: str) -> Any:
 
     with torch.device("meta"):
         return CogVideoXTransformer3DModel(**transformer_config(model))
+
+
+def meta_text_encoder() -> Any:
+    """The full-size T5-XXL encoder on the meta device."""
+    import torch
+    from transformers import T5Config, T5EncoderModel
+
+    with torch.device("meta"):
+        return T5EncoderModel(T5Config(**TEXT_ENCODER_CONFIG))
+
+
+def meta_vae(model: str) -> Any:
+    """The full-size VAE on the meta device."""
+    import torch
+    from diffusers import AutoencoderKLCogVideoX
+
+    with torch.device("meta"):
+        return AutoencoderKLCogVideoX(**vae_config(model))
 
 
 def parameter_count(module: Any) -> int:
@@ -142,9 +189,7 @@ def step_flops(model: str, module: Any | None = None) -> int:
     v = get_variant(model)
     cfg = transformer_config(model)
     module = module if module is not None else meta_transformer(model)
-    frames = (v.default_frames - 1) // cfg["temporal_compression_ratio"] + 1
-    if cfg["patch_size_t"]:
-        frames += -frames % cfg["patch_size_t"]  # the pipeline pads to whole temporal patches
+    frames = latent_frames(v.default_frames, cfg)  # padded to whole temporal patches, as diffusers
     meta = torch.device("meta")
     x = torch.empty(1, frames, cfg["in_channels"], v.height // 8, v.width // 8, device=meta)
     text = torch.empty(1, cfg["max_text_seq_length"], cfg["text_embed_dim"], device=meta)
@@ -172,14 +217,18 @@ def _rope_shapes(cfg: dict, frames: int, h: int, w: int) -> tuple[Any, Any]:
 
 
 def size_table(models: list[str] | None = None) -> list[dict[str, Any]]:
-    """One row per model: parameters, GFLOP per transformer call, bf16 weights in GB."""
+    """One row per model: parameter counts, GFLOP per transformer call, bf16 weights in GB."""
+    text_encoder = parameter_count(meta_text_encoder())
     rows = []
     for model in models or list(TRANSFORMER):
         module = meta_transformer(model)
         params = parameter_count(module)
+        vae = parameter_count(meta_vae(model))
         rows.append({
             "model": model,
             "params": params,
+            "text_encoder_params": text_encoder,
+            "vae_params": vae,
             "gflop_per_call": step_flops(model, module) / 1e9,
             "weights_gb_bf16": params * 2 / 1e9,
         })  # fmt: skip
@@ -187,13 +236,19 @@ def size_table(models: list[str] | None = None) -> list[dict[str, Any]]:
 
 
 def main() -> int:
-    """Print the size table (markdown)."""
-    print("| model | transformer params | GFLOP per transformer call | weights GB (bf16) |")
-    print("| --- | --- | --- | --- |")
+    """Print the size table (markdown), with the memory policy's need per offload mode."""
+    print(
+        "| model | transformer params | GFLOP per transformer call | transformer GB (bf16) "
+        "| T5 + VAE params | GiB needed: none / model / sequential offload |"
+    )
+    print("| --- | --- | --- | --- | --- | --- |")
     for r in size_table(sys.argv[1:] or None):
+        need = get_variant(r["model"]).memory
         print(
             f"| {r['model']} | {r['params'] / 1e9:.2f} B | {r['gflop_per_call']:,.0f} | "
-            f"{r['weights_gb_bf16']:.1f} |"
+            f"{r['weights_gb_bf16']:.1f} | {r['text_encoder_params'] / 1e9:.2f} B + "
+            f"{r['vae_params'] / 1e9:.2f} B | {need.no_offload:.1f} / {need.model_offload:.1f} / "
+            f"{need.sequential_offload:.1f} |"
         )
     return 0
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from cogvx.cogvideox.released import transformer_config, vae_config
+from cogvx.cogvideox.released import text_encoder_config, transformer_config, vae_config
 from cogvx.models import (
     FOLDER_OVERRIDES,
     RELEASE_SCHEDULER,
@@ -33,21 +33,13 @@ def tiny_tokenizer(max_tokens: int = 226):
 
 
 def tiny_text_encoder(vocab_size: int, seed: int = 0):
-    """A 1-layer T5 encoder with dropout off."""
+    """The released T5 config (gated GELU, 32 buckets, ...) shrunk to 1 layer, in eval mode."""
     from transformers import T5Config, T5EncoderModel
 
     torch.manual_seed(seed)
-    config = T5Config(
-        vocab_size=vocab_size,
-        d_model=TEXT_DIM,
-        d_kv=8,
-        d_ff=64,
-        num_layers=1,
-        num_heads=4,
-        dropout_rate=0.0,
-        relative_attention_num_buckets=8,
-    )
-    return T5EncoderModel(config).eval()
+    cfg = text_encoder_config()
+    cfg.update(vocab_size=vocab_size, d_model=TEXT_DIM, d_kv=8, d_ff=64, num_layers=1, num_heads=4)
+    return T5EncoderModel(T5Config(**cfg)).eval()
 
 
 def save_tiny_t5(out_dir: str | Path, max_tokens: int = 226) -> None:

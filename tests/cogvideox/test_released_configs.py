@@ -7,7 +7,14 @@ import pytest
 
 from cogvx.cogvideox import released
 from cogvx.dev.tiny import build_tiny_pipeline
-from cogvx.models import RELEASE_SCHEDULER, VARIANTS, scheduler_config
+from cogvx.models import (
+    RELEASE_SCHEDULER,
+    TEXT_ENCODER_PARAMS,
+    TRANSFORMER_PARAMS,
+    VAE_PARAMS,
+    VARIANTS,
+    scheduler_config,
+)
 
 MODELS = list(released.TRANSFORMER)
 
@@ -31,6 +38,14 @@ def test_tiny_models_change_only_sizes(model):
         assert set(got) == set(want)
         changed = {k for k in want if got[k] != want[k]}
         assert changed <= released.SIZE_FIELDS, {k: (got[k], want[k]) for k in changed}
+    t5 = pipe.text_encoder.config.to_dict()
+    want = released.text_encoder_config()
+    # transformers 5 stores the release's tie_word_embeddings=False as scale_decoder_outputs=False
+    # and sets tie_word_embeddings=True (an encoder has no head to tie)
+    assert t5["scale_decoder_outputs"] is False
+    want.pop("tie_word_embeddings")
+    changed = {k for k in want if t5[k] != want[k]}
+    assert changed <= released.TEXT_ENCODER_SIZE_FIELDS, {k: (t5[k], want[k]) for k in changed}
     assert type(pipe.scheduler).__name__ == RELEASE_SCHEDULER
     sched = _fields(pipe.scheduler.config)
     assert {k: sched[k] for k in scheduler_config(VARIANTS[model])} == scheduler_config(
@@ -60,6 +75,16 @@ def test_full_size_parameters_match_the_published_sizes(table):
     for model, published in released.PUBLISHED_PARAMS.items():
         assert abs(table[model]["params"] / published - 1) < 0.2, (model, table[model])
     assert table["i2v-5b"]["params"] > table["t2v-5b"]["params"]  # 16 more input channels
+
+
+def test_memory_policy_uses_the_counted_sizes(table):
+    # The memory policy's weight sizes are these counts, not estimates.
+    for model, row in table.items():
+        assert (
+            VARIANTS[model].memory.transformer_params == row["params"] == TRANSFORMER_PARAMS[model]
+        )
+        assert row["text_encoder_params"] == TEXT_ENCODER_PARAMS
+        assert row["vae_params"] == VAE_PARAMS
 
 
 def test_flops_per_call_grow_with_the_tokens(table):
