@@ -11,7 +11,11 @@ import os
 from pathlib import Path
 
 OFFLOAD_ENV = "COGVX_OFFLOAD"  # force a mode: none | model | sequential
-QUANTIZE_ENV = "COGVX_QUANTIZE"  # captioning: none | int8 | nf4 (default: chosen from free VRAM)
+# Two meanings, one per image: captioning none | int8 | nf4 (default: from free VRAM); the video
+# models' transformer auto | none | int8 | fp8 (default: fp8 where the card has it, see cogvx.speed)
+QUANTIZE_ENV = "COGVX_QUANTIZE"
+COMPILE_ENV = "COGVX_COMPILE"  # video models: regional torch.compile 1 | 0 | auto (default auto)
+ATTENTION_ENV = "COGVX_ATTENTION"  # video models: auto | off | a diffusers attention backend name
 FAST_WEIGHTS_ENV = "COGVX_FAST_WEIGHTS"  # T2V/I2V images: tarball URL or folder of `fast/`
 OUTPUT_ENV = "COGVX_OUTPUT_DIR"  # per-prediction output folders live here
 CACHE_ENV = "COGVX_WEIGHTS_CACHE"  # where tarballs are installed (default ./weights)
@@ -47,8 +51,18 @@ def offload_mode() -> str | None:
 
 
 def quantize_mode() -> str | None:
-    """COGVX_QUANTIZE lower-cased (checked by the caption memory plan), None when unset."""
+    """COGVX_QUANTIZE lower-cased (checked by the caption plan / `cogvx.speed.select`), or None."""
     return _text(QUANTIZE_ENV).lower() or None
+
+
+def compile_mode() -> str | None:
+    """COGVX_COMPILE lower-cased (checked by `cogvx.speed.select`), None when unset."""
+    return _text(COMPILE_ENV).lower() or None
+
+
+def attention_mode() -> str | None:
+    """COGVX_ATTENTION lower-cased (checked by `cogvx.speed.select`), None when unset."""
+    return _text(ATTENTION_ENV).lower() or None
 
 
 def fast_weights_source() -> str:

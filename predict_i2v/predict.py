@@ -72,6 +72,11 @@ class Inputs:
         ge=-1.0,
         le=3.0,
     )
+    fast_mode = Input(
+        description="Step caching: off = the reference computation; balanced = FasterCache (attention and the unconditional pass reused between steps; its paper, which evaluates CogVideoX, reports quality comparable to the reference); fast = First Block Cache (skips whole steps whose first block barely changed: faster, visible changes possible). The logs say how much was computed.",  # noqa: E501
+        choices=["off", "balanced", "fast"],
+        default="balanced",
+    )
 
 
 class I2VRunner(BaseRunner):
@@ -120,6 +125,7 @@ class Runner(I2VRunner):
         upscale: int = Inputs.upscale,
         lora_url: Optional[str] = Inputs.lora_url,
         lora_scale: float = Inputs.lora_scale,
+        fast_mode: str = Inputs.fast_mode,
     ) -> Path:
         return self._run(locals())
 
@@ -155,5 +161,6 @@ class Runner15(I2VRunner):
         upscale: int = Inputs.upscale,
         lora_url: Optional[str] = Inputs.lora_url,
         lora_scale: float = Inputs.lora_scale,
+        fast_mode: str = Inputs.fast_mode,
     ) -> Path:
         return self._run(locals())

@@ -79,6 +79,11 @@ class Inputs:
         ge=-1.0,
         le=3.0,
     )
+    fast_mode = Input(
+        description="Step caching: off = the reference computation; balanced = FasterCache (attention and the unconditional pass reused between steps; its paper, which evaluates CogVideoX, reports quality comparable to the reference); fast = First Block Cache (skips whole steps whose first block barely changed: faster, visible changes possible). The logs say how much was computed.",  # noqa: E501
+        choices=["off", "balanced", "fast"],
+        default="balanced",
+    )
 
 
 class T2VRunner(BaseRunner):
@@ -123,6 +128,7 @@ class Runner(T2VRunner):
         strength: float = Inputs.strength,
         lora_url: Optional[str] = Inputs.lora_url,
         lora_scale: float = Inputs.lora_scale,
+        fast_mode: str = Inputs.fast_mode,
     ) -> Path:
         return self._run(locals())
 
@@ -157,6 +163,7 @@ class Runner2b(T2VRunner):
         strength: float = Inputs.strength,
         lora_url: Optional[str] = Inputs.lora_url,
         lora_scale: float = Inputs.lora_scale,
+        fast_mode: str = Inputs.fast_mode,
     ) -> Path:
         return self._run(locals())
 
@@ -188,5 +195,6 @@ class Runner15(T2VRunner):
         strength: float = Inputs.strength,
         lora_url: Optional[str] = Inputs.lora_url,
         lora_scale: float = Inputs.lora_scale,
+        fast_mode: str = Inputs.fast_mode,
     ) -> Path:
         return self._run(locals())

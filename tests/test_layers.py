@@ -17,7 +17,14 @@ FORBIDDEN = ("cogvx.convert", "cogvx.dev", "tests", "tools")
 LAYERS = {
     "leaves": ("cogvx.errors", "cogvx.settings", "cogvx.log", "cogvx.checks", "cogvx.models"),
     "infrastructure": ("cogvx.gpu", "cogvx.images", "cogvx.net", "cogvx.weights", "cogvx.video"),
-    "domain": ("cogvx.cogvideox", "cogvx.lora", "cogvx.fast", "cogvx.cogvlm2", "cogvx.venhancer"),
+    "domain": (
+        "cogvx.cogvideox",
+        "cogvx.lora",
+        "cogvx.fast",
+        "cogvx.cogvlm2",
+        "cogvx.venhancer",
+        "cogvx.speed",
+    ),
     "services": ("cogvx.services",),
 }
 TOOLING = ("cogvx.convert", "cogvx.dev")  # may import any layer; no layer imports them

@@ -79,6 +79,9 @@ def test_video_runner_inputs_match_the_variants_table(ref):
     ranges = {k: r for k, r in video_service.RANGES.items() if k != "strength" or "video" in got}
     assert set(ranges) - set(got) <= {"strength"}
     _check_tables(got, ranges, video_service.CHOICES)
+    fast = {"default": video_service.DEFAULTS["fast_mode"], "choices": ["off", "balanced", "fast"]}
+    assert got["fast_mode"] == fast
+    assert list(video_service.CHOICES["fast_mode"]) == fast["choices"]
 
 
 def test_enhance_runner_inputs_match_its_checks():

@@ -19,6 +19,8 @@ from cogvx.log import bound_library_logs
 from cogvx.log import log as log_line
 from cogvx.lora import LoraSlot
 from cogvx.models import Variant, get_variant
+from cogvx.speed.apply import apply_speedups, warm_up
+from cogvx.speed.cache import DEFAULT_FAST_MODE, FastModeSlot, check_fast_mode, counting
 from cogvx.video import to_uint8_frames
 from cogvx.weights.install import find_weights_root, install_model
 
@@ -88,6 +90,7 @@ class Request:
     strength: float = 0.8  # video-to-video: how much of the input is re-noised (1 = all)
     lora_url: str | None = None
     lora_scale: float = 1.0
+    fast_mode: str = "off"  # see cogvx.speed.cache (the predictors default to "balanced")
 
 
 @dataclass
@@ -103,6 +106,7 @@ class VideoModel:
     def __init__(self, variant: Variant, pipe: Any, plan: MemoryPlan, log: Log = log_line):
         self.variant, self.pipe, self.plan, self.log = variant, pipe, plan, log
         self.lora = LoraSlot(pipe, variant.name, log=log)
+        self.fast = FastModeSlot(pipe.transformer, log=log)
         self._v2v: Any = None
 
     @property
@@ -132,8 +136,13 @@ class VideoModel:
         use_variant_scheduler(pipe, v, log)
         apply_plan(pipe, plan, log)
         bound_library_logs()  # diffusers logs the truncated part of a prompt: clip its records
+        speed = apply_speedups(pipe, plan.offload, log)
         log(f"loaded {v.name} from {folder} in {time.perf_counter() - t0:.1f}s")
-        return cls(v, pipe, plan, log)
+        loaded = cls(v, pipe, plan, log)
+        if speed.compile.value:  # compile at setup, in the default fast_mode, not in request 1
+            loaded.fast.apply(DEFAULT_FAST_MODE, pipe, v.default_guidance)
+            warm_up(pipe, v.height, v.width, v.default_frames, log)
+        return loaded
 
     def count_tokens(self, text: str) -> int:
         """T5 tokens of `text` including the end-of-sequence token."""
@@ -157,6 +166,7 @@ class VideoModel:
         v = self.variant
         req.prompt = checks.prompt(req.prompt)
         req.seed = checks.seed(req.seed)
+        req.fast_mode = check_fast_mode(req.fast_mode)
         req.num_inference_steps = checks.integer(
             "num_inference_steps", req.num_inference_steps, *STEPS_RANGE
         )
@@ -245,11 +255,14 @@ class VideoModel:
             f"generating {what} at {width}x{height}, "
             f"{req.num_inference_steps} steps, guidance {req.guidance_scale}"
         )
-        self.log(self.cost(req, height, width).describe())
+        cost = self.cost(req, height, width)
+        self.log(cost.describe())
         t0 = time.perf_counter()
-        with torch.inference_mode():
+        method = self.fast.apply(req.fast_mode, pipe, req.guidance_scale)
+        with counting(pipe.transformer) as work, torch.inference_mode():
             frames = pipe(**kwargs).frames[0]
         seconds = time.perf_counter() - t0
+        self.log(work.describe(req.fast_mode, method, cost.calls))
         self.log(f"generated in {seconds:.1f}s")
         if req.video is not None and len(frames) != len(req.video):
             self.log(

@@ -19,6 +19,7 @@ from cogvx.models import (
 
 TINY_HEIGHT, TINY_WIDTH = 32, 48  # non-square, so height/width mix-ups show
 TEXT_DIM = 32
+TINY_LAYERS = 2  # First Block Cache (fast_mode=fast) needs a block after the first to skip
 
 
 def tiny_tokenizer(max_tokens: int = 226):
@@ -61,7 +62,7 @@ def _transformer(v: Variant, seed: int):
         attention_head_dim=16,
         time_embed_dim=16,
         text_embed_dim=TEXT_DIM,
-        num_layers=1,
+        num_layers=TINY_LAYERS,
         sample_height=TINY_HEIGHT // 8,
         sample_width=TINY_WIDTH // 8,
     )

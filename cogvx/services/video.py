@@ -13,6 +13,7 @@ from cogvx.fast.models import fast_enhance, fast_missing_message, load_fast_from
 from cogvx.gpu import release_openmp_pool, releasing_openmp_pool
 from cogvx.log import log as log_line
 from cogvx.models import Variant
+from cogvx.speed.cache import DEFAULT_FAST_MODE, FAST_MODES
 from cogvx.video import OUTPUT_FORMATS, save_video
 
 UPSCALES = (1, 2, 4)  # Real-ESRGAN output option (fast path)
@@ -27,7 +28,12 @@ RANGES: dict[str, tuple[float, float]] = {
     "lora_scale": (-1.0, 3.0),
     "strength": STRENGTH_RANGE,
 }
-CHOICES: dict[str, tuple] = {"output_format": OUTPUT_FORMATS, "upscale": UPSCALES}
+CHOICES: dict[str, tuple] = {
+    "output_format": OUTPUT_FORMATS,
+    "upscale": UPSCALES,
+    "fast_mode": FAST_MODES,
+}
+DEFAULTS = {"fast_mode": DEFAULT_FAST_MODE}
 Metric = Callable[[str, Any], None]
 
 
@@ -68,6 +74,7 @@ class VideoService:
         lora_scale: float = 1.0,
         interpolate: bool = False,
         upscale: int = 1,
+        fast_mode: str = DEFAULT_FAST_MODE,
         record_metric: Metric | None = None,
     ) -> Path:
         """Generate one video and return the encoded file.
@@ -75,6 +82,7 @@ class VideoService:
         image: a file for image-to-video; video: a file for video-to-video (T2V models).
         upscale / interpolate: Real-ESRGAN / RIFE x2 on the output (COGVX_FAST_WEIGHTS)."""
         checks.choice("output_format", output_format, CHOICES["output_format"])
+        checks.choice("fast_mode", fast_mode, CHOICES["fast_mode"])
         upscale = checks.integer_choice("upscale", upscale, CHOICES["upscale"])
         factor = 2 if interpolate else 1
         post = [n for n, on in (("upscale", upscale > 1), ("interpolate", factor > 1)) if on]
@@ -108,6 +116,7 @@ class VideoService:
             strength=float(strength),
             lora_url=(lora_url or "").strip() or None,
             lora_scale=float(lora_scale),
+            fast_mode=fast_mode,
         )
         if post:  # refuse an output over the caps before generating
             if frames is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import time
 
@@ -187,3 +188,20 @@ def test_cancel_stops_a_long_run_and_server_stays_ready(server_5b, tmp_path):
     written = list((server_5b.tmp / "outputs").rglob("cogvideox-5-*"))
     assert written == []  # stopped before its video was encoded
     _ok(server_5b, tmp_path, "after-cancel.mp4", prompt="a cat", num_frames=9)
+
+
+def test_fast_mode_per_request_through_the_server(server_5b, tmp_path):
+    run = dict(prompt="a dog", num_frames=9, seed=4, num_inference_steps=12)
+    off, body = _ok(server_5b, tmp_path, "off.mp4", fast_mode="off", **run)
+    assert "fast_mode=off (none): 12 transformer calls for 12 steps" in body["logs"]
+    default, body = _ok(server_5b, tmp_path, "default.mp4", **run)
+    reused = re.search(r"fast_mode=balanced \(FasterCache\): .* \((\d+)% reused\)", body["logs"])
+    assert reused and int(reused.group(1)) > 0, body["logs"]
+    assert_different_video(off, default)  # the default skips work, so the pixels move
+    fast, body = _ok(server_5b, tmp_path, "fast.mp4", fast_mode="fast", **run)
+    assert "fast_mode=fast (FirstBlockCache)" in body["logs"]
+    again, _ = _ok(server_5b, tmp_path, "off-again.mp4", fast_mode="off", **run)
+    assert_same_file(off, again)  # off after the caches is the reference, byte for byte
+    status, body = server_5b.predict({"prompt": "a dog", "fast_mode": "turbo"}, timeout=60)
+    assert status == 422 and "fast_mode" in json.dumps(body), body
+    assert server_5b.health()["status"] == "READY"

@@ -230,7 +230,7 @@ def _bad_lora(tmp_path: Path, sd: dict) -> Path:
             {"transformer.transformer_blocks.7.attn1.to_k.lora_A.weight": (4, 32),
              "transformer.transformer_blocks.7.attn1.to_k.lora_B.weight": (32, 4)},
             r"targets 'transformer_blocks.7.attn1.to_k', which t2v-5b does not have "
-            r"\(1 transformer blocks\)",
+            r"\(2 transformer blocks\)",
         ),
         (
             {"text_encoder.encoder.block.0.q.lora_A.weight": (4, 32)},

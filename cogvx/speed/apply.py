@@ -1,0 +1,165 @@
+"""Apply the speed plan to a CogVideoX pipeline at setup, and warm the compiled blocks up.
+
+`apply_speedups` measures the device, makes the three choices (`cogvx.speed.select`), logs one
+line each and, on CUDA only, applies them in this order: the attention processor, torchao
+quantization of the transformer blocks' linear layers, regional compilation of the blocks.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from cogvx import settings
+from cogvx.log import log as log_line
+from cogvx.speed.attention import use_dispatch_processor
+from cogvx.speed.select import Device, SpeedPlan, installed_packages, plan_speedups
+
+REPEATED_BLOCKS = ["CogVideoXBlock"]
+WARM_UP_SEED = 0
+
+
+def measure_device() -> Device:
+    """The CUDA device this process will run on (Device(cuda=False) without one)."""
+    if not torch.cuda.is_available():
+        return Device(cuda=False)
+    major, minor = torch.cuda.get_device_capability()
+    return Device(cuda=True, capability=(major, minor), name=torch.cuda.get_device_name())
+
+
+def apply_speedups(
+    pipe: Any,
+    offload: str,
+    log: Callable[[str], None] = log_line,
+    device: Device | None = None,
+    installed: frozenset[str] | None = None,
+) -> SpeedPlan:
+    """Choose (from the device, packages and COGVX_* settings), log and, on CUDA, apply."""
+    device = measure_device() if device is None else device
+    installed = installed_packages() if installed is None else installed
+    plan = plan_speedups(
+        device,
+        installed,
+        offload,
+        attention_env=settings.attention_mode(),
+        compile_env=settings.compile_mode(),
+        quantize_env=settings.quantize_mode(),
+    )
+    for line in plan.log_lines():
+        log(line)
+    if device.cuda:
+        apply_plan(pipe, plan, device, log)
+    return plan
+
+
+def apply_plan(
+    pipe: Any, plan: SpeedPlan, device: Device, log: Callable[[str], None] = log_line
+) -> None:
+    """Apply a plan made for `device` (CUDA): attention, then quantization, then compile."""
+    install_attention(pipe, plan.attention.value, log)
+    if plan.quantize.value != "none":
+        quantize_transformer(pipe.transformer, plan.quantize.value, device.capability, log)
+    if plan.compile.value:
+        compile_transformer(pipe.transformer, log)
+
+
+def install_attention(pipe: Any, backend: str, log: Callable[[str], None] = log_line) -> int:
+    """Route the transformer's attention layers through diffusers' dispatcher on `backend`."""
+    count = use_dispatch_processor(pipe.transformer, backend)
+    log(f"speed: {count} attention layers on the {backend} backend")
+    return count
+
+
+def _block_linear(module: torch.nn.Module, fqn: str) -> bool:
+    """torchao filter: the blocks' attention and feed-forward linears (not the small AdaLN
+    modulation linears, which see one row per sample, nor the embeddings and output head)."""
+    return (
+        isinstance(module, torch.nn.Linear)
+        and fqn.startswith("transformer_blocks.")
+        and ".norm" not in fqn
+    )
+
+
+def quantize_transformer(
+    transformer: Any,
+    mode: str,
+    capability: tuple[int, int],
+    log: Callable[[str], None] = log_line,
+) -> None:
+    """torchao `quantize_` of the blocks' linears: 'fp8' (dynamic fp8 activations and fp8
+    weights, per-row scales on Hopper+, per-tensor below) or 'int8' (int8 weight-only)."""
+    from torchao.quantization import (  # the GPU path only: torchao is optional
+        Float8DynamicActivationFloat8WeightConfig,
+        Int8WeightOnlyConfig,
+        PerRow,
+        PerTensor,
+        quantize_,
+    )
+
+    config: Any
+    if mode == "fp8":
+        per_row = capability >= (9, 0)
+        config = Float8DynamicActivationFloat8WeightConfig(
+            granularity=PerRow() if per_row else PerTensor()
+        )
+        what = f"fp8 ({'per-row' if per_row else 'per-tensor'} scales)"
+    elif mode == "int8":
+        config, what = Int8WeightOnlyConfig(), "int8 weight-only"
+    else:
+        raise ValueError(f"unknown quantization mode {mode!r}")
+    start = time.perf_counter()
+    quantize_(transformer, config, filter_fn=_block_linear)
+    log(f"speed: transformer blocks quantized to {what} in {time.perf_counter() - start:.1f} s")
+
+
+def compile_transformer(transformer: Any, log: Callable[[str], None] = log_line) -> None:
+    """Regional torch.compile: each CogVideoXBlock compiled once (compiles lazily).
+
+    Not `fullgraph`: fast_mode's cache hooks wrap the blocks and decide per step from tensor
+    values (First Block Cache compares residuals), which breaks a graph by design."""
+    transformer._repeated_blocks = REPEATED_BLOCKS
+    transformer.compile_repeated_blocks(fullgraph=False)
+    log(f"speed: {len(transformer.transformer_blocks)} blocks set to compile on first call")
+
+
+def warm_up(
+    pipe: Any,
+    height: int,
+    width: int,
+    num_frames: int,
+    log: Callable[[str], None] = log_line,
+    steps: int = 2,
+) -> float:
+    """One short generation at this size from random prompt embeddings (no text encoder, no
+    VAE decode), so compilation happens at setup, not in the first prediction; returns seconds."""
+    config = pipe.transformer.config
+    generator = torch.Generator("cpu").manual_seed(WARM_UP_SEED)
+    shape = (1, config.max_text_seq_length, config.text_embed_dim)
+    place = {"device": pipe._execution_device, "dtype": pipe.transformer.dtype}
+    embeds, negative = (torch.randn(shape, generator=generator).to(**place) for _ in range(2))
+    kwargs: dict[str, Any] = {
+        "prompt_embeds": embeds,
+        "negative_prompt_embeds": negative,
+        "height": height,
+        "width": width,
+        "num_frames": num_frames,
+        "num_inference_steps": steps,
+        "output_type": "latent",
+        "generator": generator,
+    }
+    if "image" in inspect.signature(pipe.__call__).parameters:  # image-to-video
+        from PIL import Image
+
+        kwargs["image"] = Image.new("RGB", (width, height), (128, 128, 128))
+    start = time.perf_counter()
+    pipe(**kwargs)
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    size = f"{steps} steps at {width}x{height}, {num_frames} frames"
+    log(f"speed: warm-up took {seconds:.1f} s ({size})")
+    return seconds

@@ -1,0 +1,157 @@
+"""Per-request `fast_mode`: diffusers' step caches on the CogVideoX transformer, with exact restore.
+
+- `off`: the reference computation (no hook on the model).
+- `balanced` (default): FasterCache (Lv et al., ICLR 2025, which evaluates CogVideoX) with the
+  parameters diffusers documents for CogVideoX-5b: attention recomputed every 2nd step below
+  t=681 and blended with its trend, the unconditional half of the CFG batch recomputed every 5th
+  step below t=781 (its low/high-frequency difference to the conditional half reused between).
+- `fast`: First Block Cache (ParaAttention's FBCache, TeaCache's idea): when the first block's
+  residual changed by less than 10 % since the last full step, the other blocks are skipped and
+  their cached residual reused. Faster, and visible changes are possible (docs/speed.md).
+
+The hooks are diffusers' own (`CacheMixin.enable_cache` / `disable_cache`); their state is reset
+before every run so one request never sees another's cache. `AttentionCount` counts the work that
+really ran, from the blocks' query projections, for the log line.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from cogvx import checks
+from cogvx.log import log as log_line
+
+FAST_MODES = ("off", "balanced", "fast")
+DEFAULT_FAST_MODE = "balanced"
+FBC_THRESHOLD = 0.1  # `fast`: relative change of the first block's residual (diffusers: 0.05)
+MIN_BLOCKS_FBC = 2  # First Block Cache needs a block to skip (diffusers fails on 1)
+
+
+def check_fast_mode(value: str) -> str:
+    """`value` if it is a fast_mode, else an InputError listing the modes."""
+    return checks.choice("fast_mode", value, FAST_MODES)
+
+
+def cache_config(mode: str, pipe: Any, guidance_scale: float) -> Any | None:
+    """The diffusers cache config for `mode` on the running pipeline (None for `off`).
+
+    FasterCache reads the pipeline's current timestep, so the config belongs to the pipeline
+    object that runs (text-to-video or video-to-video); without guidance (scale <= 1) there is no
+    unconditional half to reuse.
+    """
+    check_fast_mode(mode)
+    if mode == "off":
+        return None
+    if mode == "fast" and len(pipe.transformer.transformer_blocks) >= MIN_BLOCKS_FBC:
+        from diffusers import FirstBlockCacheConfig
+
+        return FirstBlockCacheConfig(threshold=FBC_THRESHOLD)
+    from diffusers import FasterCacheConfig
+
+    return FasterCacheConfig(
+        spatial_attention_block_skip_range=2,
+        spatial_attention_timestep_skip_range=(-1, 681),
+        current_timestep_callback=lambda: pipe.current_timestep,
+        attention_weight_callback=lambda _: 0.3,
+        unconditional_batch_skip_range=5,
+        unconditional_batch_timestep_skip_range=(-1, 781),
+        tensor_format="BFCHW",
+        is_guidance_distilled=guidance_scale <= 1,
+    )
+
+
+def method_name(config: Any | None) -> str:
+    """'FasterCache', 'FirstBlockCache' or 'none'."""
+    return "none" if config is None else type(config).__name__.removesuffix("Config")
+
+
+class FastModeSlot:
+    """The cache hooks on one transformer: set per request, removed exactly for `off`."""
+
+    def __init__(self, transformer: Any, log: Callable[[str], None] = log_line):
+        self.transformer, self.log = transformer, log
+        self.key: tuple | None = None  # what the hooks in place were made for
+
+    def apply(self, mode: str, pipe: Any, guidance_scale: float) -> str:
+        """Put `mode`'s hooks on the transformer (fresh state); returns the method's name."""
+        check_fast_mode(mode)
+        guided = guidance_scale > 1
+        key = None if mode == "off" else (mode, guided, id(pipe), FBC_THRESHOLD)
+        config = cache_config(mode, pipe, guidance_scale)
+        if key != self.key:
+            if self.transformer.is_cache_enabled:
+                self.transformer.disable_cache()
+            if config is not None:
+                self.transformer.enable_cache(config)
+            self.key = key
+        if config is not None:
+            self.transformer._reset_stateful_cache()  # a cancelled run leaves state behind
+        if mode == "fast" and method_name(config) != "FirstBlockCache":
+            n = len(self.transformer.transformer_blocks)
+            self.log(
+                f"fast_mode=fast: First Block Cache needs >= {MIN_BLOCKS_FBC} transformer blocks; "
+                f"this model has {n}, so FasterCache runs"
+            )
+        return method_name(config)
+
+
+@dataclass
+class AttentionCount:
+    """What the transformer really computed during a run."""
+
+    layers: int
+    calls: int = 0  # transformer forward calls
+    samples: int = 0  # sum of their batch sizes
+    attention: int = 0  # attention evaluations that ran, counted per sample (batch rows)
+
+    @property
+    def scheduled(self) -> int:
+        """Attention evaluations without any cache: every block, every sample, every call."""
+        return self.samples * self.layers
+
+    def describe(self, mode: str, method: str, steps: int) -> str:
+        """The log line: calls versus the schedule, and attention computed versus reused."""
+        reused = 1 - self.attention / self.scheduled if self.scheduled else 0.0
+        return (
+            f"fast_mode={mode} ({method}): {self.calls} transformer calls for {steps} steps; "
+            f"attention computed {self.attention} of {self.scheduled} times ({reused:.0%} reused)"
+        )
+
+
+def install_counter(transformer: Any) -> AttentionCount:
+    """Hooks that count transformer calls and the attention that ran, installed once.
+
+    They stay for the model's life (one set of hooks, so a compiled graph's guards see the same
+    hooks on every request); `counting` zeroes the counts around each run.
+    """
+    existing = getattr(transformer, "_cogvx_count", None)
+    if existing is not None:
+        return existing
+    blocks = transformer.transformer_blocks
+    count = AttentionCount(layers=len(blocks))
+
+    def on_call(_module: Any, args: tuple, kwargs: dict) -> None:
+        x = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+        count.calls += 1
+        count.samples += int(x.shape[0])
+
+    def on_query(_module: Any, args: tuple) -> None:
+        count.attention += int(args[0].shape[0])
+
+    transformer.register_forward_pre_hook(on_call, with_kwargs=True)
+    for b in blocks:
+        b.attn1.to_q.register_forward_pre_hook(on_query)
+    transformer._cogvx_count = count
+    return count
+
+
+@contextmanager
+def counting(transformer: Any) -> Iterator[AttentionCount]:
+    """The work of the run inside the block: counts zeroed on entry."""
+    count = install_counter(transformer)
+    count.layers = len(transformer.transformer_blocks)
+    count.calls = count.samples = count.attention = 0
+    yield count

@@ -1,0 +1,240 @@
+"""What to speed up and how, as pure functions of the device, the installed packages and the
+deployment settings (the caller measures the device; nothing here touches CUDA).
+
+- Attention (`COGVX_ATTENTION`): auto picks SageAttention, else FlashAttention 3 on Hopper, else
+  FlashAttention 2, else torch's own SDPA (which picks flash / cuDNN / efficient kernels itself).
+- Compile (`COGVX_COMPILE`): regional `torch.compile` of the transformer blocks on CUDA, except
+  with sequential offload (accelerate's per-layer hooks break full graphs).
+- Quantize (`COGVX_QUANTIZE`, the video models' meaning): fp8 (torchao dynamic fp8 activations
+  and fp8 weights) on cards with fp8 tensor cores (sm 8.9+), else bf16.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from cogvx.errors import SetupError
+from cogvx.settings import ATTENTION_ENV, COMPILE_ENV, QUANTIZE_ENV
+
+T = TypeVar("T")
+
+NO_CUDA = "no CUDA device"
+AUTO = "auto"
+
+
+@dataclass(frozen=True)
+class Device:
+    """What the choices need to know about the device (measured by the caller)."""
+
+    cuda: bool
+    capability: tuple[int, int] = (0, 0)
+    name: str = "cpu"
+
+    def describe(self) -> str:
+        """'NVIDIA H100 (sm 9.0)' or 'cpu'."""
+        if not self.cuda:
+            return self.name
+        return f"{self.name} (sm {self.capability[0]}.{self.capability[1]})"
+
+
+@dataclass(frozen=True)
+class Choice(Generic[T]):
+    """One decision and why it was made (logged at setup)."""
+
+    value: T
+    reason: str
+
+
+@dataclass(frozen=True)
+class Backend:
+    """A diffusers attention backend (`AttentionBackendName` value) and what it needs."""
+
+    name: str
+    package: str | None = None  # import name that must resolve (diffusers' own package check)
+    cuda: bool = True
+    min_capability: tuple[int, int] = (0, 0)
+    majors: tuple[int, ...] | None = None  # only these compute-capability majors (FA3: Hopper)
+    what: str = ""
+
+    def missing(self, device: Device, installed: frozenset[str]) -> str | None:
+        """Why this backend cannot run here, None when it can."""
+        if self.cuda and not device.cuda:
+            return f"{self.what} needs a CUDA device"
+        if self.package and self.package not in installed:
+            return f"{self.what} needs the {self.package} package, which is not installed"
+        if device.cuda and device.capability < self.min_capability:
+            need = ".".join(map(str, self.min_capability))
+            return f"{self.what} needs compute capability {need}+, {device.describe()} has less"
+        if device.cuda and self.majors and device.capability[0] not in self.majors:
+            return f"{self.what} runs on Hopper (sm 9.x) only, not on {device.describe()}"
+        return None
+
+
+# The diffusers backends that fit CogVideoX's joint attention (no mask, no varlen packing) and need
+# no kernel download at run time (the *_hub backends fetch theirs from the Hub).
+BACKENDS = {
+    b.name: b
+    for b in (
+        Backend("native", cuda=False, what="torch SDPA"),
+        Backend("_native_math", cuda=False, what="torch SDPA math kernel"),
+        Backend("_native_efficient", what="torch SDPA memory-efficient kernel"),
+        Backend("_native_flash", min_capability=(8, 0), what="torch SDPA flash kernel"),
+        Backend("_native_cudnn", min_capability=(8, 0), what="torch SDPA cuDNN kernel"),
+        Backend("flash", "flash_attn", min_capability=(8, 0), what="FlashAttention 2"),
+        Backend("_flash_3", "flash_attn_3", majors=(9,), what="FlashAttention 3"),
+        Backend("sage", "sageattention", min_capability=(8, 0), what="SageAttention"),
+        Backend("xformers", "xformers", what="xFormers"),
+    )
+}
+AUTO_ORDER = ("sage", "_flash_3", "flash")  # best first; native when none can run
+ATTENTION_CHOICES = (AUTO, "off", *BACKENDS)
+COMPILE_CHOICES = ("1", "0", AUTO)
+QUANTIZE_CHOICES = (AUTO, "none", "int8", "fp8")
+PACKAGES = ("sageattention", "flash_attn", "flash_attn_3", "xformers", "torchao")
+FP8_CAPABILITY = (8, 9)  # Ada / Hopper and newer have fp8 tensor cores
+
+
+def installed_packages(names: tuple[str, ...] = PACKAGES) -> frozenset[str]:
+    """The packages among `names` that import-resolve (find_spec only: nothing is imported)."""
+    found = set()
+    for name in names:
+        try:
+            if importlib.util.find_spec(name) is not None:
+                found.add(name)
+        except (ImportError, ValueError):
+            pass
+    return frozenset(found)
+
+
+def _clean(env: str | None) -> str:
+    return (env or "").strip().lower() or AUTO
+
+
+def _not_allowed(var: str, value: str, allowed: tuple[str, ...]) -> SetupError:
+    return SetupError(f"{var}={value!r} is not allowed; use one of {list(allowed)}")
+
+
+def choose_attention(device: Device, installed: frozenset[str], env: str | None) -> Choice[str]:
+    """The diffusers attention backend name for the transformer (COGVX_ATTENTION)."""
+    value = _clean(env)
+    if value not in ATTENTION_CHOICES:
+        raise _not_allowed(ATTENTION_ENV, value, ATTENTION_CHOICES)
+    if value in ("off", "native"):
+        return Choice("native", f"{ATTENTION_ENV}={value}")
+    if value != AUTO:
+        missing = BACKENDS[value].missing(device, installed)
+        if missing:
+            raise SetupError(
+                f"{ATTENTION_ENV}={value}: {missing}; use one of {list(ATTENTION_CHOICES)}"
+            )
+        return Choice(value, f"{ATTENTION_ENV}={value} on {device.describe()}")
+    if not device.cuda:
+        return Choice("native", NO_CUDA)
+    for name in AUTO_ORDER:
+        if BACKENDS[name].missing(device, installed) is None:
+            return Choice(name, f"auto: {BACKENDS[name].what} on {device.describe()}")
+    return Choice(
+        "native",
+        f"auto: no SageAttention / FlashAttention for {device.describe()}; "
+        "torch SDPA picks its own kernel",
+    )
+
+
+def choose_compile(device: Device, offload: str, env: str | None) -> Choice[bool]:
+    """Regional torch.compile of the transformer blocks on or off (COGVX_COMPILE)."""
+    value = _clean(env)
+    if value not in COMPILE_CHOICES:
+        raise _not_allowed(COMPILE_ENV, value, COMPILE_CHOICES)
+    if value == "0":
+        return Choice(False, f"{COMPILE_ENV}=0")
+    forced = value == "1"
+    why_not = None
+    if not device.cuda:
+        why_not = NO_CUDA
+    elif offload == "sequential":
+        why_not = "sequential offload: its per-layer hooks break compiled graphs"
+    if why_not and forced:
+        raise SetupError(f"{COMPILE_ENV}=1 cannot be used: {why_not}; use 0 or auto")
+    if why_not:
+        return Choice(False, why_not)
+    if forced:
+        return Choice(True, f"{COMPILE_ENV}=1")
+    return Choice(True, f"auto: CUDA with offload={offload}")
+
+
+def choose_quantize(
+    device: Device,
+    installed: frozenset[str],
+    offload: str,
+    env: str | None,
+    compiled: bool = True,
+) -> Choice[str]:
+    """'fp8' | 'int8' | 'none' for the transformer's linear layers (COGVX_QUANTIZE).
+
+    `compiled`: whether the transformer will be compiled; auto picks fp8 only then, as its
+    per-call activation scaling is only cheap when fused."""
+    value = _clean(env)
+    if value not in QUANTIZE_CHOICES:
+        raise SetupError(
+            f"{QUANTIZE_ENV}={value!r} is not allowed for the video models; use one of "
+            f"{list(QUANTIZE_CHOICES)} (none | int8 | nf4 are the captioning model's values)"
+        )
+    if value == "none":
+        return Choice("none", f"{QUANTIZE_ENV}=none (bf16)")
+    forced = value != AUTO
+    why_not, fallback = None, "bf16"
+    if not device.cuda:
+        why_not = NO_CUDA
+    elif offload == "sequential":
+        why_not = "sequential offload keeps the weights on the CPU"
+    elif "torchao" not in installed:
+        why_not = "the torchao package is not installed"
+    elif value in (AUTO, "fp8") and device.capability < FP8_CAPABILITY:
+        why_not = f"fp8 needs compute capability 8.9+, {device.describe()} has less"
+        fallback = f"bf16 (int8 weight-only saves memory, not time: {QUANTIZE_ENV}=int8)"
+    if why_not and forced:
+        raise SetupError(f"{QUANTIZE_ENV}={value} cannot be used: {why_not}; use none or auto")
+    if why_not:
+        return Choice("none", why_not if why_not == NO_CUDA else f"{why_not}; {fallback}")
+    if forced:
+        return Choice(value, f"{QUANTIZE_ENV}={value} on {device.describe()}")
+    if not compiled:
+        return Choice("none", "fp8 pays off only with the transformer compiled; bf16")
+    return Choice("fp8", f"auto: fp8 tensor cores on {device.describe()}")
+
+
+@dataclass(frozen=True)
+class SpeedPlan:
+    """The three setup-time decisions for one pipeline."""
+
+    attention: Choice[str]
+    compile: Choice[bool]
+    quantize: Choice[str]
+
+    def log_lines(self) -> list[str]:
+        """One line per decision: 'speed: attention=sage (auto: ...)'."""
+        on = "on" if self.compile.value else "off"
+        return [
+            f"speed: attention={self.attention.value} ({self.attention.reason})",
+            f"speed: compile={on} ({self.compile.reason})",
+            f"speed: quantize={self.quantize.value} ({self.quantize.reason})",
+        ]
+
+
+def plan_speedups(
+    device: Device,
+    installed: frozenset[str],
+    offload: str,
+    attention_env: str | None = None,
+    compile_env: str | None = None,
+    quantize_env: str | None = None,
+) -> SpeedPlan:
+    """All three decisions (pure: the caller passes the device, packages and settings)."""
+    compiled = choose_compile(device, offload, compile_env)
+    return SpeedPlan(
+        attention=choose_attention(device, installed, attention_env),
+        compile=compiled,
+        quantize=choose_quantize(device, installed, offload, quantize_env, compiled.value),
+    )

@@ -1,0 +1,15 @@
+"""The GPU speed benchmark's code runs (CPU smoke run on the tiny models: no CUDA row is timed)."""
+
+from __future__ import annotations
+
+from benchmarks.gpu import bench_speed
+
+
+def test_tiny_smoke_run_prints_every_row(capsys):
+    bench_speed.main(["--tiny", "--models", "t2v-5b"])
+    out = capsys.readouterr().out
+    table = [line for line in out.splitlines() if line.startswith("| t2v-5b |")]
+    assert [line.split(" | ")[1] for line in table] == [
+        "bf16 eager", "+ fast_mode=balanced", "+ fast_mode=fast",
+    ]  # fmt: skip
+    assert "CPU (no CUDA device)" in out and "ratios (bf16 eager" in out
