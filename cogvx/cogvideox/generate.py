@@ -19,8 +19,9 @@ from cogvx.log import bound_library_logs
 from cogvx.log import log as log_line
 from cogvx.lora import LoraSlot
 from cogvx.models import Variant, get_variant
-from cogvx.speed.apply import apply_speedups, warm_up
+from cogvx.speed.apply import apply_speedups, warm_up_or_fall_back
 from cogvx.speed.cache import DEFAULT_FAST_MODE, FastModeSlot, check_fast_mode, counting
+from cogvx.speed.select import SpeedPlan
 from cogvx.video import to_uint8_frames
 from cogvx.weights.install import find_weights_root, install_model
 
@@ -107,6 +108,7 @@ class VideoModel:
         self.variant, self.pipe, self.plan, self.log = variant, pipe, plan, log
         self.lora = LoraSlot(pipe, variant.name, log=log)
         self.fast = FastModeSlot(pipe.transformer, log=log)
+        self.speed: SpeedPlan | None = None  # the setup-time speed-ups that ran (GPU)
         self._v2v: Any = None
 
     @property
@@ -139,9 +141,11 @@ class VideoModel:
         speed = apply_speedups(pipe, plan.offload, log)
         log(f"loaded {v.name} from {folder} in {time.perf_counter() - t0:.1f}s")
         loaded = cls(v, pipe, plan, log)
-        if speed.compile.value:  # compile at setup, in the default fast_mode, not in request 1
+        loaded.speed = speed
+        if plan.device == "cuda":  # compile and meet kernel failures at setup, not in request 1
             loaded.fast.apply(DEFAULT_FAST_MODE, pipe, v.default_guidance)
-            warm_up(pipe, v.height, v.width, v.default_frames, log)
+            size = (v.default_frames, v.height, v.width)
+            loaded.speed = warm_up_or_fall_back(pipe, speed, size, log)
         return loaded
 
     def count_tokens(self, text: str) -> int:

@@ -10,14 +10,16 @@ from __future__ import annotations
 import inspect
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import torch
 
 from cogvx import settings
+from cogvx.errors import SetupError
 from cogvx.log import log as log_line
-from cogvx.speed.attention import use_dispatch_processor
-from cogvx.speed.select import Device, SpeedPlan, installed_packages, plan_speedups
+from cogvx.speed.attention import restore_default_processor, use_dispatch_processor
+from cogvx.speed.select import Choice, Device, SpeedPlan, installed_packages, plan_speedups
 
 REPEATED_BLOCKS = ["CogVideoXBlock"]
 WARM_UP_SEED = 0
@@ -163,3 +165,55 @@ def warm_up(
     size = f"{steps} steps at {width}x{height}, {num_frames} frames"
     log(f"speed: warm-up took {seconds:.1f} s ({size})")
     return seconds
+
+
+def uncompile(transformer: Any) -> int:
+    """Undo `compile_transformer`: the blocks run eagerly again; returns how many were undone."""
+    undone = 0
+    for block in transformer.transformer_blocks:
+        if block._compiled_call_impl is not None:
+            block._compiled_call_impl = None
+            undone += 1
+    torch._dynamo.reset()
+    return undone
+
+
+def warm_up_or_fall_back(
+    pipe: Any,
+    plan: SpeedPlan,
+    size: tuple[int, int, int],
+    log: Callable[[str], None] = log_line,
+    run: Callable[..., float] | None = None,
+) -> SpeedPlan:
+    """Warm up at `size` (frames, height, width); if that fails, undo compile, then the attention
+    backend, each logged, and try again, so a kernel that fails on this card costs speed rather
+    than the deployment. Returns the plan that ran; raises SetupError if even eager bf16 fails.
+    """
+    frames, height, width = size
+    run = run or warm_up
+    steps: list[tuple[str, Callable[[], SpeedPlan]]] = [("as planned", lambda: plan)]
+    if plan.compile.value:
+
+        def drop_compile() -> SpeedPlan:
+            uncompile(pipe.transformer)
+            return replace(plan, compile=Choice(False, "compiled warm-up failed: eager blocks"))
+
+        steps.append(("without compile", drop_compile))
+    if plan.attention.value != "native":
+
+        def drop_attention() -> SpeedPlan:
+            restore_default_processor(pipe.transformer)
+            was = plan.attention.value
+            return replace(plan, attention=Choice("native", f"{was} failed at warm-up"))
+
+        steps.append(("on native attention", drop_attention))
+    errors = []
+    for what, make in steps:
+        plan = make()
+        try:
+            run(pipe, height, width, frames, log)
+            return plan
+        except Exception as e:  # noqa: BLE001 - any kernel/compiler failure: fall back, logged
+            errors.append(f"{what}: {type(e).__name__}: {str(e)[:300]}")
+            log(f"speed: warm-up {what} failed ({errors[-1]})")
+    raise SetupError("the transformer fails even eagerly on this card: " + "; ".join(errors))

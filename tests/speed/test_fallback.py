@@ -1,0 +1,96 @@
+"""A speed-up that fails on the card costs speed, not the deployment: the warm-up falls back."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from cogvx.dev.tiny import TINY_HEIGHT, TINY_WIDTH, build_tiny_pipeline
+from cogvx.errors import SetupError
+from cogvx.speed.apply import compile_transformer, uncompile, warm_up_or_fall_back
+from cogvx.speed.attention import DispatchCogVideoXAttnProcessor, use_dispatch_processor
+from cogvx.speed.select import Choice, SpeedPlan
+
+SIZE = (9, TINY_HEIGHT, TINY_WIDTH)
+
+
+def _plan(attention="sage", compiled=True) -> SpeedPlan:
+    return SpeedPlan(Choice(attention, "test"), Choice(compiled, "test"), Choice("none", "test"))
+
+
+def _frames(pipe) -> np.ndarray:
+    return pipe(
+        prompt="a cat", height=TINY_HEIGHT, width=TINY_WIDTH, num_frames=9,
+        num_inference_steps=2, output_type="np", generator=torch.Generator().manual_seed(1),
+    ).frames[0]  # fmt: skip
+
+
+def _compiled(pipe) -> bool:
+    return any(b._compiled_call_impl is not None for b in pipe.transformer.transformer_blocks)
+
+
+def _dispatch(pipe) -> bool:
+    procs = pipe.transformer.attn_processors.values()
+    return any(isinstance(p, DispatchCogVideoXAttnProcessor) for p in procs)
+
+
+def test_compile_failure_falls_back_to_eager_blocks():
+    pipe = build_tiny_pipeline("t2v-5b")
+    want = _frames(pipe)
+    compile_transformer(pipe.transformer, lambda _: None)
+    calls, logs = [], []
+
+    def run(p, h, w, n, log):
+        calls.append(_compiled(p))
+        if _compiled(p):
+            raise RuntimeError("inductor: no kernel for this card")
+        return 0.0
+
+    plan = warm_up_or_fall_back(pipe, _plan("native"), SIZE, logs.append, run=run)
+    assert calls == [True, False]
+    assert plan.compile == Choice(False, "compiled warm-up failed: eager blocks")
+    assert plan.attention.value == "native"
+    assert "speed: warm-up as planned failed (as planned: RuntimeError: inductor" in logs[0]
+    assert np.array_equal(_frames(pipe), want)  # eager again, bit for bit
+
+
+def test_attention_failure_falls_back_to_native():
+    pipe = build_tiny_pipeline("t2v-2b")
+    use_dispatch_processor(pipe.transformer, "_native_math")
+    logs = []
+
+    def run(p, h, w, n, log):
+        if _dispatch(p):
+            raise RuntimeError("sageattention: unsupported head dim")
+        return 0.0
+
+    plan = warm_up_or_fall_back(pipe, _plan("sage", compiled=False), SIZE, logs.append, run=run)
+    assert plan.attention == Choice("native", "sage failed at warm-up")
+    assert not _dispatch(pipe) and len(logs) == 1
+
+
+def test_eager_failure_is_a_setup_error_naming_every_try():
+    pipe = build_tiny_pipeline("t2v-5b")
+
+    def run(p, h, w, n, log):
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    with pytest.raises(SetupError, match="as planned: OutOfMemoryError.*without compile.*on nat"):
+        warm_up_or_fall_back(pipe, _plan(), SIZE, lambda _: None, run=run)
+
+
+def test_a_working_plan_warms_up_once_and_is_kept():
+    pipe = build_tiny_pipeline("t2v-5b")
+    runs = []
+    plan = _plan()
+    assert warm_up_or_fall_back(pipe, plan, SIZE, print, run=lambda *a: runs.append(1)) is plan
+    assert runs == [1]
+
+
+def test_uncompile_counts_and_clears():
+    pipe = build_tiny_pipeline("t2v-5b")
+    assert uncompile(pipe.transformer) == 0
+    compile_transformer(pipe.transformer, lambda _: None)
+    assert uncompile(pipe.transformer) == len(pipe.transformer.transformer_blocks)
+    assert not _compiled(pipe)
