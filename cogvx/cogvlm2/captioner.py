@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
@@ -111,6 +112,40 @@ class CogVLM2Captioner:
                 top_p=top_p,
             )
         return out[0].tolist()
+
+    @torch.inference_mode()
+    def generate_ids_batch(
+        self,
+        clips: Sequence[torch.Tensor | np.ndarray],
+        prompt: str = DEFAULT_PROMPT,
+        template: str = "chat",
+        max_new_tokens: int = 2048,
+    ) -> list[list[int]]:
+        """Greedy new token ids of several clips in one batch (one list per clip, in order).
+
+        Same ids as `generate_ids` clip by clip: prompts are left-padded, each keeps its own
+        position ids and stops at its own end-of-sequence token. Greedy only: sampled decoding
+        depends on the batch (the random stream is shared), so it stays one clip at a time.
+        """
+        _check_sampling(max_new_tokens, 0.0, 1.0, None)
+        if not clips:
+            return []
+        rows = []
+        for frames in clips:
+            inputs = self.prepare(frames, prompt, template)
+            rows.append((inputs.input_ids, inputs.token_type_ids, inputs.pixel_values))
+        return self.model.generate_batch(rows, max_new_tokens=max_new_tokens)
+
+    def caption_batch(
+        self,
+        clips: Sequence[torch.Tensor | np.ndarray],
+        prompt: str = DEFAULT_PROMPT,
+        template: str = "chat",
+        max_new_tokens: int = 2048,
+    ) -> list[str]:
+        """Greedy captions of several clips in one batch."""
+        ids = self.generate_ids_batch(clips, prompt, template, max_new_tokens)
+        return [self.decode(row) for row in ids]
 
     def caption(
         self,

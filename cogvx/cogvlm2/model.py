@@ -148,6 +148,42 @@ class CogVLM2Model(nn.Module):
             output_hidden_states=output_hidden_states,
         )
 
+    def generate_batch(
+        self,
+        rows: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+        max_new_tokens: int = 2048,
+        **kwargs,
+    ) -> list[list[int]]:
+        """Greedy generation for several prompts in one batch: (ids, types, pixels) per row.
+
+        Rows are left-padded (`left_pad`); every row stops at its own end-of-sequence token and
+        its ids are returned up to and including it, as `generate` returns them for that row
+        alone."""
+        ids, types, mask, positions = left_pad([(r[0], r[1]) for r in rows], self.pad_id())
+        pixels = torch.cat([r[2] for r in rows])
+        embeds = self.embed(ids, types, pixels)
+        # transformers types generate's self as a protocol LlamaForCausalLM does not match
+        out = self.language_model.generate(  # type: ignore[misc]
+            inputs_embeds=embeds,
+            attention_mask=mask.to(self.device),
+            position_ids=positions.to(self.device),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            **kwargs,
+        )
+        eos = kwargs.get("eos_token_id", self.language_model.generation_config.eos_token_id)
+        stops = set(eos if isinstance(eos, list) else [eos]) - {None}
+        result = []
+        for row in torch.as_tensor(out).tolist():  # a tensor: no return_dict_in_generate
+            end = next((i + 1 for i, t in enumerate(row) if t in stops), len(row))
+            result.append(row[:end])
+        return result
+
+    def pad_id(self) -> int:
+        """The id left padding uses (never attended to)."""
+        pad = self.language_model.generation_config.pad_token_id
+        return int(pad if pad is not None else self.config.pad_token_id)
+
     def generate(
         self,
         input_ids: torch.Tensor,
@@ -181,6 +217,28 @@ class CogVLM2Model(nn.Module):
             **sampling,
             **kwargs,
         )
+
+
+def left_pad(
+    rows: list[tuple[torch.Tensor, torch.Tensor]], pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Left-pad (ids, types) rows to one length: (ids, types, attention mask, position ids).
+
+    Each row keeps the position ids it has alone (`build_position_ids` of the unpadded row), so
+    a padded row computes what it computes unbatched; pads are masked out."""
+    length = max(int(ids.shape[0]) for ids, _ in rows)
+    shape = (len(rows), length)
+    ids = torch.full(shape, pad_id, dtype=torch.long)
+    types = torch.zeros(shape, dtype=torch.long)  # LANGUAGE
+    mask = torch.zeros(shape, dtype=torch.long)
+    positions = torch.zeros(shape, dtype=torch.long)
+    for i, (row_ids, row_types) in enumerate(rows):
+        n = int(row_ids.shape[0])
+        ids[i, length - n :] = row_ids
+        types[i, length - n :] = row_types
+        mask[i, length - n :] = 1
+        positions[i, length - n :] = build_position_ids(row_types)
+    return ids, types, mask, positions
 
 
 def generation_config(folder: str | Path, cfg: CogVLM2Config) -> GenerationConfig:
