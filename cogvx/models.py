@@ -319,6 +319,13 @@ DEPLOYMENTS: tuple[Deployment, ...] = (
         None,  # no public tarball is known
     ),
     Deployment(
+        "cog.caption-batch.yaml",  # the same model, many clips per prediction (JSONL out)
+        "predict_caption/predict.py:BatchRunner",
+        "caption",
+        "THUDM/cogvlm2-llama3-caption",
+        None,
+    ),
+    Deployment(
         "cog.enhance.yaml",
         "predict_enhance/predict.py:Runner",
         "enhance",

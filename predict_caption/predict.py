@@ -6,6 +6,7 @@ from cog import BaseRunner, Input, Path
 
 from cogvx.net.inputs import request_file
 from cogvx.services.caption import CaptionService
+from cogvx.services.caption_batch import caption_batch_file
 
 
 class Runner(BaseRunner):
@@ -62,4 +63,47 @@ class Runner(BaseRunner):
             temperature=temperature,
             top_p=top_p,
             seed=seed,
+        )
+
+
+class BatchRunner(BaseRunner):
+    """Caption many clips per prediction with THUDM/cogvlm2-llama3-caption (greedy, batched)."""
+
+    def setup(self, weights: Optional[str] = None) -> None:
+        """Fetch the weights (COG_WEIGHTS: tarball URL or folder) and load the model."""
+        self.service = CaptionService(weights)
+
+    def run(
+        self,
+        videos: Path = Input(
+            description="The clips: a .zip or .tar of videos, or a text file with one http(s) URL per line (up to 10000 clips, 2 GiB each). Returns a JSONL file, one line per clip in input order: path, caption, frames_used, duration, model, prompt, strategy, seconds, error (a clip that cannot be read has its error and no caption; the others go on).",  # noqa: E501
+        ),
+        prompt: str = Input(
+            description="What to ask about each video.",
+            default="Please describe this video in detail.",
+        ),
+        strategy: str = Input(
+            description="Frame choice and prompt template: 'chat' = one frame per second, up to 24 (the model's captioning mode); 'base' = 24 frames evenly over the first 60 s.",  # noqa: E501
+            choices=["chat", "base"],
+            default="chat",
+        ),
+        max_new_tokens: int = Input(
+            description="Longest caption, in tokens (generation stops earlier at the end token).",
+            default=2048,
+            ge=1,
+            le=4096,
+        ),
+        batch_size: int = Input(
+            description="Clips per forward pass; 0 = as many as fit in the GPU's free memory (at most 16). Greedy decoding: the same captions as one clip at a time.",  # noqa: E501
+            default=0,
+            ge=0,
+            le=16,
+        ),
+    ) -> Path:
+        source = request_file("videos", videos)
+        assert source is not None  # a required input
+        return Path(
+            caption_batch_file(
+                self.service, source, prompt, strategy, max_new_tokens, batch_size or None
+            )
         )

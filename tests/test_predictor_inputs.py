@@ -60,7 +60,7 @@ def _check_tables(got: dict[str, dict], ranges: dict, choices: dict) -> None:
 
 
 def test_every_config_is_checked():
-    assert len(REFS) == 7 and len(VIDEO_REFS) == 5
+    assert len(REFS) == 8 and len(VIDEO_REFS) == 5
 
 
 @pytest.mark.parametrize("ref", VIDEO_REFS)
@@ -88,6 +88,17 @@ def test_enhance_runner_inputs_match_its_checks():
     got = inputs("predict_enhance/predict.py:Runner")
     assert set(enhance_request.RANGES) <= set(got) and set(enhance_request.CHOICES) <= set(got)
     _check_tables(got, enhance_request.RANGES, enhance_request.CHOICES)
+
+
+def test_caption_batch_runner_inputs_match_its_checks():
+    from cogvx.cogvlm2.batching import MAX_BATCH
+
+    got = inputs("predict_caption/predict.py:BatchRunner")
+    single = inputs("predict_caption/predict.py:Runner")
+    assert set(got) == {"videos", "prompt", "strategy", "max_new_tokens", "batch_size"}
+    for name in ("prompt", "strategy", "max_new_tokens"):
+        assert got[name] == single[name], name
+    assert got["batch_size"] == {"default": 0, "minimum": 0, "maximum": MAX_BATCH}
 
 
 def test_caption_runner_inputs_match_its_checks():

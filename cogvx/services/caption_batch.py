@@ -14,9 +14,20 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from cogvx.cogvlm2.batching import choose_batch_size
+from cogvx import checks
+from cogvx.cogvlm2.batching import MAX_BATCH, choose_batch_size
+from cogvx.cogvlm2.captioner import DEFAULT_PROMPT
+from cogvx.cogvlm2.sampling import STRATEGIES
+from cogvx.errors import InputError
 from cogvx.log import log as log_line
-from cogvx.services.caption import HF_REPO, MAX_FRAMES, CaptionService, Clip, load_clip
+from cogvx.services.caption import (
+    HF_REPO,
+    MAX_FRAMES,
+    RANGES,
+    CaptionService,
+    Clip,
+    load_clip,
+)
 
 Log = Callable[[str], None]
 ERROR_CHARS = 500  # an error row keeps this much of the message
@@ -156,3 +167,64 @@ def _free_bytes(service: CaptionService) -> int | None:
     if device.type != "cuda":
         return None
     return int(available_memory_gib(device) * 2**30)
+
+
+def caption_batch_file(
+    service: CaptionService,
+    source: Path,
+    prompt: str,
+    strategy: str = "chat",
+    max_new_tokens: int = 2048,
+    batch_size: int | None = None,
+) -> Path:
+    """The predictor's batch input: unpack `source`, caption every clip, write one JSONL file.
+
+    Rows keep the input's order and name each clip by its member name or URL (never a server
+    path); a clip that could not be unpacked or fetched is a row with its error."""
+    import json
+    import shutil
+
+    from cogvx import settings
+    from cogvx.services.caption_inputs import unpack_batch
+    from cogvx.video.output import fresh_output_path
+
+    prompt = (prompt or "").strip()
+    if not prompt:
+        raise InputError(f'prompt must not be empty; e.g. "{DEFAULT_PROMPT}"')
+    checks.choice("strategy", strategy, STRATEGIES)
+    max_new_tokens = checks.integer(
+        "max_new_tokens", max_new_tokens, *map(int, RANGES["max_new_tokens"])
+    )
+    if batch_size is not None:
+        batch_size = checks.integer("batch_size", batch_size, 1, MAX_BATCH)
+    out = fresh_output_path(settings.output_root(), "jsonl", stem="captions")
+    work = out.parent / "clips"
+    t0 = time.perf_counter()
+    try:
+        items = unpack_batch(source, work, service.log)
+        readable = [i for i in items if i.path is not None]
+        rows = caption_many(
+            service, [i.path for i in readable if i.path], prompt, strategy, max_new_tokens,
+            batch_size,
+        )  # fmt: skip
+        by_path = {str(i.path): i.label for i in readable}
+        done = 0
+        with open(out, "w", encoding="utf-8") as f:
+            results = iter(rows)
+            for item in items:
+                if item.path is None:
+                    row = CaptionRow(item.label, None, 0, None, HF_REPO, prompt, strategy, 0.0,
+                                     item.error)  # fmt: skip
+                else:
+                    row = next(results)
+                    row.path = by_path[row.path]
+                done += row.error is None
+                f.write(json.dumps(row.as_dict(), ensure_ascii=False) + "\n")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    seconds = time.perf_counter() - t0
+    service.log(
+        f"captioned {done} of {len(items)} clips in {seconds:.1f}s "
+        f"({len(items) / max(seconds, 1e-9):.2f} clips/s); wrote {out.name}"
+    )
+    return out

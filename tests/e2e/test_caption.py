@@ -187,3 +187,58 @@ def test_prompt_longer_than_the_model_positions_is_refused(tiny_folder, media):
     with pytest.raises(ValueError, match=r"max_new_tokens=2040 the sequence needs \d+ positions"):
         service.run(prompt="describe", max_new_tokens=2040, **kwargs)
     assert service.run(prompt="describe", max_new_tokens=2, **kwargs) is not None
+
+
+@pytest.fixture(scope="module")
+def batch_server(http, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("caption-batch-server")
+    env = {
+        "COG_WEIGHTS": http.url("/caption.tar"),
+        "COGVX_WEIGHTS_CACHE": str(tmp / "cache"),
+        "COGVX_OUTPUT_DIR": str(tmp / "outputs"),
+    }
+    with CogletServer("cog.caption-batch.yaml", env=env) as srv:
+        health = srv.wait_ready(timeout=300)
+        assert health["status"] == "READY", srv.logs()
+        yield srv
+
+
+def test_batch_of_clips_returns_jsonl_in_order_with_error_rows(
+    batch_server, tiny_folder, media, tmp_path
+):
+    import base64
+    import io
+    import json
+    import zipfile
+
+    from tests.support.coglet_harness import save_output
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for name in ("clip.mp4", "notes.mp4", "clip.webm", "tone.m4a", "h264.mp4"):
+            zf.write(media / name, f"set/{name}")
+        zf.writestr("../escape.mp4", (media / "clip.mp4").read_bytes())
+    uri = "data:application/zip;base64," + base64.b64encode(buf.getvalue()).decode()
+    status, body = batch_server.predict(
+        {"videos": uri, "max_new_tokens": TOKENS, "batch_size": 2}, timeout=300
+    )
+    assert status == 200 and body["status"] == "succeeded", (body, batch_server.logs()[-3000:])
+    rows = [json.loads(line) for line in save_output(body["output"], tmp_path / "c.jsonl")
+            .read_text().splitlines()]  # fmt: skip
+    names = ["set/clip.mp4", "set/notes.mp4", "set/clip.webm", "set/tone.m4a", "set/h264.mp4",
+             "../escape.mp4"]  # fmt: skip
+    assert [r["path"] for r in rows] == names
+    assert [r["error"] is None for r in rows] == [True, False, True, False, True, True]
+    assert all(r["caption"] for r in rows if r["error"] is None)
+    assert rows[0]["caption"] == rows[5]["caption"]  # the same clip under two names
+    assert "captioned 4 of 6 clips" in body["logs"]
+    from cogvx.cogvlm2.captioner import DEFAULT_PROMPT
+    from cogvx.services.caption import load_clip
+
+    alone = CogVLM2Captioner.from_folder(tiny_folder).caption(
+        load_clip(media / "clip.webm", "chat", print).frames, DEFAULT_PROMPT, "chat", TOKENS
+    )
+    assert rows[2]["caption"] == alone  # batched in the server = one clip in-process
+    status, body = batch_server.predict({"videos": "/etc/passwd"}, timeout=60)
+    assert status != 200 or body["status"] == "failed"
+    assert batch_server.health()["status"] == "READY"
