@@ -2,6 +2,12 @@
 
 python tools/make_tiny_weights.py --model t2v-5b --out /tmp/tiny-t2v-5b
 python tools/make_tiny_weights.py --model enhance --out /tmp/tiny-enhance   (venhancer/ + fast/)
+python tools/make_tiny_weights.py --model caption --out /tmp/tiny-caption   (CogVLM2-Caption)
+
+The caption folder has the official THUDM/cogvlm2-llama3-caption layout (config.json, BF16
+model.safetensors under the remote code's key names, a Llama-3-style tokenizer) at the golden
+fixture's sizes; its LM head favours the tokenizer's own ids, so greedy captions are real text.
+Same --seed, byte-identical files.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from cogvx.models import VARIANTS
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", required=True, choices=[*sorted(VARIANTS), "enhance"])
+    parser.add_argument("--model", required=True, choices=[*sorted(VARIANTS), "enhance", "caption"])
     parser.add_argument("--out", required=True, type=Path, help="folder to write (created)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -26,6 +32,10 @@ def main(argv: list[str] | None = None) -> int:
         from cogvx.dev.enhance import save_tiny_enhance_weights
 
         out = save_tiny_enhance_weights(args.out, seed=args.seed)
+    elif args.model == "caption":
+        from cogvx.dev.caption import save_tiny_caption_weights
+
+        out = save_tiny_caption_weights(args.out, seed=args.seed)
     else:
         out = save_tiny_weights(args.model, args.out, seed=args.seed)
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
