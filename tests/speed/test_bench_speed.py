@@ -13,3 +13,11 @@ def test_tiny_smoke_run_prints_every_row(capsys):
         "bf16 eager", "+ fast_mode=balanced", "+ fast_mode=fast",
     ]  # fmt: skip
     assert "CPU (no CUDA device)" in out and "ratios (bf16 eager" in out
+
+
+def test_caption_batch_gpu_bench_smoke_run(capsys):
+    from benchmarks.gpu import bench_caption_batch
+
+    bench_caption_batch.main(["--tiny", "--clips", "4", "--tokens", "4", "--sizes", "1,2"])
+    out = capsys.readouterr().out
+    assert "| 1 |" in out and "| 2 |" in out and "batch 2:" in out
