@@ -77,6 +77,10 @@ class Inputs:
         choices=["off", "balanced", "fast"],
         default="balanced",
     )
+    extend_prompt = Input(
+        description="Rewrite the prompt with an instruct LLM into the long, concrete caption style CogVideoX was trained on (subject, motion, setting, light, camera; cut to 226 tokens) before generating. The extended prompt is logged, so it is returned in the prediction's logs. Greedy: the same prompt gives the same extension. Needs the deployment to load a prompt LLM (COGVX_PROMPT_WEIGHTS, see the README); fails otherwise.",  # noqa: E501
+        default=False,
+    )
 
 
 class I2VRunner(BaseRunner):
@@ -126,6 +130,7 @@ class Runner(I2VRunner):
         lora_url: Optional[str] = Inputs.lora_url,
         lora_scale: float = Inputs.lora_scale,
         fast_mode: str = Inputs.fast_mode,
+        extend_prompt: bool = Inputs.extend_prompt,
     ) -> Path:
         return self._run(locals())
 
@@ -162,5 +167,6 @@ class Runner15(I2VRunner):
         lora_url: Optional[str] = Inputs.lora_url,
         lora_scale: float = Inputs.lora_scale,
         fast_mode: str = Inputs.fast_mode,
+        extend_prompt: bool = Inputs.extend_prompt,
     ) -> Path:
         return self._run(locals())

@@ -24,6 +24,7 @@ LAYERS = {
         "cogvx.cogvlm2",
         "cogvx.venhancer",
         "cogvx.speed",
+        "cogvx.prompting",
     ),
     "services": ("cogvx.services",),
 }

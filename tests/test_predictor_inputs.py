@@ -81,6 +81,7 @@ def test_video_runner_inputs_match_the_variants_table(ref):
     _check_tables(got, ranges, video_service.CHOICES)
     fast = {"default": video_service.DEFAULTS["fast_mode"], "choices": ["off", "balanced", "fast"]}
     assert got["fast_mode"] == fast
+    assert got["extend_prompt"] == {"default": False}
     assert list(video_service.CHOICES["fast_mode"]) == fast["choices"]
 
 

@@ -11,11 +11,14 @@ from cogvx.cogvideox.generate import STEPS_RANGE, STRENGTH_RANGE, Request, Video
 from cogvx.fast.caps import check_fast_output
 from cogvx.fast.models import fast_enhance, fast_missing_message, load_fast_from_env
 from cogvx.gpu import release_openmp_pool, releasing_openmp_pool
+from cogvx.log import clip
 from cogvx.log import log as log_line
 from cogvx.models import Variant
+from cogvx.prompting.extend import load_extender_from_env, require
 from cogvx.speed.cache import DEFAULT_FAST_MODE, FAST_MODES
 from cogvx.video import OUTPUT_FORMATS, save_video
 
+EXTENDED_LOG_CHARS = 1500  # the extension fits 226 T5 tokens (~1000 characters): logged whole
 UPSCALES = (1, 2, 4)  # Real-ESRGAN output option (fast path)
 # Request ranges and choices, checked here. The predictors' Input(ge=, le=, choices=) repeat
 # them as literals (Cog's static schema parser reads only literals);
@@ -46,6 +49,7 @@ class VideoService:
         self.log = log
         self.model = VideoModel.load(model, weights, log=log)
         self.fast = load_fast_from_env(log)  # Real-ESRGAN + RIFE output options, if configured
+        self.extender = load_extender_from_env(log)  # extend_prompt, if configured
         # coglet runs setup() and each run() on different threads, and libgomp keeps an OpenMP
         # pool per thread: with an idle one alive it thinks the CPUs oversubscribed and puts
         # its threads to sleep after every op of run(). So drop the pool a thread leaves idle
@@ -75,6 +79,7 @@ class VideoService:
         interpolate: bool = False,
         upscale: int = 1,
         fast_mode: str = DEFAULT_FAST_MODE,
+        extend_prompt: bool = False,
         record_metric: Metric | None = None,
     ) -> Path:
         """Generate one video and return the encoded file.
@@ -94,6 +99,12 @@ class VideoService:
         seed = checks.seed(seed)
         checks.in_range("lora_scale", float(lora_scale), *RANGES["lora_scale"])
         v = self.model.variant
+        if extend_prompt:
+            extender = require(self.extender)  # refused before any work when not configured
+            prompt = extender.extend(
+                checks.prompt(prompt), self.model.count_tokens, v.max_tokens, v.task == "i2v"
+            )
+            self.log(f"extended prompt: {clip(prompt, EXTENDED_LOG_CHARS)}")
         frames = None
         if video is not None:
             frames = read_v2v_video(video, v, self.log)
