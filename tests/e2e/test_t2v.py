@@ -204,4 +204,23 @@ def test_fast_mode_per_request_through_the_server(server_5b, tmp_path):
     assert_same_file(off, again)  # off after the caches is the reference, byte for byte
     status, body = server_5b.predict({"prompt": "a dog", "fast_mode": "turbo"}, timeout=60)
     assert status == 422 and "fast_mode" in json.dumps(body), body
-    assert server_5b.health()["status"] == "READY"
+    assert server_5b.wait_idle(timeout=60)["status"] == "READY"
+
+
+def test_extend_prompt_without_an_llm_fails_clearly(server_5b):
+    status, body = server_5b.predict({"prompt": "a cat", "extend_prompt": True}, timeout=60)
+    assert body["status"] == "failed" and "COGVX_PROMPT_WEIGHTS" in body["error"], body
+    assert server_5b.wait_idle(timeout=60)["status"] == "READY"
+
+
+def test_extend_prompt_through_the_server(weights_server, tmp_path):
+    from cogvx.dev.llm import save_tiny_llm
+
+    env = _env(tmp_path, weights_server.serve("t2v-5b"))
+    env["COGVX_PROMPT_WEIGHTS"] = str(save_tiny_llm(tmp_path / "llm"))
+    with CogletServer("cog.yaml", env=env) as server:
+        assert server.wait_ready(timeout=300)["status"] == "READY", server.logs()
+        _, body = _ok(server, tmp_path, "x.mp4", prompt="a cat", num_frames=9, seed=2,
+                      extend_prompt=True)  # fmt: skip
+        extended = re.search(r"extended prompt: (.+)", body["logs"])
+        assert extended and extended.group(1).strip() not in ("", "a cat"), body["logs"]
