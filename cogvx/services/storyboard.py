@@ -1,0 +1,242 @@
+"""LLM -> FLUX -> CogVideoX image-to-video, in batch: N prompts, a first frame each, a video each.
+
+Stages run one model at a time (each freed before the next loads, as the seed's script does):
+all prompts, then all first frames, then all videos. `manifest.json` in the output folder
+records every finished item's prompt, image, video, seeds and seconds, rewritten after each
+step, so a rerun skips what is done (a file that is missing is made again).
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cogvx.log import log as log_line
+
+Log = Callable[[str], None]
+
+MANIFEST = "manifest.json"
+IDEA_PROMPT = (
+    "Write one prompt for a text-to-video model about this topic: {topic}. Idea number {n}: make "
+    "it different from a generic take. One paragraph of at most {words} words describing what a "
+    "camera sees: subject, action, setting, light, camera motion. Answer with the prompt only."
+)
+
+
+@dataclass
+class Item:
+    """One video of the batch (a manifest entry)."""
+
+    index: int
+    prompt: str = ""
+    prompt_seed: int = 0
+    image: str | None = None
+    image_seed: int = 0
+    video: str | None = None
+    video_seed: int = 0
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Settings:
+    """What the batch makes (the CLI's arguments)."""
+
+    num_videos: int
+    topic: str = "nature"
+    prompts: list[str] | None = None  # given prompts: no LLM stage
+    words: int = 120
+    seed: int = 0
+    image_steps: int = 28
+    image_guidance: float = 3.5
+    video_steps: int = 50
+    video_model: str = "i2v-5b"
+    fps: int = 8
+
+
+def load_manifest(out: Path) -> dict[int, Item]:
+    """The finished items recorded in `out` (none if there is no manifest yet)."""
+    path = out / MANIFEST
+    if not path.is_file():
+        return {}
+    data = json.loads(path.read_text())
+    return {int(d["index"]): Item(**d) for d in data["items"]}
+
+
+def save_manifest(out: Path, items: dict[int, Item], settings: Settings) -> None:
+    """Write the manifest atomically (a kill leaves the old one or the new one)."""
+    body = {"settings": asdict(settings), "items": [asdict(items[i]) for i in sorted(items)]}
+    tmp = out / (MANIFEST + ".tmp")
+    tmp.write_text(json.dumps(body, indent=1, ensure_ascii=False))
+    os.replace(tmp, out / MANIFEST)
+
+
+def _has(out: Path, name: str | None) -> bool:
+    """True if the manifest's file `name` exists in `out`."""
+    return name is not None and (out / name).is_file()
+
+
+def _free(*objects: Any) -> None:
+    del objects
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def write_prompts(
+    items: dict[int, Item], s: Settings, llm_weights: str | None, log: Log, save: Callable[[], None]
+) -> None:
+    """Stage 1: a prompt per item (given ones, or the LLM's, sampled with the item's seed)."""
+    todo = [i for i in range(s.num_videos) if not items.setdefault(i, Item(i)).prompt]
+    if not todo:
+        return
+    if s.prompts:
+        for i in todo:
+            items[i].prompt = s.prompts[i % len(s.prompts)]
+        return
+    if not llm_weights:
+        raise ValueError("--llm-weights is needed to write prompts (or give --prompts FILE)")
+    from cogvx.prompting.extend import LLM_FOLDER, PromptExtender
+    from cogvx.weights.install import install_model
+
+    folder = install_model(llm_weights, LLM_FOLDER, "--llm-weights is empty", log)
+    llm = PromptExtender.load(folder, 0.0 if torch.cuda.is_available() else None, log)
+    for i in _progress(todo, "prompts"):
+        t0 = time.perf_counter()
+        items[i].prompt_seed = s.seed + i
+        ask = IDEA_PROMPT.format(topic=s.topic, n=i + 1, words=s.words)
+        chat = [{"role": "user", "content": ask}]
+        ids = llm.tokenizer.apply_chat_template(
+            chat, add_generation_prompt=True, return_tensors="pt", return_dict=True
+        )
+        with torch.random.fork_rng(), torch.inference_mode():
+            torch.manual_seed(items[i].prompt_seed)
+            llm.model.to(llm.placement.run_on)
+            out = llm.model.generate(
+                **{k: v.to(llm.placement.run_on) for k, v in ids.items()},
+                max_new_tokens=2 * s.words, do_sample=True, temperature=0.8, top_p=0.95,
+            )  # fmt: skip
+        text = llm.tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
+        words = " ".join(text.split()).strip('"').split()[: s.words]
+        items[i].prompt = " ".join(words) or s.topic
+        items[i].seconds["prompt"] = time.perf_counter() - t0
+        save()
+    _free(llm)
+
+
+def paint_frames(
+    items: dict[int, Item], s: Settings, out: Path, flux_weights: str, size: tuple[int, int],
+    log: Log, save: Callable[[], None],
+) -> None:  # fmt: skip
+    """Stage 2: FLUX paints each item's first frame at `size` (width, height)."""
+    todo = [i for i in sorted(items) if not _has(out, items[i].image)]
+    if not todo:
+        return
+    from diffusers import FluxPipeline
+
+    from cogvx.weights.install import install_model
+
+    folder = install_model(flux_weights, "flux", "--flux-weights is empty", log)
+    dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
+    pipe = FluxPipeline.from_pretrained(folder, dtype=dtype).to(_device())
+    pipe.set_progress_bar_config(disable=True)
+    w, h = size
+    for i in _progress(todo, "first frames"):
+        t0 = time.perf_counter()
+        items[i].image_seed = s.seed + 1000 + i
+        with torch.inference_mode():
+            image = pipe(
+                prompt=items[i].prompt, width=w, height=h, num_inference_steps=s.image_steps,
+                guidance_scale=s.image_guidance, max_sequence_length=512,
+                generator=torch.Generator("cpu").manual_seed(items[i].image_seed),
+            ).images[0]  # fmt: skip
+        name = f"{i:04d}.png"
+        image.save(out / name)
+        items[i].image = name
+        items[i].seconds["image"] = time.perf_counter() - t0
+        save()
+    _free(pipe)
+
+
+def animate(
+    items: dict[int, Item],
+    s: Settings,
+    out: Path,
+    video_weights: str | None,
+    log: Log,
+    save: Callable[[], None],
+) -> None:
+    """Stage 3: CogVideoX image-to-video animates each first frame with its prompt."""
+    todo = [i for i in sorted(items) if not _has(out, items[i].video)]
+    if not todo:
+        return
+    from PIL import Image
+
+    from cogvx.cogvideox.generate import Request, VideoModel
+    from cogvx.video import write_video
+
+    model = VideoModel.load(s.video_model, video_weights, log=log)
+    v = model.variant
+    for i in _progress(todo, "videos"):
+        t0 = time.perf_counter()
+        items[i].video_seed = s.seed + 2000 + i
+        image_name = items[i].image
+        assert image_name is not None  # stage 2 made every first frame
+        image = Image.open(out / image_name).convert("RGB").resize((v.width, v.height))
+        result = model.generate(
+            Request(
+                prompt=items[i].prompt, negative_prompt="", num_frames=v.default_frames,
+                num_inference_steps=s.video_steps, guidance_scale=v.default_guidance,
+                use_dynamic_cfg=v.dynamic_cfg, seed=items[i].video_seed, image=image,
+            )
+        )  # fmt: skip
+        name = f"{i:04d}.mp4"
+        write_video(result.frames, out / name, fps=s.fps)
+        items[i].video = name
+        items[i].seconds["video"] = time.perf_counter() - t0
+        save()
+    _free(model)
+
+
+def run_batch(
+    s: Settings,
+    out: Path,
+    llm_weights: str | None,
+    flux_weights: str,
+    video_weights: str | None,
+    size: tuple[int, int] = (720, 480),
+    log: Log = log_line,
+) -> dict[int, Item]:
+    """All three stages over `s.num_videos` items in `out`; resumes from its manifest."""
+    out.mkdir(parents=True, exist_ok=True)
+    items = {i: it for i, it in load_manifest(out).items() if i < s.num_videos}
+    done = sum(1 for it in items.values() if _has(out, it.video))
+    if done:
+        log(f"resuming: {done} of {s.num_videos} videos are already in {out}")
+
+    def save() -> None:
+        save_manifest(out, items, s)
+
+    write_prompts(items, s, llm_weights, log, save)
+    save()
+    paint_frames(items, s, out, flux_weights, size, log, save)
+    animate(items, s, out, video_weights, log, save)
+    save()
+    return items
+
+
+def _progress(todo: list[int], what: str) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(todo, desc=what, unit="item", mininterval=1.0)
