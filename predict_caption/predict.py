@@ -9,6 +9,26 @@ from cogvx.services.caption import CaptionService
 from cogvx.services.caption_batch import caption_batch_file
 
 
+class Inputs:
+    """Inputs both caption runners share (the Go CLI resolves `Inputs.x` statically)."""
+
+    prompt = Input(
+        description="What to ask about the video.",
+        default="Please describe this video in detail.",
+    )
+    strategy = Input(
+        description="Frame choice and prompt template: 'chat' = one frame per second, up to 24 (the model's captioning mode); 'base' = 24 frames evenly over the first 60 s.",  # noqa: E501
+        choices=["chat", "base"],
+        default="chat",
+    )
+    max_new_tokens = Input(
+        description="Longest caption, in tokens (generation stops earlier at the end token).",
+        default=2048,
+        ge=1,
+        le=4096,
+    )
+
+
 class Runner(BaseRunner):
     """Describe a video in text with THUDM/cogvlm2-llama3-caption (24 frames, 224 px)."""
 
@@ -21,21 +41,9 @@ class Runner(BaseRunner):
         video: Path = Input(
             description="Video to caption: MP4, WebM, MOV or MKV (H.264, HEVC, VP9, AV1). Only the first 60 s can be seen; frames above 4K are downscaled."  # noqa: E501
         ),
-        prompt: str = Input(
-            description="What to ask about the video.",
-            default="Please describe this video in detail.",
-        ),
-        strategy: str = Input(
-            description="Frame choice and prompt template: 'chat' = one frame per second, up to 24 (the model's captioning mode); 'base' = 24 frames evenly over the first 60 s.",  # noqa: E501
-            choices=["chat", "base"],
-            default="chat",
-        ),
-        max_new_tokens: int = Input(
-            description="Longest caption, in tokens (generation stops earlier at the end token).",
-            default=2048,
-            ge=1,
-            le=4096,
-        ),
+        prompt: str = Inputs.prompt,
+        strategy: str = Inputs.strategy,
+        max_new_tokens: int = Inputs.max_new_tokens,
         temperature: float = Input(
             description="0 = greedy (deterministic, as the original demo); above 0 samples.",
             default=0.0,
@@ -78,21 +86,9 @@ class BatchRunner(BaseRunner):
         videos: Path = Input(
             description="The clips: a .zip or .tar of videos, or a text file with one http(s) URL per line (up to 10000 clips, 2 GiB each). Returns a JSONL file, one line per clip in input order: path, caption, frames_used, duration, model, prompt, strategy, seconds, error (a clip that cannot be read has its error and no caption; the others go on).",  # noqa: E501
         ),
-        prompt: str = Input(
-            description="What to ask about each video.",
-            default="Please describe this video in detail.",
-        ),
-        strategy: str = Input(
-            description="Frame choice and prompt template: 'chat' = one frame per second, up to 24 (the model's captioning mode); 'base' = 24 frames evenly over the first 60 s.",  # noqa: E501
-            choices=["chat", "base"],
-            default="chat",
-        ),
-        max_new_tokens: int = Input(
-            description="Longest caption, in tokens (generation stops earlier at the end token).",
-            default=2048,
-            ge=1,
-            le=4096,
-        ),
+        prompt: str = Inputs.prompt,
+        strategy: str = Inputs.strategy,
+        max_new_tokens: int = Inputs.max_new_tokens,
         batch_size: int = Input(
             description="Clips per forward pass; 0 = as many as fit in the GPU's free memory (at most 16). Greedy decoding: the same captions as one clip at a time.",  # noqa: E501
             default=0,

@@ -241,4 +241,4 @@ def test_batch_of_clips_returns_jsonl_in_order_with_error_rows(
     assert rows[2]["caption"] == alone  # batched in the server = one clip in-process
     status, body = batch_server.predict({"videos": "/etc/passwd"}, timeout=60)
     assert status != 200 or body["status"] == "failed"
-    assert batch_server.health()["status"] == "READY"
+    assert batch_server.wait_idle(timeout=60)["status"] == "READY"
