@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -128,9 +129,12 @@ def _pre_tokenizer() -> pre_tokenizers.PreTokenizer:
     )
 
 
-def learn_merges(words: Counter[str], limit: int) -> list[tuple[str, str]]:
-    """Byte-pair merges of `words` (byte-level strings): most frequent pair first, ties by the
-    pair's text, until `limit` merges or every word is one symbol (pure Python: deterministic)."""
+def learn_merges(
+    words: Mapping[str, int] | Mapping[tuple[str, ...], int], limit: int
+) -> list[tuple[str, str]]:
+    """Byte-pair merges of `words` (byte-level strings, or tuples of symbols): most frequent
+    pair first, ties by the pair's text, until `limit` merges or every word is one symbol (pure
+    Python: deterministic)."""
     split = {tuple(word): n for word, n in words.items()}
     merges: list[tuple[str, str]] = []
     while len(merges) < limit:
@@ -283,7 +287,8 @@ def tiny_caption_state(
     return state
 
 
-def _write_json(path: Path, obj: dict[str, Any]) -> None:
+def write_json(path: Path, obj: Any) -> None:
+    """`obj` as indented UTF-8 JSON with a final newline (the tiny folders' files)."""
     path.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
 
 
@@ -293,10 +298,10 @@ def save_tiny_caption_weights(out_dir: str | Path, seed: int = 0) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     tok = tiny_caption_tokenizer()
     tok.save(str(out / "tokenizer.json"), pretty=True)
-    _write_json(out / "tokenizer_config.json", tokenizer_config())
-    _write_json(out / "special_tokens_map.json", SPECIAL_TOKENS_MAP)
-    _write_json(out / "config.json", CONFIG)
-    _write_json(out / "generation_config.json", GENERATION_CONFIG)
+    write_json(out / "tokenizer_config.json", tokenizer_config())
+    write_json(out / "special_tokens_map.json", SPECIAL_TOKENS_MAP)
+    write_json(out / "config.json", CONFIG)
+    write_json(out / "generation_config.json", GENERATION_CONFIG)
     state = tiny_caption_state(seed, own_vocab_size(tok))
     save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
     return out

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from cogvx.cogvideox.released import text_encoder_config
-from cogvx.dev.caption import bytes_to_unicode
+from cogvx.dev.caption import bytes_to_unicode, learn_merges
 from cogvx.dev.tiny import TINY_LAYERS, tiny_tokenizer
 
 TINY_FLUX_HEIGHT, TINY_FLUX_WIDTH = 64, 96  # the smallest sizes are multiples of 16; non-square
@@ -156,36 +156,6 @@ def _clip_words(text: str) -> Counter[tuple[str, ...]]:
     return words
 
 
-def learn_clip_merges(words: Counter[tuple[str, ...]], limit: int) -> list[tuple[str, str]]:
-    """Byte-pair merges of `words`: most frequent pair first, ties by the pair's text, until
-    `limit` merges or every word is one symbol (pure Python: deterministic)."""
-    split = dict(words)
-    merges: list[tuple[str, str]] = []
-    while len(merges) < limit:
-        pairs: Counter[tuple[str, str]] = Counter()
-        for symbols, n in split.items():
-            for pair in zip(symbols, symbols[1:], strict=False):
-                pairs[pair] += n
-        if not pairs:
-            break
-        best = min(pairs, key=lambda p: (-pairs[p], p))
-        merges.append(best)
-        merged: dict[tuple[str, ...], int] = {}
-        for symbols, n in split.items():
-            out: list[str] = []
-            i = 0
-            while i < len(symbols):
-                if symbols[i : i + 2] == best:
-                    out.append(best[0] + best[1])
-                    i += 2
-                else:
-                    out.append(symbols[i])
-                    i += 1
-            merged[tuple(out)] = n
-        split = merged
-    return merges
-
-
 def tiny_clip_tokenizer(text: str = TRAINING_TEXT, max_merges: int = MAX_MERGES) -> Any:
     """A CLIPTokenizer in CLIP's vocab layout: 256 bytes, the 256 bytes + `</w>`, the merges
     learnt from `text`, then <|startoftext|> and <|endoftext|> as the last ids; 77 tokens."""
@@ -194,7 +164,7 @@ def tiny_clip_tokenizer(text: str = TRAINING_TEXT, max_merges: int = MAX_MERGES)
     chars = list(bytes_to_unicode().values())
     vocab = {t: i for i, t in enumerate([*chars, *(c + "</w>" for c in chars)])}
     kept: list[tuple[str, str]] = []
-    for a, b in learn_clip_merges(_clip_words(text), max_merges):
+    for a, b in learn_merges(_clip_words(text), max_merges):
         if a + b not in vocab:
             vocab[a + b] = len(vocab)
             kept.append((a, b))

@@ -31,7 +31,7 @@ from tokenizers import (
     processors,
 )
 
-from cogvx.dev.caption import bytes_to_unicode, learn_merges
+from cogvx.dev.caption import bytes_to_unicode, learn_merges, write_json
 
 ENDOFTEXT, IM_START, IM_END = "<|endoftext|>", "<|im_start|>", "<|im_end|>"
 SPECIALS = (ENDOFTEXT, IM_START, IM_END)  # Qwen's order (151643, 151644, 151645 when real)
@@ -285,10 +285,6 @@ def tiny_llm_state(
     return state
 
 
-def _write_json(path: Path, obj: Any) -> None:
-    path.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
-
-
 def save_tiny_llm(out_dir: str | Path, seed: int = 0) -> Path:
     """Write the tiny Qwen2.5-7B-Instruct folder (same seed: byte-identical files); return it."""
     out = Path(out_dir)
@@ -296,13 +292,13 @@ def save_tiny_llm(out_dir: str | Path, seed: int = 0) -> Path:
     tok = tiny_qwen_tokenizer()
     tok.save(str(out / "tokenizer.json"), pretty=True)
     model = json.loads(tok.to_str())["model"]
-    _write_json(out / "vocab.json", model["vocab"])
+    write_json(out / "vocab.json", model["vocab"])
     merges = ["#version: 0.2", *(" ".join(m) for m in model["merges"])]
     (out / "merges.txt").write_text("\n".join(merges) + "\n", encoding="utf-8")
-    _write_json(out / "tokenizer_config.json", tokenizer_config(tok))
+    write_json(out / "tokenizer_config.json", tokenizer_config(tok))
     cfg = tiny_config(tok)
-    _write_json(out / "config.json", cfg)
-    _write_json(out / "generation_config.json", generation_config(tok))
+    write_json(out / "config.json", cfg)
+    write_json(out / "generation_config.json", generation_config(tok))
     rows = {i: 1.0 for i in word_ids(tok)} | {special_ids(tok)[IM_END]: IM_END_SCALE}
     state = tiny_llm_state(cfg, rows, seed)
     save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})

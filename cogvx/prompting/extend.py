@@ -124,27 +124,30 @@ class PromptExtender:
         return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
 
     @torch.inference_mode()
-    def extend(
-        self, prompt: str, count_tokens: Callable[[str], int], limit: int, image: bool = False
-    ) -> str:
-        """The extended prompt (greedy, so reproducible), cut to `limit` video-model tokens."""
-        t0 = time.perf_counter()
+    def answer(
+        self, messages: list[dict[str, str]], max_new_tokens: int, seed: int | None = None
+    ) -> tuple[str, int]:
+        """The model's reply to `messages`, whitespace and outer quotes trimmed, and how many
+        tokens it generated: greedy, or sampled (temperature 0.8, top-p 0.95) with `seed`."""
         ids = self.tokenizer.apply_chat_template(
-            self.messages(prompt[:LLM_PROMPT_CHARS], image),
-            add_generation_prompt=True,
-            return_tensors="pt",
-            return_dict=True,
+            messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
         )
         device = self.placement.run_on
         moved = device != self.placement.resident
+        sampling: dict[str, Any] = {"do_sample": False}
+        if seed is not None:
+            sampling = {"do_sample": True, "temperature": 0.8, "top_p": 0.95}
         if moved:
             self.model.to(device)
         try:
-            out = self.model.generate(
-                **{k: v.to(device) for k, v in ids.items()},
-                max_new_tokens=MAX_NEW_TOKENS,
-                do_sample=False,
-            )
+            with torch.random.fork_rng(enabled=seed is not None):
+                if seed is not None:
+                    torch.manual_seed(seed)
+                out = self.model.generate(
+                    **{k: v.to(device) for k, v in ids.items()},
+                    max_new_tokens=max_new_tokens,
+                    **sampling,
+                )
         finally:
             if moved:
                 self.model.to(self.placement.resident)
@@ -152,14 +155,23 @@ class PromptExtender:
                     torch.cuda.empty_cache()
         new = out[0, ids["input_ids"].shape[1] :]
         text = " ".join(self.tokenizer.decode(new, skip_special_tokens=True).split())
-        text = text.strip().strip('"').strip()
+        return text.strip('"').strip(), len(new)
+
+    def extend(
+        self, prompt: str, count_tokens: Callable[[str], int], limit: int, image: bool = False
+    ) -> str:
+        """The extended prompt (greedy, so reproducible), cut to `limit` video-model tokens."""
+        t0 = time.perf_counter()
+        text, generated = self.answer(
+            self.messages(prompt[:LLM_PROMPT_CHARS], image), MAX_NEW_TOKENS
+        )
         if not text:
             self.log("prompt LLM returned nothing: the prompt is used as written")
             return prompt
         cut = fit_tokens(text, count_tokens, limit)
         note = "" if cut == text else f", cut to {limit} T5 tokens"
         self.log(
-            f"extended prompt ({len(new)} LLM tokens in {time.perf_counter() - t0:.1f}s{note})"
+            f"extended prompt ({generated} LLM tokens in {time.perf_counter() - t0:.1f}s{note})"
         )
         return cut or prompt
 

@@ -13,7 +13,7 @@ import numpy as np
 from cogvx import checks, settings
 from cogvx.cogvlm2.captioner import DEFAULT_PROMPT
 from cogvx.cogvlm2.sampling import BASE_CLIP_SECONDS, STRATEGIES, sample_frame_indices
-from cogvx.errors import CaptionSetupError
+from cogvx.errors import CaptionSetupError, InputError
 from cogvx.gpu import (
     HEADROOM_GB,
     measure_gpu,
@@ -204,6 +204,19 @@ def load_clip(
     return Clip(frames, indices, info)
 
 
+def check_request(prompt: str, strategy: str, max_new_tokens: object) -> tuple[str, int]:
+    """The prompt (stripped, not empty) and max_new_tokens of a caption request, checked with
+    the strategy; InputError names the input otherwise."""
+    prompt = (prompt or "").strip()
+    if not prompt:
+        raise InputError(
+            f'prompt must not be empty; ask something about the video, e.g. "{DEFAULT_PROMPT}"'
+        )
+    checks.choice("strategy", strategy, STRATEGIES)
+    lo, hi = map(int, RANGES["max_new_tokens"])
+    return prompt, checks.integer("max_new_tokens", max_new_tokens, lo, hi)
+
+
 def _select(info: VideoInfo, strategy: str) -> list[int]:
     return sample_frame_indices(
         info.num_frames, info.fps, strategy, MAX_FRAMES, timestamps=info.timestamps
@@ -278,15 +291,7 @@ class CaptionService:
         seed: int | None,
     ) -> str:
         """Caption one video file."""
-        prompt = (prompt or "").strip()
-        if not prompt:
-            raise ValueError(
-                f'prompt must not be empty; ask something about the video, e.g. "{DEFAULT_PROMPT}"'
-            )
-        checks.choice("strategy", strategy, STRATEGIES)
-        max_new_tokens = checks.integer(
-            "max_new_tokens", max_new_tokens, *map(int, RANGES["max_new_tokens"])
-        )
+        prompt, max_new_tokens = check_request(prompt, strategy, max_new_tokens)
         seed = checks.seed(seed)
         temperature = float(checks.in_range("temperature", temperature, *RANGES["temperature"]))
         top_p = float(checks.in_range("top_p", top_p, *RANGES["top_p"]))

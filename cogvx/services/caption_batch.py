@@ -16,16 +16,13 @@ from typing import Any
 
 from cogvx import checks
 from cogvx.cogvlm2.batching import MAX_BATCH, choose_batch_size
-from cogvx.cogvlm2.captioner import DEFAULT_PROMPT
-from cogvx.cogvlm2.sampling import STRATEGIES
-from cogvx.errors import InputError
 from cogvx.log import log as log_line
 from cogvx.services.caption import (
     HF_REPO,
     MAX_FRAMES,
-    RANGES,
     CaptionService,
     Clip,
+    check_request,
     load_clip,
 )
 
@@ -188,13 +185,7 @@ def caption_batch_file(
     from cogvx.services.caption_inputs import unpack_batch
     from cogvx.video.output import fresh_output_path
 
-    prompt = (prompt or "").strip()
-    if not prompt:
-        raise InputError(f'prompt must not be empty; e.g. "{DEFAULT_PROMPT}"')
-    checks.choice("strategy", strategy, STRATEGIES)
-    max_new_tokens = checks.integer(
-        "max_new_tokens", max_new_tokens, *map(int, RANGES["max_new_tokens"])
-    )
+    prompt, max_new_tokens = check_request(prompt, strategy, max_new_tokens)
     if batch_size is not None:
         batch_size = checks.integer("batch_size", batch_size, 1, MAX_BATCH)
     out = fresh_output_path(settings.output_root(), "jsonl", stem="captions")

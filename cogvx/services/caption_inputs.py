@@ -9,6 +9,7 @@ the user URL policy (no private addresses, every redirect checked) and never nam
 
 from __future__ import annotations
 
+import functools
 import stat
 import tarfile
 import zipfile
@@ -121,58 +122,69 @@ def _count(n: int, max_clips: int) -> None:
         raise BatchTooLarge(f"{NAME}: more than {max_clips} clips; split the batch")
 
 
+Opener = Callable[[], IO[bytes]]
+
+
+def _same(src: IO[bytes]) -> IO[bytes]:
+    return src
+
+
+def _take(
+    members: Iterator[tuple[str, Opener | None]],
+    folder: Path,
+    budget: _Budget,
+    max_clips: int,
+    member_errors: tuple[type[BaseException], ...] = (),
+) -> Iterator[BatchItem]:
+    """Items of an archive's file members, (name, opener or None for a link or device), each
+    copied under a generated name; `member_errors` make only that clip's row."""
+    for n, (name, opener) in enumerate(members, 1):
+        _count(n, max_clips)
+        label = _label(name)
+        if opener is None:
+            yield BatchItem(label, None, f"{label}: not a regular file (a link or device)")
+            continue
+        dest = folder / f"{n:05d}{_suffix(name)}"
+        try:
+            with opener() as src:
+                budget.copy(src, dest, label)
+        except BatchTooLarge:
+            raise
+        except InputError as exc:
+            yield BatchItem(label, None, str(exc))
+            continue
+        except member_errors as exc:
+            yield BatchItem(label, None, f"{label}: cannot be unpacked ({type(exc).__name__})")
+            continue
+        yield BatchItem(label, dest)
+
+
 def _from_zip(source: Path, folder: Path, budget: _Budget, max_clips: int) -> Iterator[BatchItem]:
-    with zipfile.ZipFile(source) as zf:
-        n = 0
+    def members(zf: zipfile.ZipFile) -> Iterator[tuple[str, Opener | None]]:
         for info in zf.infolist():
             if info.is_dir():
                 continue
-            n += 1
-            _count(n, max_clips)
-            label = _label(info.filename)
             kind = stat.S_IFMT(info.external_attr >> 16)  # 0: no Unix type recorded (a file)
-            if kind and kind != stat.S_IFREG:
-                yield BatchItem(label, None, f"{label}: not a regular file (a link or device)")
-                continue
-            dest = folder / f"{n:05d}{_suffix(info.filename)}"
-            try:
-                with zf.open(info) as src:
-                    budget.copy(src, dest, label)
-            except BatchTooLarge:
-                raise
-            except InputError as exc:
-                yield BatchItem(label, None, str(exc))
-                continue
-            except (zipfile.BadZipFile, OSError, RuntimeError, NotImplementedError) as exc:
-                # corrupt member, bad CRC, encrypted or unsupported compression
-                yield BatchItem(label, None, f"{label}: cannot be unpacked ({type(exc).__name__})")
-                continue
-            yield BatchItem(label, dest)
+            regular = not kind or kind == stat.S_IFREG
+            yield info.filename, functools.partial(zf.open, info) if regular else None
+
+    # corrupt member, bad CRC, encrypted or unsupported compression: that clip's row
+    errors = (zipfile.BadZipFile, OSError, RuntimeError, NotImplementedError)
+    with zipfile.ZipFile(source) as zf:
+        yield from _take(members(zf), folder, budget, max_clips, errors)
 
 
 def _from_tar(source: Path, folder: Path, budget: _Budget, max_clips: int) -> Iterator[BatchItem]:
+    def members(tf: tarfile.TarFile) -> Iterator[tuple[str, Opener | None]]:
+        for member in tf:
+            if member.isdir():
+                continue
+            src = tf.extractfile(member) if member.isreg() else None
+            yield member.name, functools.partial(_same, src) if src is not None else None
+
     try:
         with tarfile.open(source, "r:*") as tf:
-            n = 0
-            for member in tf:
-                if member.isdir():
-                    continue
-                n += 1
-                _count(n, max_clips)
-                label = _label(member.name)
-                src = tf.extractfile(member) if member.isreg() else None
-                if src is None:
-                    yield BatchItem(label, None, f"{label}: not a regular file (a link or device)")
-                    continue
-                dest = folder / f"{n:05d}{_suffix(member.name)}"
-                try:
-                    budget.copy(src, dest, label)
-                except BatchTooLarge:
-                    raise
-                except InputError as exc:
-                    yield BatchItem(label, None, str(exc))
-                    continue
-                yield BatchItem(label, dest)
+            yield from _take(members(tf), folder, budget, max_clips)
     except (tarfile.TarError, EOFError, OSError) as exc:
         raise InputError(f"{NAME}: the tar archive is damaged ({type(exc).__name__})") from None
 

@@ -107,29 +107,21 @@ def write_prompts(
         return
     if not llm_weights:
         raise ValueError("--llm-weights is needed to write prompts (or give --prompts FILE)")
+    from cogvx.gpu import measure_gpu
     from cogvx.prompting.extend import LLM_FOLDER, PromptExtender
     from cogvx.weights.install import install_model
 
     folder = install_model(llm_weights, LLM_FOLDER, "--llm-weights is empty", log)
-    llm = PromptExtender.load(folder, 0.0 if torch.cuda.is_available() else None, log)
+    measured = measure_gpu()
+    llm = PromptExtender.load(folder, measured[0] if measured else None, log)
     for i in _progress(todo, "prompts"):
         t0 = time.perf_counter()
         items[i].prompt_seed = s.seed + i
         ask = IDEA_PROMPT.format(topic=s.topic, n=i + 1, words=s.words)
-        chat = [{"role": "user", "content": ask}]
-        ids = llm.tokenizer.apply_chat_template(
-            chat, add_generation_prompt=True, return_tensors="pt", return_dict=True
+        text, _ = llm.answer(
+            [{"role": "user", "content": ask}], 2 * s.words, seed=items[i].prompt_seed
         )
-        with torch.random.fork_rng(), torch.inference_mode():
-            torch.manual_seed(items[i].prompt_seed)
-            llm.model.to(llm.placement.run_on)
-            out = llm.model.generate(
-                **{k: v.to(llm.placement.run_on) for k, v in ids.items()},
-                max_new_tokens=2 * s.words, do_sample=True, temperature=0.8, top_p=0.95,
-            )  # fmt: skip
-        text = llm.tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
-        words = " ".join(text.split()).strip('"').split()[: s.words]
-        items[i].prompt = " ".join(words) or s.topic
+        items[i].prompt = " ".join(text.split()[: s.words]) or s.topic
         items[i].seconds["prompt"] = time.perf_counter() - t0
         save()
     _free(llm)
