@@ -28,7 +28,8 @@ LAYERS = {
     ),
     "services": ("cogvx.services",),
 }
-TOOLING = ("cogvx.convert", "cogvx.dev")  # may import any layer; no layer imports them
+# Tooling may import any layer; no layer imports it. cogvx.webui: the web page (tools/web.py).
+TOOLING = ("cogvx.convert", "cogvx.dev", "cogvx.webui")
 MAX_LINES = 500
 
 

@@ -1,0 +1,131 @@
+"""Run a model for the page: `tools/serve.py <config>` (coglet) in a child process on loopback.
+
+The page then talks to it like to any Cog server, so a local run and a remote one take the same
+path: the runner's own setup(), checks and outputs.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import IO
+
+from cogvx.webui.client import READY, CogClient, ServerError
+
+REPO = Path(__file__).resolve().parents[2]
+SERVE = REPO / "tools" / "serve.py"
+SETUP_TIMEOUT_S = 1800.0  # real weights: download + load
+PR_SET_PDEATHSIG = 1
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def _die_with_parent() -> None:
+    """In the child (Linux): get SIGTERM when the page's process dies, even by SIGKILL."""
+    try:
+        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass  # not Linux: stop() still ends the server on a normal exit
+
+
+def default_python() -> str:
+    """The model environment's interpreter: the repository's .venv when there is one (the page
+    itself may run in the lighter web environment), else this one."""
+    venv = REPO / ".venv" / "bin" / "python"
+    return str(venv) if venv.is_file() else sys.executable
+
+
+class LocalServer:
+    """A coglet server of `config` owned by the page: started, waited for, stopped."""
+
+    def __init__(
+        self,
+        config: str | Path,
+        weights: str | None = None,
+        python: str | None = None,
+        port: int | None = None,
+    ):
+        self.config = Path(config).resolve()
+        if not self.config.is_file():
+            raise ValueError(f"config {config}: no such file (e.g. cog.yaml, cog.i2v.yaml)")
+        self.weights = weights
+        self.python = python or default_python()
+        self.port = port or free_port()
+        self.client = CogClient(f"http://127.0.0.1:{self.port}")
+        self._tmp = Path(tempfile.mkdtemp(prefix="cogvx-web-server-"))
+        self.log_path = self._tmp / "server.log"
+        self._log: IO[bytes] | None = None
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = SETUP_TIMEOUT_S) -> CogClient:
+        """Start the server and wait until its setup() finished; raise with its log if it failed."""
+        cmd = [self.python, str(SERVE), str(self.config), "--host", "127.0.0.1"]
+        cmd += ["--port", str(self.port), "--workdir", str(self._tmp)]
+        if self.weights:
+            cmd += ["--weights", self.weights]
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 (closed in stop())
+        self.proc = subprocess.Popen(
+            cmd,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,  # its own process group: stop() ends coglet's worker too
+            preexec_fn=_die_with_parent,
+        )
+        try:
+            health = self.client.wait_ready(timeout, alive=lambda: self.proc.poll() is None)
+        except ServerError as exc:
+            self.stop()
+            raise ServerError(f"{exc}\n--- server log ---\n{self.log_tail()}") from exc
+        if health.get("status") != READY:
+            self.stop()
+            raise ServerError(f"setup failed ({health.get('status')}):\n{self.log_tail()}")
+        return self.client
+
+    def log_tail(self, chars: int = 4000) -> str:
+        """The end of the server's output."""
+        if not self.log_path.exists():
+            return ""
+        return self.log_path.read_bytes()[-chars:].decode(errors="replace")
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the server and its worker (SIGTERM to the group, then SIGKILL)."""
+        if self.proc is not None:
+            for sig in (signal.SIGTERM, signal.SIGKILL):
+                try:
+                    os.killpg(self.proc.pid, sig)
+                except ProcessLookupError:
+                    break
+                try:
+                    self.proc.wait(timeout)
+                    if sig == signal.SIGTERM:
+                        continue  # the worker may outlive the server: SIGKILL what is left
+                except subprocess.TimeoutExpired:
+                    continue
+            self.proc = None
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def close(self) -> None:
+        """Stop the server and remove its working folder."""
+        self.stop()
+        shutil.rmtree(self._tmp, ignore_errors=True)
+
+    def __enter__(self) -> CogClient:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
