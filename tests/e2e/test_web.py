@@ -44,10 +44,13 @@ def _status(page, pattern: str, timeout_s: float = 180.0) -> str:
 
 @pytest.fixture(scope="module")
 def t2v_page(weights_server, tmp_path_factory):
-    """The page in its own-model mode: web.py starts cog.yaml (tiny 5b) itself."""
+    """The page in its own-model mode: web.py starts cog.yaml (tiny 5b, tiny prompt LLM)."""
+    from cogvx.dev.llm import save_tiny_llm
+
     tmp = tmp_path_factory.mktemp("web-t2v")
     url = weights_server.serve("t2v-5b")
     env = {k: v for k, v in runner_env(tmp, url).items() if k != "COG_WEIGHTS"}
+    env["COGVX_PROMPT_WEIGHTS"] = str(save_tiny_llm(tmp / "llm"))
     page = WebPage(["--config", "cog.yaml", "--weights", url], env).wait_up()
     yield page
     model_server = re.search(r"model server on (http://\S+)", page.logs()).group(1)
@@ -69,6 +72,18 @@ def test_typed_prompt_gives_a_playable_video_and_the_same_file_as_the_api(t2v_pa
         shot = page.screenshot(path=str(tmp_path / "web-t2v.png"), full_page=True)
         src = page.evaluate("document.querySelector('#output-video video').src")
         server = re.search(r"Server: (http://\S+)", page.locator("body").inner_text()).group(1)
+
+        page.locator("#input-extend_prompt input[type=checkbox]").check()
+        page.locator("#generate").click()
+        page.wait_for_function(
+            "sel => document.querySelector(sel).value.includes('extended prompt:')",
+            arg=f"#logs {TEXT}",
+            timeout=180_000,
+        )
+        extended_logs = page.locator(f"#logs {TEXT}").input_value()
+        wait_playable(page, "#output-video video")
+    extended = re.search(r"extended prompt: (.+)", extended_logs)
+    assert extended and extended.group(1).strip() not in ("", "a red fox runs through fresh snow")
     assert duration == pytest.approx(49 / 8, abs=0.2)
     assert "seed: 5" in logs and "2 steps" in logs, logs
     assert shot[:8] == b"\x89PNG\r\n\x1a\n" and Image.open(tmp_path / "web-t2v.png").width == 1280
