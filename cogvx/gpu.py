@@ -107,10 +107,10 @@ def apply_plan(pipe: Any, plan: MemoryPlan, log: Callable[[str], None] = log_lin
         pipe.to("cpu")
     elif plan.offload == "none":
         pipe.to("cuda")
-    elif plan.offload == "model":
-        pipe.enable_model_cpu_offload()
+    elif plan.offload == "model":  # on the current card (a multi-GPU rank's own)
+        pipe.enable_model_cpu_offload(gpu_id=torch.cuda.current_device())
     elif plan.offload == "sequential":
-        pipe.enable_sequential_cpu_offload()
+        pipe.enable_sequential_cpu_offload(gpu_id=torch.cuda.current_device())
     vae = getattr(pipe, "vae", None)
     if vae is not None:
         if plan.vae_tiling:

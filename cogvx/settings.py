@@ -16,6 +16,7 @@ OFFLOAD_ENV = "COGVX_OFFLOAD"  # force a mode: none | model | sequential
 QUANTIZE_ENV = "COGVX_QUANTIZE"
 COMPILE_ENV = "COGVX_COMPILE"  # video models: regional torch.compile 1 | 0 | auto (default auto)
 ATTENTION_ENV = "COGVX_ATTENTION"  # video models: auto | off | a diffusers attention backend name
+PARALLEL_ENV = "COGVX_PARALLEL"  # video models on N GPUs: ulysses=a,ring=b,cfg=c | off
 PROMPT_WEIGHTS_ENV = "COGVX_PROMPT_WEIGHTS"  # T2V/I2V: tarball URL or folder of the prompt LLM
 FAST_WEIGHTS_ENV = "COGVX_FAST_WEIGHTS"  # T2V/I2V images: tarball URL or folder of `fast/`
 OUTPUT_ENV = "COGVX_OUTPUT_DIR"  # per-prediction output folders live here
@@ -64,6 +65,11 @@ def compile_mode() -> str | None:
 def attention_mode() -> str | None:
     """COGVX_ATTENTION lower-cased (checked by `cogvx.speed.select`), None when unset."""
     return _text(ATTENTION_ENV).lower() or None
+
+
+def parallel_override() -> str:
+    """COGVX_PARALLEL as given (checked by `cogvx.parallel.plan`); '' when unset (automatic)."""
+    return _text(PARALLEL_ENV)
 
 
 def prompt_weights_source() -> str:

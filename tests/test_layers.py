@@ -25,6 +25,7 @@ LAYERS = {
         "cogvx.venhancer",
         "cogvx.speed",
         "cogvx.prompting",
+        "cogvx.parallel",
     ),
     "services": ("cogvx.services",),
 }

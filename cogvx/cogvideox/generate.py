@@ -109,6 +109,7 @@ class VideoModel:
         self.lora = LoraSlot(pipe, variant.name, log=log)
         self.fast = FastModeSlot(pipe.transformer, log=log)
         self.speed: SpeedPlan | None = None  # the setup-time speed-ups that ran (GPU)
+        self.step_callback: Callable[[], None] | None = None  # after each step (multi-GPU)
         self._v2v: Any = None
 
     @property
@@ -222,6 +223,11 @@ class VideoModel:
             text_tokens=self.variant.max_tokens,
         )
 
+    def _after_step(self, pipe: Any, step: int, timestep: Any, tensors: dict) -> dict:
+        assert self.step_callback is not None
+        self.step_callback()  # may raise to stop the run (a cancel every rank agreed on)
+        return tensors
+
     def generate(self, req: Request) -> Result:
         """Run the pipeline once and return uint8 frames."""
         self.check(req)
@@ -254,6 +260,8 @@ class VideoModel:
             kwargs["num_frames"] = req.num_frames
             what = f"{req.num_frames} frames"
         kwargs.update(height=height, width=width)
+        if self.step_callback is not None:
+            kwargs["callback_on_step_end"] = self._after_step
         set_tiling(pipe.vae, self.plan.vae_tiling, height, width, self.log)
         self.log(
             f"generating {what} at {width}x{height}, "

@@ -7,13 +7,14 @@ from pathlib import Path
 from typing import Any
 
 from cogvx import checks
-from cogvx.cogvideox.generate import STEPS_RANGE, STRENGTH_RANGE, Request, VideoModel
+from cogvx.cogvideox.generate import STEPS_RANGE, STRENGTH_RANGE, Request
 from cogvx.fast.caps import check_fast_output
 from cogvx.fast.models import fast_enhance, fast_missing_message, load_fast_from_env
 from cogvx.gpu import release_openmp_pool, releasing_openmp_pool
 from cogvx.log import clip
 from cogvx.log import log as log_line
 from cogvx.models import Variant
+from cogvx.parallel import load_video_model
 from cogvx.prompting.extend import load_extender_from_env, require
 from cogvx.speed.cache import DEFAULT_FAST_MODE, FAST_MODES
 from cogvx.video import OUTPUT_FORMATS, save_video
@@ -47,7 +48,7 @@ class VideoService:
         self, model: str, weights: str | None = None, log: Callable[[str], None] = log_line
     ):
         self.log = log
-        self.model = VideoModel.load(model, weights, log=log)
+        self.model = load_video_model(model, weights, log=log)  # one GPU, or a worker per GPU
         self.fast = load_fast_from_env(log)  # Real-ESRGAN + RIFE output options, if configured
         self.extender = load_extender_from_env(log)  # extend_prompt, if configured
         # coglet runs setup() and each run() on different threads, and libgomp keeps an OpenMP

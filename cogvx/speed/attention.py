@@ -51,6 +51,8 @@ class DispatchCogVideoXAttnProcessor:
 
     def __init__(self, backend: str | None = None) -> None:
         self.backend = None if backend is None else backend_member(backend)
+        # diffusers' ParallelConfig when context parallelism is on (cogvx.parallel sets it)
+        self._parallel_config: Any = None
 
     def __call__(
         self,
@@ -89,6 +91,7 @@ class DispatchCogVideoXAttnProcessor:
             dropout_p=0.0,
             is_causal=False,
             backend=self.backend,
+            parallel_config=self._parallel_config,
         )
         out = out.reshape(batch, -1, attn.heads * head_dim)
         out = attn.to_out[1](attn.to_out[0](out))  # projection, dropout

@@ -1,0 +1,247 @@
+"""The predictor's worker processes: one per GPU, started, fed, cancelled and stopped by it.
+
+`ParallelVideoModel` stands where `VideoModel` stands in the video service (variant,
+count_tokens, generate). Each request goes to every rank; rank 0 returns the frames and relays
+its log lines. A cancel or an error reaches every rank at the same step (they agree once per
+step); a rank that dies or stops answering restarts the whole pool, and the request fails with
+the reason. Messages travel over the predictor's own pipes (never a user source).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import multiprocessing as mp
+import signal
+import socket
+import time
+from collections.abc import Callable
+from multiprocessing.connection import Connection, wait
+from pathlib import Path
+from typing import Any, cast
+
+from cogvx.cogvideox.generate import Request, Result, VideoModel, resolve_weights
+from cogvx.errors import InputError, SetupError
+from cogvx.log import log as log_line
+from cogvx.models import Variant, get_variant
+from cogvx.parallel.plan import Degrees, request_fast_mode
+
+READY_TIMEOUT_S = 3600.0  # every rank loads the pipeline (and warms up on a GPU)
+STRAGGLER_S = 120.0  # after one rank fails or cancels, how long the others get to answer
+PR_SET_PDEATHSIG = 1
+
+
+class Canceled(Exception):
+    """Every rank stops at the same step."""
+
+
+class WorkerError(RuntimeError):
+    """A rank failed outside the request's inputs (the pool restarts when it hangs)."""
+
+
+def _free_address() -> str:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return f"tcp://127.0.0.1:{sock.getsockname()[1]}"
+
+
+def _die_with_parent() -> None:
+    try:  # Linux: SIGTERM when the predictor dies, even by SIGKILL
+        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass
+
+
+def worker_main(
+    rank: int,
+    world: int,
+    address: str,
+    model: str,
+    folder: str,
+    degrees: Degrees,
+    device_type: str,
+    conn: Connection,
+    cancel: Any,
+) -> None:
+    """One rank: join the group, load the pipeline, split it, then serve requests until stop."""
+    _die_with_parent()
+    from cogvx.parallel.engine import agree, enable_parallel, init_group
+
+    def log(line: str) -> None:
+        if rank == 0:
+            conn.send(("log", line))
+
+    try:
+        init_group(rank, world, address, device_type)
+        vm = VideoModel.load(model, folder, log=log)
+        enable_parallel(vm.pipe.transformer, degrees, device_type)
+
+        def after_step() -> None:
+            if agree(cancel.is_set()):
+                raise Canceled
+
+        vm.step_callback = after_step
+        conn.send(("ready", rank))
+    except BaseException as exc:  # noqa: BLE001 (reported to the predictor, which fails setup)
+        conn.send(("error", "setup", f"{type(exc).__name__}: {exc}"))
+        return
+    while True:
+        message = conn.recv()
+        if message[0] == "stop":
+            break
+        req: Request = message[1]
+        try:
+            req.fast_mode, note = request_fast_mode(req.fast_mode, degrees)
+            if note:
+                log(note)
+            result = vm.generate(req)
+            conn.send(("done", result if rank == 0 else None))
+        except Canceled:
+            conn.send(("canceled", None))
+        except ValueError as exc:
+            conn.send(("error", "input", str(exc)))
+        except Exception as exc:  # noqa: BLE001 (the predictor raises it for the request)
+            conn.send(("error", "run", f"{type(exc).__name__}: {exc}"))
+    import torch.distributed as dist
+
+    dist.destroy_process_group()
+
+
+class ParallelVideoModel:
+    """A CogVideoX pipeline split over `degrees.world` worker processes."""
+
+    def __init__(self, model: str, folder: Path, degrees: Degrees, device_type: str, log: Any):
+        self.model, self.folder, self.degrees = model, folder, degrees
+        self.device_type, self.log = device_type, log
+        self.variant: Variant = get_variant(model).with_folder_overrides(folder)
+        self.procs: list[Any] = []
+        self.conns: list[Connection] = []
+        self._ctx = mp.get_context("spawn")  # CUDA cannot be forked
+        self._cancel = self._ctx.Event()
+        self._tokenizer: Any = None
+
+    @classmethod
+    def start(
+        cls,
+        model: str,
+        weights: str | None,
+        degrees: Degrees,
+        device_type: str = "cuda",
+        log: Callable[[str], None] = log_line,
+    ) -> ParallelVideoModel:
+        """Fetch the weights once, start one worker per rank and wait until all are ready."""
+        folder = resolve_weights(get_variant(model), weights, log)
+        pool = cls(model, folder, degrees, device_type, log)
+        pool._spawn()
+        return pool
+
+    def _spawn(self) -> None:
+        address, world = _free_address(), self.degrees.world
+        self.log(
+            f"parallel: starting {world} workers ({self.degrees.describe()}) on {self.device_type}"
+        )
+        for rank in range(world):
+            parent, child = self._ctx.Pipe()
+            args = (rank, world, address, self.model, str(self.folder), self.degrees)
+            proc = self._ctx.Process(
+                target=worker_main,
+                args=(*args, self.device_type, child, self._cancel),
+                daemon=True,
+                name=f"cogvx-rank{rank}",
+            )
+            proc.start()
+            child.close()
+            self.procs.append(proc)
+            self.conns.append(parent)
+        replies = self._collect(READY_TIMEOUT_S)
+        failed = [f"rank {r}: {m[2]}" for r, m in replies.items() if m[0] == "error"]
+        if failed or len(replies) < world:
+            self.close()
+            missing = [str(r) for r in range(world) if r not in replies]
+            why = "; ".join(failed) or f"ranks {', '.join(missing)} did not start"
+            raise SetupError(f"parallel setup failed: {why}")
+        self.log(f"parallel: {world} workers ready")
+
+    def _collect(self, timeout: float) -> dict[int, tuple]:
+        """Wait for one final reply per rank (log lines are relayed on the way)."""
+        replies: dict[int, tuple] = {}
+        deadline = time.monotonic() + timeout
+        while len(replies) < len(self.conns):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            pending = [c for r, c in enumerate(self.conns) if r not in replies]
+            for ready in wait(pending, timeout=min(left, 1.0)):
+                conn = cast(Connection, ready)
+                rank = self.conns.index(conn)
+                try:
+                    message: tuple = conn.recv()
+                except (EOFError, OSError):
+                    replies[rank] = ("error", "run", f"worker process {rank} exited")
+                    continue
+                if message[0] == "log":
+                    self.log(message[1])
+                else:
+                    replies[rank] = message
+            if any(m[0] == "error" for m in replies.values()):
+                deadline = min(deadline, time.monotonic() + STRAGGLER_S)
+        return replies
+
+    def count_tokens(self, text: str) -> int:
+        """T5 tokens of `text` including the end-of-sequence token (the workers' tokenizer)."""
+        if self._tokenizer is None:
+            from transformers import AutoTokenizer
+
+            self._tokenizer = AutoTokenizer.from_pretrained(self.folder / "tokenizer")
+        return len(self._tokenizer(text, truncation=False).input_ids)
+
+    def generate(self, req: Request) -> Result:
+        """Run `req` on every rank; rank 0's frames come back."""
+        if not self.procs:
+            self._spawn()  # the pool was stopped after a hang: start it again
+        for conn in self.conns:
+            conn.send(("run", req))
+        try:
+            replies = self._collect(float("inf"))
+        except BaseException:  # a cancel from the server arrives here: stop every rank
+            self._cancel.set()
+            replies = self._collect(STRAGGLER_S)
+            self._cancel.clear()
+            if len(replies) < len(self.conns):
+                self.close()
+            raise
+        return self._result(replies)
+
+    def _result(self, replies: dict[int, tuple]) -> Result:
+        errors = {r: m for r, m in replies.items() if m[0] == "error"}
+        broken = len(replies) < len(self.conns) or any(m[1] != "input" for m in errors.values())
+        if broken:  # a rank died, hangs or failed mid-run: its group is unusable, start anew
+            self.close()
+            self.log("parallel: workers stopped; the next request starts them again")
+        if errors:
+            rank, (_, kind, message) = min(errors.items())
+            if kind == "input":
+                raise InputError(message)
+            raise WorkerError(f"rank {rank}: {message}")
+        if broken:
+            raise WorkerError("workers stopped answering")
+        if any(m[0] == "canceled" for m in replies.values()):
+            raise Canceled("canceled")
+        return replies[0][1]
+
+    def close(self) -> None:
+        """Stop every worker (ask, then terminate)."""
+        for conn in self.conns:
+            try:
+                conn.send(("stop",))
+            except (OSError, ValueError):
+                pass
+        for proc in self.procs:
+            proc.join(timeout=10)
+            if proc.is_alive():
+                proc.terminate()
+                proc.join(timeout=5)
+            if proc.is_alive():
+                proc.kill()
+        for conn in self.conns:
+            conn.close()
+        self.procs, self.conns = [], []
