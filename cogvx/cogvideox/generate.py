@@ -123,8 +123,12 @@ class VideoModel:
         return self._v2v
 
     @classmethod
-    def load(cls, model: str, weights: str | None = None, log: Log = log_line) -> VideoModel:
-        """Fetch weights (COG_WEIGHTS overrides the table's URL), load, place on the device."""
+    def load(
+        cls, model: str, weights: str | None = None, log: Log = log_line, warm_up: bool = True
+    ) -> VideoModel:
+        """Fetch weights (COG_WEIGHTS overrides the table's URL), load, place on the device.
+
+        warm_up=False leaves the GPU warm-up to the caller (a multi-GPU rank, after its split)."""
         import diffusers
 
         v = get_variant(model)
@@ -143,11 +147,17 @@ class VideoModel:
         log(f"loaded {v.name} from {folder} in {time.perf_counter() - t0:.1f}s")
         loaded = cls(v, pipe, plan, log)
         loaded.speed = speed
-        if plan.device == "cuda":  # compile and meet kernel failures at setup, not in request 1
-            loaded.fast.apply(DEFAULT_FAST_MODE, pipe, v.default_guidance)
-            size = (v.default_frames, v.height, v.width)
-            loaded.speed = warm_up_or_fall_back(pipe, speed, size, log)
+        if plan.device == "cuda" and warm_up:
+            loaded.warm_up()
         return loaded
+
+    def warm_up(self) -> None:
+        """Compile and meet kernel failures at setup, not in request 1 (GPU only)."""
+        v = self.variant
+        self.fast.apply(DEFAULT_FAST_MODE, self.pipe, v.default_guidance)
+        size = (v.default_frames, v.height, v.width)
+        assert self.speed is not None
+        self.speed = warm_up_or_fall_back(self.pipe, self.speed, size, self.log)
 
     def count_tokens(self, text: str) -> int:
         """T5 tokens of `text` including the end-of-sequence token."""

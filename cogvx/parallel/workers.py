@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import multiprocessing as mp
+import os
 import signal
 import socket
 import time
@@ -72,15 +73,17 @@ def worker_main(
 
     try:
         init_group(rank, world, address, device_type)
-        vm = VideoModel.load(model, folder, log=log)
+        vm = VideoModel.load(model, folder, log=log, warm_up=False)
         enable_parallel(vm.pipe.transformer, degrees, device_type)
+        if device_type == "cuda":  # every rank together: the compiled graphs see the split
+            vm.warm_up()
 
         def after_step() -> None:
             if agree(cancel.is_set()):
                 raise Canceled
 
         vm.step_callback = after_step
-        conn.send(("ready", rank))
+        conn.send(("ready", os.getpid()))
     except BaseException as exc:  # noqa: BLE001 (reported to the predictor, which fails setup)
         conn.send(("error", "setup", f"{type(exc).__name__}: {exc}"))
         return
@@ -159,7 +162,8 @@ class ParallelVideoModel:
             missing = [str(r) for r in range(world) if r not in replies]
             why = "; ".join(failed) or f"ranks {', '.join(missing)} did not start"
             raise SetupError(f"parallel setup failed: {why}")
-        self.log(f"parallel: {world} workers ready")
+        pids = ", ".join(str(replies[r][1]) for r in range(world))
+        self.log(f"parallel: {world} workers ready (pids {pids})")
 
     def _collect(self, timeout: float) -> dict[int, tuple]:
         """Wait for one final reply per rank (log lines are relayed on the way)."""
