@@ -12,13 +12,15 @@ from __future__ import annotations
 import ctypes
 import multiprocessing as mp
 import os
+import queue
 import signal
 import socket
+import threading
 import time
 from collections.abc import Callable
-from multiprocessing.connection import Connection, wait
+from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 from cogvx.cogvideox.generate import Request, Result, VideoModel, resolve_weights
 from cogvx.errors import InputError, SetupError
@@ -109,6 +111,17 @@ def worker_main(
     dist.destroy_process_group()
 
 
+def _read(rank: int, conn: Connection, inbox: queue.Queue) -> None:
+    """Move one rank's messages into the inbox until its pipe closes."""
+    while True:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):
+            inbox.put((rank, ("error", "run", f"worker process {rank} exited")))
+            return
+        inbox.put((rank, message))
+
+
 class ParallelVideoModel:
     """A CogVideoX pipeline split over `degrees.world` worker processes."""
 
@@ -121,6 +134,7 @@ class ParallelVideoModel:
         self._ctx = mp.get_context("spawn")  # CUDA cannot be forked
         self._cancel = self._ctx.Event()
         self._tokenizer: Any = None
+        self._inbox: queue.Queue = queue.Queue()
 
     @classmethod
     def start(
@@ -155,6 +169,12 @@ class ParallelVideoModel:
             child.close()
             self.procs.append(proc)
             self.conns.append(parent)
+        self._inbox = queue.Queue()
+        for rank, conn in enumerate(self.conns):
+            reader = threading.Thread(
+                target=_read, args=(rank, conn, self._inbox), daemon=True, name=f"cogvx-read{rank}"
+            )
+            reader.start()
         replies = self._collect(READY_TIMEOUT_S)
         failed = [f"rank {r}: {m[2]}" for r, m in replies.items() if m[0] == "error"]
         if failed or len(replies) < world:
@@ -166,26 +186,24 @@ class ParallelVideoModel:
         self.log(f"parallel: {world} workers ready (pids {pids})")
 
     def _collect(self, timeout: float) -> dict[int, tuple]:
-        """Wait for one final reply per rank (log lines are relayed on the way)."""
+        """Wait for one final reply per rank (log lines are relayed on the way).
+
+        Pipes are read by one thread per rank, so a cancel raised in this thread (coglet's, at
+        any bytecode) interrupts a queue wait, never a half-read message."""
         replies: dict[int, tuple] = {}
         deadline = time.monotonic() + timeout
         while len(replies) < len(self.conns):
             left = deadline - time.monotonic()
             if left <= 0:
                 break
-            pending = [c for r, c in enumerate(self.conns) if r not in replies]
-            for ready in wait(pending, timeout=min(left, 1.0)):
-                conn = cast(Connection, ready)
-                rank = self.conns.index(conn)
-                try:
-                    message: tuple = conn.recv()
-                except (EOFError, OSError):
-                    replies[rank] = ("error", "run", f"worker process {rank} exited")
-                    continue
-                if message[0] == "log":
-                    self.log(message[1])
-                else:
-                    replies[rank] = message
+            try:
+                rank, message = self._inbox.get(timeout=min(left, 1.0))
+            except queue.Empty:
+                continue
+            if message[0] == "log":
+                self.log(message[1])
+            elif rank not in replies:
+                replies[rank] = message
             if any(m[0] == "error" for m in replies.values()):
                 deadline = min(deadline, time.monotonic() + STRAGGLER_S)
         return replies
