@@ -16,7 +16,6 @@ Pictures are noise: this measures time, not quality. Ratios last.
 from __future__ import annotations
 
 import argparse
-import socket
 import statistics
 import time
 from typing import Any
@@ -25,6 +24,7 @@ import torch
 import torch.multiprocessing as mp
 
 from benchmarks.gpu.bench_speed import E2E_STEPS, SHAPES, StepClock, build, decode_seconds, denoise
+from cogvx.children import free_port
 from cogvx.parallel.plan import Degrees
 
 TINY_SHAPE = (9, 32, 48)
@@ -71,9 +71,7 @@ def _rank(rank: int, d: Degrees, address: str, args: argparse.Namespace, queue: 
 
 def run_setting(d: Degrees, args: argparse.Namespace) -> dict:
     """One row: start the ranks, wait, return rank 0's numbers."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        address = f"tcp://127.0.0.1:{sock.getsockname()[1]}"
+    address = f"tcp://127.0.0.1:{free_port()}"
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     procs = [ctx.Process(target=_rank, args=(r, d, address, args, queue)) for r in range(d.world)]

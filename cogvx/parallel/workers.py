@@ -9,12 +9,9 @@ the reason. Messages travel over the predictor's own pipes (never a user source)
 
 from __future__ import annotations
 
-import ctypes
 import multiprocessing as mp
 import os
 import queue
-import signal
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -22,6 +19,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+from cogvx.children import die_with_parent, free_port
 from cogvx.cogvideox.generate import Request, Result, VideoModel, resolve_weights
 from cogvx.errors import InputError, SetupError
 from cogvx.log import log as log_line
@@ -30,7 +28,6 @@ from cogvx.parallel.plan import Degrees, request_fast_mode
 
 READY_TIMEOUT_S = 3600.0  # every rank loads the pipeline (and warms up on a GPU)
 STRAGGLER_S = 120.0  # after one rank fails or cancels, how long the others get to answer
-PR_SET_PDEATHSIG = 1
 
 
 class Canceled(Exception):
@@ -39,19 +36,6 @@ class Canceled(Exception):
 
 class WorkerError(RuntimeError):
     """A rank failed outside the request's inputs (the pool restarts when it hangs)."""
-
-
-def _free_address() -> str:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return f"tcp://127.0.0.1:{sock.getsockname()[1]}"
-
-
-def _die_with_parent() -> None:
-    try:  # Linux: SIGTERM when the predictor dies, even by SIGKILL
-        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    except (OSError, AttributeError):
-        pass
 
 
 def worker_main(
@@ -66,7 +50,7 @@ def worker_main(
     cancel: Any,
 ) -> None:
     """One rank: join the group, load the pipeline, split it, then serve requests until stop."""
-    _die_with_parent()
+    die_with_parent()
     from cogvx.parallel.engine import agree, enable_parallel, init_group
 
     def log(line: str) -> None:
@@ -152,7 +136,7 @@ class ParallelVideoModel:
         return pool
 
     def _spawn(self) -> None:
-        address, world = _free_address(), self.degrees.world
+        address, world = f"tcp://127.0.0.1:{free_port()}", self.degrees.world
         self.log(
             f"parallel: starting {world} workers ({self.degrees.describe()}) on {self.device_type}"
         )

@@ -6,38 +6,19 @@ path: the runner's own setup(), checks and outputs.
 
 from __future__ import annotations
 
-import ctypes
-import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 from typing import IO
 
+from cogvx.children import die_with_parent, free_port, stop_group
 from cogvx.webui.client import READY, CogClient, ServerError
 
 REPO = Path(__file__).resolve().parents[2]
 SERVE = REPO / "tools" / "serve.py"
 SETUP_TIMEOUT_S = 1800.0  # real weights: download + load
-PR_SET_PDEATHSIG = 1
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
-def _die_with_parent() -> None:
-    """In the child (Linux): get SIGTERM when the page's process dies, even by SIGKILL."""
-    try:
-        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    except (OSError, AttributeError):
-        pass  # not Linux: stop() still ends the server on a normal exit
 
 
 def default_python() -> str:
@@ -82,7 +63,7 @@ class LocalServer:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,  # its own process group: stop() ends coglet's worker too
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
         )
         try:
             health = self.client.wait_ready(timeout, alive=lambda: self.proc.poll() is None)
@@ -103,17 +84,7 @@ class LocalServer:
     def stop(self, timeout: float = 10.0) -> None:
         """Stop the server and its worker (SIGTERM to the group, then SIGKILL)."""
         if self.proc is not None:
-            for sig in (signal.SIGTERM, signal.SIGKILL):
-                try:
-                    os.killpg(self.proc.pid, sig)
-                except ProcessLookupError:
-                    break
-                try:
-                    self.proc.wait(timeout)
-                    if sig == signal.SIGTERM:
-                        continue  # the worker may outlive the server: SIGKILL what is left
-                except subprocess.TimeoutExpired:
-                    continue
+            stop_group(self.proc, timeout)
             self.proc = None
         if self._log is not None:
             self._log.close()

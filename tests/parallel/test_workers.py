@@ -89,7 +89,8 @@ class _Cancel(BaseException):
     """What coglet raises in the run thread (its CancelationException is a BaseException)."""
 
 
-def test_cancel_in_the_waiting_thread_stops_every_rank_then_the_next_request_runs(pool):
+def _long_run_started(pool) -> tuple[threading.Thread, dict]:
+    """A 100-step request in a thread (its exception lands in the dict), once rank 0 denoises."""
     outcome: dict = {}
     before = len(pool.lines)
 
@@ -105,6 +106,12 @@ def test_cancel_in_the_waiting_thread_stops_every_rank_then_the_next_request_run
     while not any("generating" in line for line in pool.lines[before:]):
         assert time.monotonic() < deadline, pool.lines[before:]
         time.sleep(0.05)
+    outcome["before"] = before
+    return thread, outcome
+
+
+def test_cancel_in_the_waiting_thread_stops_every_rank_then_the_next_request_runs(pool):
+    thread, outcome = _long_run_started(pool)
     t0 = time.monotonic()
     ctypes.pythonapi.PyThreadState_SetAsyncExc(
         ctypes.c_ulong(thread.ident), ctypes.py_object(_Cancel)
@@ -112,25 +119,13 @@ def test_cancel_in_the_waiting_thread_stops_every_rank_then_the_next_request_run
     thread.join(60)
     assert isinstance(outcome.get("exc"), _Cancel)
     assert time.monotonic() - t0 < 30  # stopped at a step, not after 100 of them
-    assert not any("generated in" in line for line in pool.lines[before:])
+    assert not any("generated in" in line for line in pool.lines[outcome["before"] :])
     assert len(pool.procs) == 2 and all(p.is_alive() for p in pool.procs)  # no restart needed
     assert pool.generate(_request(num_inference_steps=1)).frames.shape == (9, 32, 48, 3)
 
 
 def test_a_rank_that_dies_fails_the_request_and_the_pool_restarts(pool):
-    before = len(pool.lines)
-    outcome: dict = {}
-
-    def run() -> None:
-        try:
-            pool.generate(_request(num_inference_steps=100))
-        except Exception as exc:  # noqa: BLE001
-            outcome["exc"] = exc
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    while not any("generating" in line for line in pool.lines[before:]):
-        time.sleep(0.05)
+    thread, outcome = _long_run_started(pool)
     old = list(pool.procs)
     old[1].kill()
     thread.join(300)

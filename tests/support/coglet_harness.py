@@ -19,8 +19,6 @@ import base64
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -31,6 +29,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from cogvx.children import free_port, stop_group
+
 REPO = Path(__file__).resolve().parents[2]
 SERVE = REPO / "tools" / "serve.py"
 TERMINAL = {"READY", "SETUP_FAILED", "DEFUNCT"}
@@ -40,13 +40,6 @@ __all__ = ["CogletServer", "ServerError", "decode_data_uri", "free_port", "save_
 
 class ServerError(RuntimeError):
     """The server exited, or did not answer in time; the message ends with its logs."""
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """Ask the OS for a TCP port that is free right now."""
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 def decode_data_uri(uri: str) -> tuple[str, bytes]:
@@ -134,22 +127,8 @@ class CogletServer:
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop the server and its worker (SIGTERM, then SIGKILL), and remove temporary files."""
-        if self.proc is not None and self.proc.poll() is None:
-            for sig in (signal.SIGTERM, signal.SIGKILL):
-                try:
-                    os.killpg(self.proc.pid, sig)
-                except ProcessLookupError:
-                    break
-                try:
-                    self.proc.wait(timeout)
-                    break
-                except subprocess.TimeoutExpired:
-                    continue
         if self.proc is not None:
-            try:  # the worker may outlive the server process for a moment
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
+            stop_group(self.proc, timeout)
         if self._tmp is not None:
             self._final_logs = self.logs()
             if self._log_file is not None:
