@@ -18,13 +18,16 @@ measures time and memory, not quality. Ratios last.
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
 
 from cogvx.models import get_variant, scheduler_config
+from cogvx.speed.attention import restore_default_processor
 
 E2E_STEPS = 50
 SHAPES = {"t2v-5b": (49, 480, 720), "t2v-1.5": (81, 768, 1360)}
@@ -116,8 +119,18 @@ def decode_seconds(pipe: Any, latents: Any, cuda: bool) -> float:
     return time.perf_counter() - t0
 
 
+def _failure(exc: BaseException) -> str:
+    """One line for a table cell: the exception's type and the start of its message."""
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text[:160]}"
+
+
 def bench_model(model: str, args: argparse.Namespace, deadline: float) -> list[dict]:
-    """Every setting's row for one model (cumulative settings)."""
+    """Every setting's row for one model (cumulative settings).
+
+    A setting that fails (a kernel this card or torch refuses, out of memory) becomes a `failed`
+    row and the run goes on without it, so one bad lever cannot cost the device time of the
+    rest; each row is printed as soon as it is measured (`--out` also writes it as JSON)."""
     from cogvx.speed import apply as speed
     from cogvx.speed.cache import FastModeSlot, counting
     from cogvx.speed.select import Device, installed_packages, plan_speedups
@@ -126,42 +139,88 @@ def bench_model(model: str, args: argparse.Namespace, deadline: float) -> list[d
     device = speed.measure_device() if cuda else Device(cuda=False)
     shape = (9, 32, 48) if args.tiny else SHAPES[model]
     steps = 2 if args.tiny else args.steps
-    pipe = build(model, "cuda" if cuda else "cpu", args.tiny)
-    plan = plan_speedups(device, installed_packages(), "none")
-    print(f"{model}: {device.describe()}; plan: {'; '.join(plan.log_lines())}")
-    clock, slot, rows = StepClock(cuda), FastModeSlot(pipe.transformer, log=print), []
+    rows: list[dict] = []
 
-    def measure(name: str, run_steps: int, mode: str = "off") -> None:
+    def add(row: dict) -> None:
+        rows.append(row)
+        print(f"row: {json.dumps(row)}", flush=True)
+        if args.out:
+            with open(args.out, "a") as f:
+                f.write(json.dumps(row) + "\n")
+
+    try:
+        pipe = build(model, "cuda" if cuda else "cpu", args.tiny)
+    except Exception as exc:  # out of memory, a config this diffusers refuses: the next model
+        add({"model": model, "setting": "build", "failed": _failure(exc)})
+        return rows
+    plan = plan_speedups(device, installed_packages(), "none")
+    print(f"{model}: {device.describe()}; plan: {'; '.join(plan.log_lines())}", flush=True)
+    clock, slot = StepClock(cuda), FastModeSlot(pipe.transformer, log=print)
+
+    def measure(name: str, run_steps: int, mode: str = "off") -> bool:
         last = next((r["s_step"] for r in reversed(rows) if "s_step" in r), 0.0)
-        if time.monotonic() + 1.2 * last * (run_steps + 2) > deadline:
-            rows.append({"model": model, "setting": name, "skipped": True})
-            return
-        slot.apply(mode, pipe, 6.0)
-        if cuda:
-            torch.cuda.reset_peak_memory_stats()
-        denoise(pipe, shape, 2, clock)  # warm-up (compiles)
-        with counting(pipe.transformer) as work:
-            latents = denoise(pipe, shape, run_steps, clock)
+        now = time.monotonic()
+        if now > deadline or now + 1.2 * last * (run_steps + 2) > deadline:
+            add({"model": model, "setting": name, "skipped": True})
+            return False
+        try:
+            slot.apply(mode, pipe, 6.0)
+            if cuda:
+                torch.cuda.reset_peak_memory_stats()
+            denoise(pipe, shape, 2, clock)  # warm-up (compiles)
+            with counting(pipe.transformer) as work:
+                latents = denoise(pipe, shape, run_steps, clock)
+        except Exception as exc:
+            add({"model": model, "setting": name, "failed": _failure(exc)})
+            slot.apply("off", pipe, 6.0)
+            if cuda:
+                torch.cuda.empty_cache()
+            return False
         per_step = statistics.median(clock.times) if mode == "off" else sum(clock.times) / run_steps
-        if not rows:
-            rows.append({"decode": decode_seconds(pipe, latents, cuda)})
+        if not any("decode" in r for r in rows):
+            try:
+                rows.append({"model": model, "decode": decode_seconds(pipe, latents, cuda)})
+            except Exception as exc:
+                add({"model": model, "setting": "VAE decode", "failed": _failure(exc)})
         reused = 1 - work.attention / work.scheduled
         peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else 0.0
-        rows.append({"model": model, "setting": name, "s_step": per_step, "peak": peak,
-                     "reused": reused})  # fmt: skip
+        add({"model": model, "setting": name, "s_step": per_step, "peak": peak,
+             "reused": reused})  # fmt: skip
+        return True
+
+    def lever(name: str, apply: Callable[[], object], undo: Callable[[], object]) -> None:
+        """Apply one cumulative setting and measure it; undo it when it fails."""
+        try:
+            apply()
+        except Exception as exc:
+            add({"model": model, "setting": name, "failed": _failure(exc)})
+            undo()
+            return
+        if not measure(name, steps):
+            undo()
 
     measure("bf16 eager", steps)
     if cuda:
-        speed.install_attention(pipe, plan.attention.value, print)
-        measure(f"+ attention {plan.attention.value}", steps)
-        speed.compile_transformer(pipe.transformer, print)
-        measure("+ compile", steps)
+        backend = plan.attention.value
+        lever(
+            f"+ attention {backend}",
+            lambda: speed.install_attention(pipe, backend, print),
+            lambda: restore_default_processor(pipe.transformer),
+        )
+        lever(
+            "+ compile",
+            lambda: speed.compile_transformer(pipe.transformer, print),
+            lambda: speed.uncompile(pipe.transformer),
+        )
         if plan.quantize.value == "fp8":
-            torch._dynamo.reset()
-            speed.quantize_transformer(pipe.transformer, "fp8", device.capability, print)
-            measure("+ fp8", steps)
+
+            def fp8() -> None:
+                torch._dynamo.reset()
+                speed.quantize_transformer(pipe.transformer, "fp8", device.capability, print)
+
+            lever("+ fp8", fp8, torch._dynamo.reset)
         else:
-            rows.append({"model": model, "setting": "+ fp8", "skipped": plan.quantize.reason})
+            add({"model": model, "setting": "+ fp8", "skipped": plan.quantize.reason})
     full = 2 if args.tiny else E2E_STEPS
     measure("+ fast_mode=balanced", full, "balanced")
     measure("+ fast_mode=fast", full, "fast")
@@ -179,6 +238,9 @@ def print_table(rows: list[dict], card: str) -> None:
         if "decode" in r:
             decode = r["decode"]
             continue
+        if "failed" in r:
+            print(f"| {r['model']} | {r['setting']} | failed: {r['failed']} | | | | |")
+            continue
         if r.get("skipped"):
             why = r["skipped"] if isinstance(r["skipped"], str) else "time budget"
             print(f"| {r['model']} | {r['setting']} | skipped: {why} | | | | |")
@@ -194,15 +256,34 @@ def print_table(rows: list[dict], card: str) -> None:
         print("  " + line)
 
 
+def versions() -> str:
+    """The versions the numbers depend on: 'torch 2.11.0+cu130 (CUDA 13.0), diffusers ...'."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    parts = [f"torch {torch.__version__} (CUDA {torch.version.cuda or 'none'})"]
+    for name in ("diffusers", "torchao", "triton"):
+        try:
+            parts.append(f"{name} {version(name)}")
+        except PackageNotFoundError:
+            parts.append(f"no {name}")
+    return ", ".join(parts)
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--models", default="t2v-5b,t2v-1.5")
     ap.add_argument("--steps", type=int, default=5, help="timed steps per setting (s/step)")
     ap.add_argument("--budget", type=float, default=540, help="seconds; later rows are skipped")
     ap.add_argument("--tiny", action="store_true", help="CPU smoke run on the tiny models")
+    ap.add_argument("--out", help="also append each row to this file as one JSON line")
     args = ap.parse_args(argv)
+    if not args.tiny and not torch.cuda.is_available():
+        ap.exit(
+            2, "bench_speed: no CUDA device: the full-size models need one (--tiny runs on CPU)\n"
+        )
     deadline = time.monotonic() + args.budget
     card = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU (no CUDA device)"
+    card += f"; {versions()}"
     rows: list[dict] = []
     for model in args.models.split(","):
         rows += bench_model(model, args, deadline)

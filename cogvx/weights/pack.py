@@ -7,7 +7,6 @@ import io
 import json
 import os
 import tarfile
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,6 +20,9 @@ def pack_folder(src: str | os.PathLike, out_tar: str | os.PathLike, log: Log = p
     """Write an uncompressed tarball of `src`'s files (sorted, links dereferenced), manifest first.
 
     The manifest member `cogvx-manifest.json` is {"format": 1, "files": {rel: {size, sha256}}}.
+    The bytes depend only on the files' names, contents and executable bits: every member gets
+    the mtime `SOURCE_DATE_EPOCH` (0 when unset), so packing the same weights twice, anywhere,
+    gives the same tarball and the same sha256 to pin.
     """
     root = Path(src)
     out = Path(out_tar)
@@ -46,6 +48,7 @@ def pack_folder(src: str | os.PathLike, out_tar: str | os.PathLike, log: Log = p
         "files": {rel: {"size": sizes[rel], "sha256": digests[rel]} for rel in rels},
     }
     data = json.dumps(manifest, indent=1, sort_keys=True).encode()
+    mtime = source_date_epoch()
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".partial")
     try:
@@ -53,16 +56,14 @@ def pack_folder(src: str | os.PathLike, out_tar: str | os.PathLike, log: Log = p
         with tarfile.open(  # type: ignore[call-overload]
             tmp, "w", format=tarfile.PAX_FORMAT, copybufsize=8 << 20
         ) as tf:
-            tf.addfile(
-                _tarinfo(MANIFEST_NAME, len(data), int(time.time()), 0o644), io.BytesIO(data)
-            )
+            tf.addfile(_tarinfo(MANIFEST_NAME, len(data), mtime, 0o644), io.BytesIO(data))
             for rel in rels:
                 st = (root / rel).stat()
                 if st.st_size != sizes[rel]:
                     raise RuntimeError(f"pack_folder: {root / rel} changed while packing")
                 mode = 0o755 if st.st_mode & 0o111 else 0o644
                 with open(root / rel, "rb") as f:
-                    tf.addfile(_tarinfo(rel, st.st_size, int(st.st_mtime), mode), f)
+                    tf.addfile(_tarinfo(rel, st.st_size, mtime, mode), f)
         os.replace(tmp, out)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -70,6 +71,16 @@ def pack_folder(src: str | os.PathLike, out_tar: str | os.PathLike, log: Log = p
     total = sum(sizes.values())
     log(f"packed {len(rels)} files ({total / 1e9:.2f} GB) from {root} into {out}")
     return out
+
+
+def source_date_epoch() -> int:
+    """The members' mtime: `SOURCE_DATE_EPOCH` (reproducible-builds.org) or 0."""
+    value = os.environ.get("SOURCE_DATE_EPOCH", "").strip()
+    if not value:
+        return 0
+    if not value.isdigit():
+        raise ValueError(f"SOURCE_DATE_EPOCH={value!r}: expected whole seconds since 1970")
+    return int(value)
 
 
 def _tarinfo(name: str, size: int, mtime: int, mode: int) -> tarfile.TarInfo:

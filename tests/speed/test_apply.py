@@ -3,9 +3,6 @@ checked through its decisions and wiring, never run here."""
 
 from __future__ import annotations
 
-import sys
-import types
-
 import numpy as np
 import pytest
 import torch
@@ -168,59 +165,65 @@ def test_quantize_filter_takes_the_blocks_attention_and_feed_forward_linears():
 
 
 @pytest.fixture
-def fake_torchao(monkeypatch):
-    """A stand-in torchao.quantization recording quantize_ calls (torchao is GPU-image only)."""
+def quantize_calls(monkeypatch):
+    """torchao's real configs, with `quantize_` recording its arguments: fp8's dynamic
+    activation scaling refuses a CPU, so the configs are checked as handed over."""
+    import torchao.quantization
+
     calls: list[tuple] = []
-    module = types.ModuleType("torchao.quantization")
-
-    class Config:
-        def __init__(self, **kwargs):
-            self.kwargs = kwargs
-
-    class Float8DynamicActivationFloat8WeightConfig(Config): ...
-
-    class Int8WeightOnlyConfig(Config): ...
-
-    class PerRow: ...
-
-    class PerTensor: ...
-
-    for cls in (Float8DynamicActivationFloat8WeightConfig, Int8WeightOnlyConfig, PerRow, PerTensor):
-        setattr(module, cls.__name__, cls)
-    module.quantize_ = lambda model, config, filter_fn: calls.append((model, config, filter_fn))
-    monkeypatch.setitem(sys.modules, "torchao", types.ModuleType("torchao"))
-    monkeypatch.setitem(sys.modules, "torchao.quantization", module)
+    monkeypatch.setattr(
+        torchao.quantization,
+        "quantize_",
+        lambda model, config, filter_fn: calls.append((model, config, filter_fn)),
+    )
     return calls
 
 
 @pytest.mark.parametrize(
-    ("mode", "capability", "config", "granularity", "what"),
-    [
-        ("fp8", (9, 0), "Float8DynamicActivationFloat8WeightConfig", "PerRow", "fp8 (per-row"),
-        (
-            "fp8",
-            (8, 9),
-            "Float8DynamicActivationFloat8WeightConfig",
-            "PerTensor",
-            "fp8 (per-tensor",
-        ),
-        ("int8", (8, 0), "Int8WeightOnlyConfig", None, "int8 weight-only"),
-    ],
+    ("capability", "granularity", "what"),
+    [((9, 0), "PerRow", "fp8 (per-row"), ((8, 9), "PerTensor", "fp8 (per-tensor")],
 )
-def test_quantize_hands_torchao_the_config(
-    fake_torchao, mode, capability, config, granularity, what
-):
+def test_fp8_hands_torchao_its_config(quantize_calls, capability, granularity, what):
+    from torchao.quantization import Float8DynamicActivationFloat8WeightConfig
+
     model, logs = object(), []
-    quantize_transformer(model, mode, capability, logs.append)
-    [(got_model, got_config, filter_fn)] = fake_torchao
-    assert got_model is model and type(got_config).__name__ == config
-    assert filter_fn is _block_linear
-    if granularity:
-        assert type(got_config.kwargs["granularity"]).__name__ == granularity
+    quantize_transformer(model, "fp8", capability, logs.append)
+    [(got_model, config, filter_fn)] = quantize_calls
+    assert got_model is model and filter_fn is _block_linear
+    assert isinstance(config, Float8DynamicActivationFloat8WeightConfig)
+    assert type(config.granularity[0]).__name__ == granularity
     assert logs[0].startswith(f"speed: transformer blocks quantized to {what}")
 
 
-def test_unknown_quantize_mode_is_a_bug(fake_torchao):
+def test_int8_quantizes_the_block_linears_and_keeps_the_output_close():
+    """Real torchao on the CPU: the blocks' linears hold int8 weights, the rest stays bf16."""
+    from tests.speed.test_attention import _transformer_inputs
+
+    pipe = build_tiny_pipeline("t2v-5b")
+    transformer = pipe.transformer.to(torch.bfloat16)
+    kwargs = {
+        k: v.to(torch.bfloat16) if isinstance(v, torch.Tensor) and v.is_floating_point() else v
+        for k, v in _transformer_inputs(pipe, 9).items()
+    }
+    with torch.no_grad():
+        reference = transformer(**kwargs)[0].float()
+        logs: list[str] = []
+        quantize_transformer(transformer, "int8", (8, 0), logs.append)
+        out = transformer(**kwargs)[0].float()
+    kinds = {
+        name: type(module.weight).__name__
+        for name, module in transformer.named_modules()
+        if isinstance(module, torch.nn.Linear)
+    }
+    quantized = {name for name, kind in kinds.items() if kind != "Parameter"}
+    assert quantized == {n for n, m in transformer.named_modules() if _block_linear(m, n)}
+    assert {kinds[n] for n in quantized} == {"Int8Tensor"}
+    err = (out - reference).abs().max() / reference.abs().max()
+    assert 0 < err < 0.02  # changed (int8 weights), and close
+    assert logs[0].startswith("speed: transformer blocks quantized to int8 weight-only")
+
+
+def test_unknown_quantize_mode_is_a_bug():
     with pytest.raises(ValueError, match="unknown quantization mode 'nf4'"):
         quantize_transformer(object(), "nf4", (9, 0))
 

@@ -444,6 +444,36 @@ def test_pack_folder_manifest_first_sorted_links_dereferenced(tmp_path):
     assert sorted(manifest["files"]) == names[1:]
 
 
+def test_pack_folder_is_byte_reproducible(tmp_path, monkeypatch):
+    """Same names, contents and modes -> the same tarball bytes, whatever the files' times and
+    the clock; SOURCE_DATE_EPOCH sets every member's mtime."""
+
+    def make(where: Path, mtime: int) -> Path:
+        (where / "vae").mkdir(parents=True)
+        (where / "vae" / "w.bin").write_bytes(b"\x01" * 3000)
+        (where / "run.sh").write_text("#!/bin/sh\n")
+        (where / "run.sh").chmod(0o755)
+        for f in (where / "vae" / "w.bin", where / "run.sh"):
+            os.utime(f, (mtime, mtime))
+        return where
+
+    monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
+    first = pack_folder(make(tmp_path / "a", 1_600_000_000), tmp_path / "a.tar", log=print)
+    time.sleep(1.1)  # a later clock second too
+    second = pack_folder(make(tmp_path / "b", 1_700_000_000), tmp_path / "b.tar", log=print)
+    assert first.read_bytes() == second.read_bytes()
+    with tarfile.open(first) as tf:
+        assert {m.mtime for m in tf.getmembers()} == {0}
+        assert tf.getmember("run.sh").mode == 0o755
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1767225600")
+    third = pack_folder(tmp_path / "a", tmp_path / "c.tar", log=print)
+    with tarfile.open(third) as tf:
+        assert {m.mtime for m in tf.getmembers()} == {1767225600}
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "yesterday")
+    with pytest.raises(ValueError, match="SOURCE_DATE_EPOCH='yesterday'"):
+        pack_folder(tmp_path / "a", tmp_path / "d.tar", log=print)
+
+
 def test_pack_weights_cli(packed, tmp_path):
     src, _, _ = packed
     out = tmp_path / "cli.tar"
