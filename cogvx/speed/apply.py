@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import inspect
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import replace
 from typing import Any
 
@@ -38,7 +38,7 @@ def apply_speedups(
     offload: str,
     log: Callable[[str], None] = log_line,
     device: Device | None = None,
-    installed: frozenset[str] | None = None,
+    installed: Collection[str] | None = None,
 ) -> SpeedPlan:
     """Choose (from the device, packages and COGVX_* settings), log and, on CUDA, apply."""
     device = measure_device() if device is None else device

@@ -3,6 +3,11 @@ deployment settings (the caller measures the device; nothing here touches CUDA).
 
 - Attention (`COGVX_ATTENTION`): auto picks SageAttention, else FlashAttention 3 on Hopper, else
   FlashAttention 2, else torch's own SDPA (which picks flash / cuDNN / efficient kernels itself).
+  A package older than diffusers accepts counts as missing (PyPI's `sageattention` is 1.0.6;
+  diffusers' backend needs 2.1.1+).
+
+`installed` is the packages that resolve: a name -> version mapping (`installed_packages`), or
+any collection of names when the versions do not matter (the tests' tables).
 - Compile (`COGVX_COMPILE`): regional `torch.compile` of the transformer blocks on CUDA, except
   with sequential offload (accelerate's per-layer hooks break full graphs).
 - Quantize (`COGVX_QUANTIZE`, the video models' meaning): fp8 (torchao dynamic fp8 activations
@@ -11,9 +16,13 @@ deployment settings (the caller measures the device; nothing here touches CUDA).
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Generic, TypeVar
+
+from packaging.version import InvalidVersion, Version
 
 from cogvx.errors import SetupError
 from cogvx.settings import ATTENTION_ENV, COMPILE_ENV, QUANTIZE_ENV
@@ -57,13 +66,18 @@ class Backend:
     min_capability: tuple[int, int] = (0, 0)
     majors: tuple[int, ...] | None = None  # only these compute-capability majors (FA3: Hopper)
     what: str = ""
+    min_version: str | None = None  # the oldest package version diffusers' backend accepts
 
-    def missing(self, device: Device, installed: frozenset[str]) -> str | None:
+    def missing(self, device: Device, installed: Collection[str]) -> str | None:
         """Why this backend cannot run here, None when it can."""
         if self.cuda and not device.cuda:
             return f"{self.what} needs a CUDA device"
         if self.package and self.package not in installed:
             return f"{self.what} needs the {self.package} package, which is not installed"
+        if self.package and self.min_version and isinstance(installed, Mapping):
+            have = installed[self.package]
+            if too_old(have, self.min_version):
+                return f"{self.what} needs {self.package}>={self.min_version}, {have} is installed"
         if device.cuda and device.capability < self.min_capability:
             need = ".".join(map(str, self.min_capability))
             return f"{self.what} needs compute capability {need}+, {device.describe()} has less"
@@ -82,10 +96,22 @@ BACKENDS = {
         Backend("_native_efficient", what="torch SDPA memory-efficient kernel"),
         Backend("_native_flash", min_capability=(8, 0), what="torch SDPA flash kernel"),
         Backend("_native_cudnn", min_capability=(8, 0), what="torch SDPA cuDNN kernel"),
-        Backend("flash", "flash_attn", min_capability=(8, 0), what="FlashAttention 2"),
+        Backend(
+            "flash",
+            "flash_attn",
+            min_capability=(8, 0),
+            what="FlashAttention 2",
+            min_version="2.6.3",
+        ),
         Backend("_flash_3", "flash_attn_3", majors=(9,), what="FlashAttention 3"),
-        Backend("sage", "sageattention", min_capability=(8, 0), what="SageAttention"),
-        Backend("xformers", "xformers", what="xFormers"),
+        Backend(
+            "sage",
+            "sageattention",
+            min_capability=(8, 0),
+            what="SageAttention",
+            min_version="2.1.1",
+        ),
+        Backend("xformers", "xformers", what="xFormers", min_version="0.0.29"),
     )
 }
 AUTO_ORDER = ("sage", "_flash_3", "flash")  # best first; native when none can run
@@ -96,16 +122,29 @@ PACKAGES = ("sageattention", "flash_attn", "flash_attn_3", "xformers", "torchao"
 FP8_CAPABILITY = (8, 9)  # Ada / Hopper and newer have fp8 tensor cores
 
 
-def installed_packages(names: tuple[str, ...] = PACKAGES) -> frozenset[str]:
-    """The packages among `names` that import-resolve (find_spec only: nothing is imported)."""
-    found = set()
+def installed_packages(names: tuple[str, ...] = PACKAGES) -> dict[str, str]:
+    """The packages among `names` that import-resolve (find_spec only: nothing is imported),
+    each with its installed version ('' when its metadata does not say)."""
+    found = {}
     for name in names:
         try:
-            if importlib.util.find_spec(name) is not None:
-                found.add(name)
+            if importlib.util.find_spec(name) is None:
+                continue
         except (ImportError, ValueError):
-            pass
-    return frozenset(found)
+            continue
+        try:
+            found[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            found[name] = ""
+    return found
+
+
+def too_old(have: str, need: str) -> bool:
+    """Whether version `have` is below `need` (an unknown or unparsable version is not)."""
+    try:
+        return Version(have) < Version(need)
+    except InvalidVersion:
+        return False
 
 
 def _clean(env: str | None) -> str:
@@ -116,7 +155,7 @@ def _not_allowed(var: str, value: str, allowed: tuple[str, ...]) -> SetupError:
     return SetupError(f"{var}={value!r} is not allowed; use one of {list(allowed)}")
 
 
-def choose_attention(device: Device, installed: frozenset[str], env: str | None) -> Choice[str]:
+def choose_attention(device: Device, installed: Collection[str], env: str | None) -> Choice[str]:
     """The diffusers attention backend name for the transformer (COGVX_ATTENTION)."""
     value = _clean(env)
     if value not in ATTENTION_CHOICES:
@@ -166,7 +205,7 @@ def choose_compile(device: Device, offload: str, env: str | None) -> Choice[bool
 
 def choose_quantize(
     device: Device,
-    installed: frozenset[str],
+    installed: Collection[str],
     offload: str,
     env: str | None,
     compiled: bool = True,
@@ -225,7 +264,7 @@ class SpeedPlan:
 
 def plan_speedups(
     device: Device,
-    installed: frozenset[str],
+    installed: Collection[str],
     offload: str,
     attention_env: str | None = None,
     compile_env: str | None = None,

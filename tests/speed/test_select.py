@@ -8,6 +8,7 @@ import pytest
 from cogvx.errors import SetupError
 from cogvx.speed.select import (
     ATTENTION_CHOICES,
+    BACKENDS,
     PACKAGES,
     Choice,
     Device,
@@ -283,7 +284,40 @@ def test_plan_with_sequential_offload():
     )
 
 
-def test_installed_packages_only_resolves_names():
+def test_installed_packages_only_resolves_names_and_reads_versions():
+    from importlib.metadata import version
+
     found = installed_packages(("torch", "no_such_package_cogvx", "no_such_package_cogvx.sub"))
-    assert found == frozenset({"torch"})
-    assert installed_packages() <= frozenset(PACKAGES)
+    assert found == {"torch": version("torch")}
+    assert set(installed_packages()) <= set(PACKAGES)
+
+
+# (installed versions) -> backend auto picks on an H100, and why a too-old one was passed over
+VERSIONED = [
+    ({"sageattention": "1.0.6"}, "native", "sage", "needs sageattention>=2.1.1, 1.0.6 is"),
+    ({"sageattention": "2.1.1"}, "sage", None, None),
+    ({"sageattention": "2.2.0", "flash_attn": "2.8.3"}, "sage", None, None),
+    ({"sageattention": "1.0.6", "flash_attn": "2.8.3"}, "flash", None, None),
+    ({"flash_attn": "2.5.9"}, "native", "flash", "needs flash_attn>=2.6.3, 2.5.9 is"),
+    ({"flash_attn": "2.6.3"}, "flash", None, None),
+    ({"flash_attn_3": ""}, "_flash_3", None, None),  # FA3 wheels carry no version floor
+    ({"sageattention": ""}, "sage", None, None),  # metadata without a version: not refused
+    ({"sageattention": "2.x-custom"}, "sage", None, None),  # unparsable: not refused
+]
+
+
+@pytest.mark.parametrize(("installed", "expected", "forced", "why"), VERSIONED)
+def test_a_package_older_than_diffusers_accepts_counts_as_missing(installed, expected, forced, why):
+    assert choose_attention(H100, installed, None).value == expected
+    if forced:
+        with pytest.raises(SetupError, match=why):
+            choose_attention(H100, installed, forced)
+    assert choose_attention(T4, installed, None).value == "native"
+
+
+def test_min_versions_are_the_ones_diffusers_checks():
+    from diffusers.models import attention_dispatch as dispatch
+
+    assert BACKENDS["sage"].min_version == dispatch._REQUIRED_SAGE_VERSION
+    assert BACKENDS["flash"].min_version == dispatch._REQUIRED_FLASH_VERSION
+    assert BACKENDS["xformers"].min_version == dispatch._REQUIRED_XFORMERS_VERSION
