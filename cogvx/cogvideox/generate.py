@@ -110,6 +110,7 @@ class VideoModel:
         self.fast = FastModeSlot(pipe.transformer, log=log)
         self.speed: SpeedPlan | None = None  # the setup-time speed-ups that ran (GPU)
         self.step_callback: Callable[[], None] | None = None  # after each step (multi-GPU)
+        self.decode = True  # False: stop at the latents, return no frames (multi-GPU ranks > 0)
         self._v2v: Any = None
 
     @property
@@ -281,11 +282,15 @@ class VideoModel:
         self.log(cost.describe())
         t0 = time.perf_counter()
         method = self.fast.apply(req.fast_mode, pipe, req.guidance_scale)
+        if not self.decode:
+            kwargs["output_type"] = "latent"
         with counting(pipe.transformer) as work, torch.inference_mode():
             frames = pipe(**kwargs).frames[0]
         seconds = time.perf_counter() - t0
         self.log(work.describe(req.fast_mode, method, cost.calls))
         self.log(f"generated in {seconds:.1f}s")
+        if not self.decode:
+            return Result(np.zeros((0, height, width, 3), np.uint8), seed, seconds)
         if req.video is not None and len(frames) != len(req.video):
             self.log(
                 f"video-to-video: {len(req.video)} input frames came out as {len(frames)} (the VAE "

@@ -1,10 +1,12 @@
 """The predictor's worker processes: one per GPU, started, fed, cancelled and stopped by it.
 
 `ParallelVideoModel` stands where `VideoModel` stands in the video service (variant,
-count_tokens, generate). Each request goes to every rank; rank 0 returns the frames and relays
-its log lines. A cancel or an error reaches every rank at the same step (they agree once per
-step); a rank that dies or stops answering restarts the whole pool, and the request fails with
-the reason. Messages travel over the predictor's own pipes (never a user source).
+count_tokens, generate). Each request goes to every rank; rank 0 decodes and returns the frames
+and relays its log lines (the other ranks stop at the latents). A request's LoRA is downloaded
+once, by the predictor, into the cache every rank reads. A cancel or an error reaches every rank
+at the same step (they agree once per step); a rank that dies or stops answering restarts the
+whole pool, and the request fails with the reason. Messages travel over the predictor's own
+pipes (never a user source).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -23,6 +26,8 @@ from cogvx.children import die_with_parent, free_port
 from cogvx.cogvideox.generate import Request, Result, VideoModel, resolve_weights
 from cogvx.errors import InputError, SetupError
 from cogvx.log import log as log_line
+from cogvx.lora.cache import LoraCache
+from cogvx.lora.sources import parse_source
 from cogvx.models import Variant, get_variant
 from cogvx.parallel.plan import Degrees, request_fast_mode
 
@@ -60,6 +65,7 @@ def worker_main(
     try:
         init_group(rank, world, address, device_type)
         vm = VideoModel.load(model, folder, log=log, warm_up=False)
+        vm.decode = rank == 0  # only rank 0's frames are returned
         enable_parallel(vm.pipe.transformer, degrees, device_type)
         if device_type == "cuda":  # every rank together: the compiled graphs see the split
             vm.warm_up()
@@ -118,6 +124,7 @@ class ParallelVideoModel:
         self._ctx = mp.get_context("spawn")  # CUDA cannot be forked
         self._cancel = self._ctx.Event()
         self._tokenizer: Any = None
+        self._loras: LoraCache | None = None
         self._inbox: queue.Queue = queue.Queue()
 
     @classmethod
@@ -200,10 +207,26 @@ class ParallelVideoModel:
             self._tokenizer = AutoTokenizer.from_pretrained(self.folder / "tokenizer")
         return len(self._tokenizer(text, truncation=False).input_ids)
 
+    def _fetch_lora(self, req: Request) -> Request:
+        """Download the request's LoRA here, once, so every rank finds it in the shared cache
+        (N ranks would fetch it N times, and list a Hub repo N times); the ranks get the file's
+        own URL. A bad source fails here, before any rank works."""
+        if not req.lora_url or not req.lora_url.strip():
+            return req
+        if self._loras is None:
+            self._loras = LoraCache(log=self.log)
+        parsed = parse_source(req.lora_url)
+        url = parsed.url
+        if parsed.repo is not None:
+            url = self._loras.find_repo_file(parsed.repo, parsed.rev)
+        self._loras.fetch(url)
+        return replace(req, lora_url=url)
+
     def generate(self, req: Request) -> Result:
         """Run `req` on every rank; rank 0's frames come back."""
         if not self.procs:
             self._spawn()  # the pool was stopped after a hang: start it again
+        req = self._fetch_lora(req)
         for conn in self.conns:
             conn.send(("run", req))
         try:

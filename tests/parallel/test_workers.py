@@ -38,7 +38,16 @@ def single(folder):
 
 
 @pytest.fixture(scope="module")
-def pool(folder):
+def lora_cache(tmp_path_factory):
+    """One LoRA cache for this module's processes: the ranks inherit it when they start."""
+    with pytest.MonkeyPatch.context() as mp:
+        root = tmp_path_factory.mktemp("loras")
+        mp.setenv("COGVX_LORA_CACHE", str(root))
+        yield root
+
+
+@pytest.fixture(scope="module")
+def pool(folder, lora_cache):
     lines: list[str] = []
     model = ParallelVideoModel.start("t2v-5b", str(folder), Degrees(ulysses=2), "cpu", lines.append)
     model.lines = lines  # type: ignore[attr-defined]
@@ -62,6 +71,42 @@ def test_ulysses_split_matches_the_single_process_run(pool, single):
     text = "\n".join(pool.lines)
     assert "parallel: 2 workers ready" in text and "seed: 3" in text  # rank 0's logs relayed
     assert "attention computed" in text
+
+
+def test_a_lora_is_downloaded_once_for_every_rank(pool, single, tmp_path):
+    """The predictor fetches it; both ranks load it from the cache; the split run with the LoRA
+    matches the single-process run with it, and differs from the base model."""
+    from tests.support.loras import save_diffusers_lora
+    from tests.support.weights_server import WeightsServer
+
+    lora = save_diffusers_lora(tmp_path / "style.safetensors")
+    with WeightsServer({"/style.safetensors": lora}) as server:
+        url = server.url("/style.safetensors")
+        base = pool.generate(_request())
+        with_lora = pool.generate(_request(lora_url=url))
+        again = pool.generate(_request(lora_url=url, lora_scale=0.5))
+        assert server.count("/style.safetensors") == 1
+        alone = single.generate(_request(lora_url=url))
+        assert server.count("/style.safetensors") == 1  # the single process hit the cache too
+        single.lora.apply(None)
+    assert _max_diff(with_lora.frames, alone.frames) <= FRAME_TOLERANCE
+    assert _max_diff(with_lora.frames, base.frames) > 10 * FRAME_TOLERANCE
+    assert not np.array_equal(again.frames, with_lora.frames)
+    text = "\n".join(pool.lines)
+    assert "lora: downloaded" in text and "lora: cache hit" in text and "lora: scale 0.5" in text
+
+
+def test_only_rank_0_decodes(folder):
+    """A model told not to decode stops at the latents: the VAE decoder never runs."""
+    model = VideoModel.load("t2v-5b", str(folder), log=lambda _: None)
+    calls = []
+    decode = model.pipe.vae.decode
+    model.pipe.vae.decode = lambda *a, **k: calls.append(1) or decode(*a, **k)
+    assert model.generate(_request()).frames.shape == (9, 32, 48, 3) and len(calls) > 0
+    calls.clear()
+    model.decode = False
+    result = model.generate(_request())
+    assert result.frames.shape == (0, 32, 48, 3) and result.seed == 3 and calls == []
 
 
 def test_cfg_split_matches_and_turns_the_step_caches_off(folder, single):
