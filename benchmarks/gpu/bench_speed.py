@@ -261,6 +261,14 @@ def print_table(rows: list[dict], card: str) -> None:
         print("  " + line)
 
 
+def card_name() -> str:
+    """'NVIDIA H200 (sm 9.0)', or 'CPU (no CUDA device)'."""
+    if not torch.cuda.is_available():
+        return "CPU (no CUDA device)"
+    major, minor = torch.cuda.get_device_capability()
+    return f"{torch.cuda.get_device_name()} (sm {major}.{minor})"
+
+
 def versions() -> str:
     """The versions the numbers depend on: 'torch 2.11.0+cu130 (CUDA 13.0), diffusers ...'."""
     from importlib.metadata import PackageNotFoundError, version
@@ -281,14 +289,17 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--budget", type=float, default=540, help="seconds; later rows are skipped")
     ap.add_argument("--tiny", action="store_true", help="CPU smoke run on the tiny models")
     ap.add_argument("--out", help="also append each row to this file as one JSON line")
+    ap.add_argument("--versions", action="store_true", help="print the card and versions; exit")
     args = ap.parse_args(argv)
+    if args.versions:
+        print(f"{card_name()}; {versions()}")
+        return
     if not args.tiny and not torch.cuda.is_available():
         ap.exit(
             2, "bench_speed: no CUDA device: the full-size models need one (--tiny runs on CPU)\n"
         )
     deadline = time.monotonic() + args.budget
-    card = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU (no CUDA device)"
-    card += f"; {versions()}"
+    card = f"{card_name()}; {versions()}"
     rows: list[dict] = []
     for model in args.models.split(","):
         rows += bench_model(model, args, deadline)

@@ -16,9 +16,9 @@ if [ -d .whl ]; then
     --target /tmp/site .whl/*.whl || exit 1
 fi
 {
-  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv
-  python3 -c "import torch, diffusers; print('torch', torch.__version__, 'diffusers', \
-diffusers.__version__, torch.cuda.get_device_name(), torch.cuda.get_device_capability())"
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv \
+    || echo "no nvidia-smi"
+  python3 -m benchmarks.gpu.bench_speed --versions
 } 2>&1 | tee "$out/device.txt"
 status=0
 if [ "$checks_s" -gt 0 ]; then
