@@ -26,6 +26,7 @@ LORA_CACHE_ENV = "COGVX_LORA_CACHE"  # folder of cached LoRA files (default <wei
 LORA_MIN_FREE_ENV = "COGVX_LORA_MIN_FREE_GB"  # evict cached LoRAs to keep this much disk free
 LORA_MAX_BYTES_ENV = "COGVX_LORA_MAX_BYTES"  # largest LoRA file accepted
 ALLOW_PRIVATE_ENV = "COGVX_ALLOW_PRIVATE_URLS"  # user URLs: 1 | 0 | host[:port],...
+SOURCE_DATE_ENV = "SOURCE_DATE_EPOCH"  # reproducible-builds.org: packed tarballs' member mtime
 HF_ENDPOINT_ENV = "HF_ENDPOINT"  # huggingface_hub's variable: a mirror of huggingface.co
 
 DEFAULT_OUTPUT_ROOT = "/tmp/cogvx-outputs"
@@ -90,6 +91,16 @@ def output_root() -> Path:
 def weights_cache_root() -> Path:
     """Folder holding installed weight folders, one per model (and the LoRA cache)."""
     return Path(os.environ.get(CACHE_ENV, "weights")).absolute()
+
+
+def source_date_epoch() -> int:
+    """Every packed tarball member's mtime: SOURCE_DATE_EPOCH, or 0 when unset."""
+    value = os.environ.get(SOURCE_DATE_ENV, "").strip()
+    if not value:
+        return 0
+    if not value.isdigit():
+        raise ValueError(f"{SOURCE_DATE_ENV}={value!r}: expected whole seconds since 1970")
+    return int(value)
 
 
 def fake_free_bytes() -> int | None:

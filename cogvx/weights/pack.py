@@ -11,6 +11,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from cogvx import settings
 from cogvx.weights.tarcheck import MANIFEST_NAME, MARKER_NAME
 
 Log = Callable[[str], None]
@@ -48,7 +49,7 @@ def pack_folder(src: str | os.PathLike, out_tar: str | os.PathLike, log: Log = p
         "files": {rel: {"size": sizes[rel], "sha256": digests[rel]} for rel in rels},
     }
     data = json.dumps(manifest, indent=1, sort_keys=True).encode()
-    mtime = source_date_epoch()
+    mtime = settings.source_date_epoch()
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".partial")
     try:
@@ -71,16 +72,6 @@ def pack_folder(src: str | os.PathLike, out_tar: str | os.PathLike, log: Log = p
     total = sum(sizes.values())
     log(f"packed {len(rels)} files ({total / 1e9:.2f} GB) from {root} into {out}")
     return out
-
-
-def source_date_epoch() -> int:
-    """The members' mtime: `SOURCE_DATE_EPOCH` (reproducible-builds.org) or 0."""
-    value = os.environ.get("SOURCE_DATE_EPOCH", "").strip()
-    if not value:
-        return 0
-    if not value.isdigit():
-        raise ValueError(f"SOURCE_DATE_EPOCH={value!r}: expected whole seconds since 1970")
-    return int(value)
 
 
 def _tarinfo(name: str, size: int, mtime: int, mode: int) -> tarfile.TarInfo:
