@@ -12,7 +12,9 @@ fast_mode on top. Per setting: seconds per step (median of timed steps after a w
 also compiles), estimated end-to-end seconds for 50 steps (steps x s/step + VAE decode, measured
 once), peak GPU memory, and the ratio to bf16 eager. fast_mode rows run the whole 50-step
 schedule (their skipping depends on it) while the budget allows. Pictures are noise: this
-measures time and memory, not quality. Ratios last.
+measures time and memory, not quality. Ratios last. A setting that fails is a `failed` row
+(undone; the run goes on), each row prints as measured, and `--out` appends it as JSON, so a
+time limit that cuts the run short still leaves the rows so far (benchmarks/gpu/on_device.sh).
 """
 
 from __future__ import annotations
