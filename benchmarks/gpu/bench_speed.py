@@ -29,7 +29,6 @@ from typing import Any
 import torch
 
 from cogvx.models import get_variant, scheduler_config
-from cogvx.speed.attention import restore_default_processor
 
 E2E_STEPS = 50
 SHAPES = {"t2v-5b": (49, 480, 720), "t2v-1.5": (81, 768, 1360)}
@@ -134,6 +133,7 @@ def bench_model(model: str, args: argparse.Namespace, deadline: float) -> list[d
     row and the run goes on without it, so one bad lever cannot cost the device time of the
     rest; each row is printed as soon as it is measured (`--out` also writes it as JSON)."""
     from cogvx.speed import apply as speed
+    from cogvx.speed.attention import restore_default_processor
     from cogvx.speed.cache import FastModeSlot, counting
     from cogvx.speed.select import Device, installed_packages, plan_speedups
 

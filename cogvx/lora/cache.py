@@ -15,7 +15,7 @@ from cogvx import settings
 from cogvx.errors import LoraError, WeightsError
 from cogvx.log import clip
 from cogvx.lora.files import extract_safetensors
-from cogvx.lora.sources import hf_endpoint, pick_repo_file
+from cogvx.lora.sources import hf_endpoint, parse_source, pick_repo_file
 from cogvx.net.http import content_range_total, open_first
 from cogvx.net.urls import UrlPolicy, fetch_failed, safe_url, user_url_policy
 from cogvx.settings import LORA_MAX_BYTES_ENV
@@ -64,6 +64,13 @@ class LoraCache:
         if not self.root.is_dir():
             return []
         return sorted(self.root.glob("*.safetensors"), key=lambda p: p.stat().st_mtime_ns)
+
+    def resolve(self, source: str) -> str:
+        """The download URL of a `lora_url` value (a Hub repo without a file name: its listing)."""
+        parsed = parse_source(source)
+        if parsed.repo is None:
+            return parsed.url
+        return self.find_repo_file(parsed.repo, parsed.rev)
 
     def fetch(self, url: str) -> Path:
         """The cached file for `url`, downloading (and evicting old entries) on a miss."""

@@ -11,7 +11,6 @@ from cogvx.errors import LoraError
 from cogvx.log import clip
 from cogvx.lora.cache import LoraCache
 from cogvx.lora.files import alpha_note, prepare_lora
-from cogvx.lora.sources import parse_source
 from cogvx.net.urls import safe_url
 
 Log = Callable[[str], None]
@@ -48,10 +47,7 @@ class LoraSlot:
             return
         if not math.isfinite(scale):
             raise LoraError(f"lora_scale={scale!r} is not a finite number")
-        parsed = parse_source(source)
-        url = parsed.url
-        if parsed.repo is not None:  # no file named: list the repo's files (memoized)
-            url = self.cache.find_repo_file(parsed.repo, parsed.rev)
+        url = self.cache.resolve(source)
         label = clip(safe_url(url))
         if url != self.url:
             path = self.cache.fetch(url)

@@ -27,7 +27,6 @@ from cogvx.cogvideox.generate import Request, Result, VideoModel, resolve_weight
 from cogvx.errors import InputError, SetupError
 from cogvx.log import log as log_line
 from cogvx.lora.cache import LoraCache
-from cogvx.lora.sources import parse_source
 from cogvx.models import Variant, get_variant
 from cogvx.parallel.plan import Degrees, request_fast_mode
 
@@ -215,10 +214,7 @@ class ParallelVideoModel:
             return req
         if self._loras is None:
             self._loras = LoraCache(log=self.log)
-        parsed = parse_source(req.lora_url)
-        url = parsed.url
-        if parsed.repo is not None:
-            url = self._loras.find_repo_file(parsed.repo, parsed.rev)
+        url = self._loras.resolve(req.lora_url)
         self._loras.fetch(url)
         return replace(req, lora_url=url)
 

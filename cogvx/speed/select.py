@@ -5,13 +5,13 @@ deployment settings (the caller measures the device; nothing here touches CUDA).
   FlashAttention 2, else torch's own SDPA (which picks flash / cuDNN / efficient kernels itself).
   A package older than diffusers accepts counts as missing (PyPI's `sageattention` is 1.0.6;
   diffusers' backend needs 2.1.1+).
-
-`installed` is the packages that resolve: a name -> version mapping (`installed_packages`), or
-any collection of names when the versions do not matter (the tests' tables).
 - Compile (`COGVX_COMPILE`): regional `torch.compile` of the transformer blocks on CUDA, except
   with sequential offload (accelerate's per-layer hooks break full graphs).
 - Quantize (`COGVX_QUANTIZE`, the video models' meaning): fp8 (torchao dynamic fp8 activations
   and fp8 weights) on cards with fp8 tensor cores (sm 8.9+), else bf16.
+
+`installed` is the packages that resolve: a name -> version mapping (`installed_packages`), or
+any collection of names when the versions do not matter (the tests' tables).
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ from cogvx.dev.tiny import build_tiny_pipeline, save_tiny_weights
 from cogvx.speed.apply import measure_device
 from cogvx.speed.attention import restore_default_processor, use_dispatch_processor
 from cogvx.speed.select import BACKENDS, installed_packages, plan_speedups
-from tests.speed.test_attention import _transformer_inputs
+from tests.support.tiny_inputs import transformer_inputs
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -33,7 +33,7 @@ def test_dispatch_processor_per_backend_matches_diffusers():
     """native is diffusers' own SDPA call (bit-identical); each fused kernel is close to it."""
     pipe = build_tiny_pipeline("t2v-5b")
     transformer = pipe.transformer.to("cuda", torch.bfloat16)
-    kwargs = _on_cuda(_transformer_inputs(pipe, 9), torch.bfloat16)
+    kwargs = _on_cuda(transformer_inputs(pipe, 9), torch.bfloat16)
     with torch.no_grad():
         reference = transformer(**kwargs)[0].float()
         device = measure_device()

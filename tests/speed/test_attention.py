@@ -19,34 +19,9 @@ from cogvx.speed.attention import (
     use_dispatch_processor,
 )
 from cogvx.speed.select import BACKENDS
+from tests.support.tiny_inputs import transformer_inputs
 
 MODELS = {"t2v-2b": 9, "t2v-5b": 9, "i2v-5b": 9, "t2v-1.5": 17}  # model -> frames
-
-
-def _transformer_inputs(pipe, frames: int) -> dict:
-    """A batch of two (as with CFG) at the tiny size, with the pipeline's own RoPE tables."""
-    cfg = pipe.transformer.config
-    latent_frames = (frames - 1) // pipe.vae_scale_factor_temporal + 1
-    if cfg.patch_size_t:
-        latent_frames += latent_frames % cfg.patch_size_t
-    h, w = TINY_HEIGHT // pipe.vae_scale_factor_spatial, TINY_WIDTH // pipe.vae_scale_factor_spatial
-    g = torch.Generator("cpu").manual_seed(3)
-    kwargs = {
-        "hidden_states": torch.randn(2, latent_frames, cfg.in_channels, h, w, generator=g),
-        "encoder_hidden_states": torch.randn(
-            2, cfg.max_text_seq_length, cfg.text_embed_dim, generator=g
-        ),
-        "timestep": torch.tensor([999, 10]),
-        "image_rotary_emb": None,
-        "return_dict": False,
-    }
-    if cfg.use_rotary_positional_embeddings:
-        kwargs["image_rotary_emb"] = pipe._prepare_rotary_positional_embeddings(
-            TINY_HEIGHT, TINY_WIDTH, latent_frames, torch.device("cpu")
-        )
-    if cfg.ofs_embed_dim:
-        kwargs["ofs"] = torch.full((2,), 2.0)
-    return kwargs
 
 
 def _forward(transformer, kwargs) -> torch.Tensor:
@@ -57,7 +32,7 @@ def _forward(transformer, kwargs) -> torch.Tensor:
 @pytest.mark.parametrize("model", sorted(MODELS))
 def test_native_dispatch_equals_diffusers_processor(model):
     pipe = build_tiny_pipeline(model)
-    kwargs = _transformer_inputs(pipe, MODELS[model])
+    kwargs = transformer_inputs(pipe, MODELS[model])
     assert (kwargs["image_rotary_emb"] is None) == (model == "t2v-2b")  # RoPE covered and not
     before = _forward(pipe.transformer, kwargs)
 
@@ -78,7 +53,7 @@ def test_native_dispatch_equals_diffusers_processor(model):
 def test_bf16_dispatch_is_bit_identical_too():
     pipe = build_tiny_pipeline("t2v-5b")
     pipe.transformer.to(torch.bfloat16)
-    kwargs = _transformer_inputs(pipe, 9)
+    kwargs = transformer_inputs(pipe, 9)
     for key in ("hidden_states", "encoder_hidden_states"):
         kwargs[key] = kwargs[key].to(torch.bfloat16)
     before = _forward(pipe.transformer, kwargs)
@@ -110,7 +85,7 @@ def test_full_pipeline_gives_the_same_frames():
 
 def test_default_backend_is_the_dispatchers_active_one():
     pipe = build_tiny_pipeline("t2v-2b")
-    kwargs = _transformer_inputs(pipe, 9)
+    kwargs = transformer_inputs(pipe, 9)
     before = _forward(pipe.transformer, kwargs)
     use_dispatch_processor(pipe.transformer, None)
     assert torch.equal(_forward(pipe.transformer, kwargs), before)
