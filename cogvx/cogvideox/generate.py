@@ -152,13 +152,14 @@ class VideoModel:
             loaded.warm_up()
         return loaded
 
-    def warm_up(self) -> None:
-        """Compile and meet kernel failures at setup, not in request 1 (GPU only)."""
+    def warm_up(self, rung: int | None = None) -> None:
+        """Compile and meet kernel failures at setup, not in request 1 (GPU only). `rung`: try
+        only that step of the fallback ladder (multi-GPU ranks; WarmUpFailed if it fails)."""
         v = self.variant
         self.fast.apply(DEFAULT_FAST_MODE, self.pipe, v.default_guidance)
         size = (v.default_frames, v.height, v.width)
         assert self.speed is not None
-        self.speed = warm_up_or_fall_back(self.pipe, self.speed, size, self.log)
+        self.speed = warm_up_or_fall_back(self.pipe, self.speed, size, self.log, rung=rung)
 
     def count_tokens(self, text: str) -> int:
         """T5 tokens of `text` including the end-of-sequence token."""

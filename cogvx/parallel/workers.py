@@ -52,10 +52,13 @@ def worker_main(
     device_type: str,
     conn: Connection,
     cancel: Any,
+    rung: int | None,
 ) -> None:
-    """One rank: join the group, load the pipeline, split it, then serve requests until stop."""
+    """One rank: join the group, load the pipeline, split it, warm up at fallback step `rung`
+    (None: no warm-up), then serve requests until stop."""
     die_with_parent()
     from cogvx.parallel.engine import agree, enable_parallel, init_group
+    from cogvx.speed.apply import WarmUpFailed
 
     def log(line: str) -> None:
         if rank == 0:
@@ -66,8 +69,8 @@ def worker_main(
         vm = VideoModel.load(model, folder, log=log, warm_up=False)
         vm.decode = rank == 0  # only rank 0's frames are returned
         enable_parallel(vm.pipe.transformer, degrees, device_type)
-        if device_type == "cuda":  # every rank together: the compiled graphs see the split
-            vm.warm_up()
+        if rung is not None:  # every rank together: the compiled graphs see the split
+            vm.warm_up(rung)
 
         def after_step() -> None:
             if agree(cancel.is_set()):
@@ -75,6 +78,9 @@ def worker_main(
 
         vm.step_callback = after_step
         conn.send(("ready", os.getpid()))
+    except WarmUpFailed as exc:  # the predictor restarts every rank at the next step, or gives up
+        conn.send(("error", "warm-up", str(exc), exc.more))
+        return
     except BaseException as exc:  # noqa: BLE001 (reported to the predictor, which fails setup)
         conn.send(("error", "setup", f"{type(exc).__name__}: {exc}"))
         return
@@ -114,9 +120,20 @@ def _read(rank: int, conn: Connection, inbox: queue.Queue) -> None:
 class ParallelVideoModel:
     """A CogVideoX pipeline split over `degrees.world` worker processes."""
 
-    def __init__(self, model: str, folder: Path, degrees: Degrees, device_type: str, log: Any):
+    def __init__(
+        self,
+        model: str,
+        folder: Path,
+        degrees: Degrees,
+        device_type: str,
+        log: Any,
+        warm_up: bool | None = None,
+        target: Callable[..., None] = worker_main,
+    ):
         self.model, self.folder, self.degrees = model, folder, degrees
-        self.device_type, self.log = device_type, log
+        self.device_type, self.log, self.target = device_type, log, target
+        self.warm_up = device_type == "cuda" if warm_up is None else warm_up
+        self.rung = 0  # the warm-up fallback step every rank runs (raised when one rank fails)
         self.variant: Variant = get_variant(model).with_folder_overrides(folder)
         self.procs: list[Any] = []
         self.conns: list[Connection] = []
@@ -134,14 +151,45 @@ class ParallelVideoModel:
         degrees: Degrees,
         device_type: str = "cuda",
         log: Callable[[str], None] = log_line,
+        **options: Any,
     ) -> ParallelVideoModel:
-        """Fetch the weights once, start one worker per rank and wait until all are ready."""
+        """Fetch the weights once, start one worker per rank and wait until all are ready.
+
+        `options`: `warm_up` (default: on CUDA) and `target`, the ranks' entry point."""
         folder = resolve_weights(get_variant(model), weights, log)
-        pool = cls(model, folder, degrees, device_type, log)
+        pool = cls(model, folder, degrees, device_type, log, **options)
         pool._spawn()
         return pool
 
     def _spawn(self) -> None:
+        """Start the ranks. A warm-up that fails on any rank restarts all of them one fallback
+        step further (without compile, then on native attention), so every rank runs the same
+        plan: ranks on different plans would stall each other's collectives."""
+        while True:
+            replies = self._start_ranks()
+            world = self.degrees.world
+            if len(replies) == world and all(m[0] == "ready" for m in replies.values()):
+                pids = ", ".join(str(replies[r][1]) for r in range(world))
+                self.log(f"parallel: {world} workers ready (pids {pids})")
+                return
+            self.close()
+            errors = [(r, m) for r, m in replies.items() if m[0] == "error"]
+            warm = [(r, m) for r, m in errors if m[1] == "warm-up"]
+            if warm and len(warm) == len(errors) and all(m[3] for _, m in warm):
+                rank, message = warm[0]  # the first to report: the others fail in its wake
+                self.rung += 1
+                self.log(
+                    f"parallel: warm-up failed on rank {rank} ({message[2]}); "
+                    "every rank starts again one fallback step further"
+                )
+                continue
+            missing = [str(r) for r in range(world) if r not in replies]
+            failed = [f"rank {r}: {m[2]}" for r, m in errors]
+            why = "; ".join(failed) or f"ranks {', '.join(missing)} did not start"
+            raise SetupError(f"parallel setup failed: {why}")
+
+    def _start_ranks(self) -> dict[int, tuple]:
+        """Start one process per rank; their first replies (ready or error), in arrival order."""
         address, world = f"tcp://127.0.0.1:{free_port()}", self.degrees.world
         self.log(
             f"parallel: starting {world} workers ({self.degrees.describe()}) on {self.device_type}"
@@ -149,9 +197,10 @@ class ParallelVideoModel:
         for rank in range(world):
             parent, child = self._ctx.Pipe()
             args = (rank, world, address, self.model, str(self.folder), self.degrees)
+            rung = self.rung if self.warm_up else None
             proc = self._ctx.Process(
-                target=worker_main,
-                args=(*args, self.device_type, child, self._cancel),
+                target=self.target,
+                args=(*args, self.device_type, child, self._cancel, rung),
                 daemon=True,
                 name=f"cogvx-rank{rank}",
             )
@@ -165,15 +214,7 @@ class ParallelVideoModel:
                 target=_read, args=(rank, conn, self._inbox), daemon=True, name=f"cogvx-read{rank}"
             )
             reader.start()
-        replies = self._collect(READY_TIMEOUT_S)
-        failed = [f"rank {r}: {m[2]}" for r, m in replies.items() if m[0] == "error"]
-        if failed or len(replies) < world:
-            self.close()
-            missing = [str(r) for r in range(world) if r not in replies]
-            why = "; ".join(failed) or f"ranks {', '.join(missing)} did not start"
-            raise SetupError(f"parallel setup failed: {why}")
-        pids = ", ".join(str(replies[r][1]) for r in range(world))
-        self.log(f"parallel: {world} workers ready (pids {pids})")
+        return self._collect(READY_TIMEOUT_S)
 
     def _collect(self, timeout: float) -> dict[int, tuple]:
         """Wait for one final reply per rank (log lines are relayed on the way).

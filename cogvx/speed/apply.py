@@ -18,7 +18,7 @@ import torch
 from cogvx import settings
 from cogvx.errors import SetupError
 from cogvx.log import log as log_line
-from cogvx.speed.attention import restore_default_processor, use_dispatch_processor
+from cogvx.speed.attention import use_dispatch_processor, use_native_attention
 from cogvx.speed.select import Choice, Device, SpeedPlan, installed_packages, plan_speedups
 
 REPEATED_BLOCKS = ["CogVideoXBlock"]
@@ -178,42 +178,93 @@ def uncompile(transformer: Any) -> int:
     return undone
 
 
+def fallback_ladder(pipe: Any, plan: SpeedPlan) -> list[tuple[str, Callable[[], SpeedPlan]]]:
+    """The warm-up's tries in order: as planned, then without compile, then on native attention
+    (each only when the plan has it). Each step undoes one speed-up on `pipe`, on top of the
+    steps before it, and returns the plan that is then in force."""
+    current = plan
+
+    def as_planned() -> SpeedPlan:
+        return current
+
+    def drop_compile() -> SpeedPlan:
+        nonlocal current
+        uncompile(pipe.transformer)
+        current = replace(current, compile=Choice(False, "compiled warm-up failed: eager blocks"))
+        return current
+
+    def drop_attention() -> SpeedPlan:
+        nonlocal current
+        use_native_attention(pipe.transformer)
+        was = current.attention.value
+        current = replace(current, attention=Choice("native", f"{was} failed at warm-up"))
+        return current
+
+    ladder: list[tuple[str, Callable[[], SpeedPlan]]] = [("as planned", as_planned)]
+    if plan.compile.value:
+        ladder.append(("without compile", drop_compile))
+    if plan.attention.value != "native":
+        ladder.append(("on native attention", drop_attention))
+    return ladder
+
+
+class WarmUpFailed(SetupError):
+    """The warm-up failed at one rung of the ladder; `more` says whether a later rung exists."""
+
+    def __init__(self, message: str, more: bool):
+        super().__init__(message)
+        self.more = more
+
+
 def warm_up_or_fall_back(
     pipe: Any,
     plan: SpeedPlan,
     size: tuple[int, int, int],
     log: Callable[[str], None] = log_line,
     run: Callable[..., float] | None = None,
+    rung: int | None = None,
 ) -> SpeedPlan:
     """Warm up at `size` (frames, height, width); if that fails, undo compile, then the attention
     backend, each logged, and try again, so a kernel that fails on this card costs speed rather
     than the deployment. Returns the plan that ran; raises SetupError if even eager bf16 fails.
+
+    `rung=k` (multi-GPU ranks, which must all run the same plan) applies the ladder's first k+1
+    steps and tries once; a failure raises WarmUpFailed, and the caller restarts every rank at k+1.
     """
-    frames, height, width = size
     run = run or warm_up
-    steps: list[tuple[str, Callable[[], SpeedPlan]]] = [("as planned", lambda: plan)]
-    if plan.compile.value:
-
-        def drop_compile() -> SpeedPlan:
-            uncompile(pipe.transformer)
-            return replace(plan, compile=Choice(False, "compiled warm-up failed: eager blocks"))
-
-        steps.append(("without compile", drop_compile))
-    if plan.attention.value != "native":
-
-        def drop_attention() -> SpeedPlan:
-            restore_default_processor(pipe.transformer)
-            was = plan.attention.value
-            return replace(plan, attention=Choice("native", f"{was} failed at warm-up"))
-
-        steps.append(("on native attention", drop_attention))
+    ladder = fallback_ladder(pipe, plan)
+    if rung is not None:
+        if not 0 <= rung < len(ladder):
+            raise SetupError(f"warm-up rung {rung} does not exist (this plan has {len(ladder)})")
+        for _, make in ladder[: rung + 1]:
+            plan = make()
+        error = _try_warm_up(pipe, size, ladder[rung][0], run, log)
+        if error:
+            raise WarmUpFailed(error, more=rung + 1 < len(ladder))
+        return plan
     errors = []
-    for what, make in steps:
+    for what, make in ladder:
         plan = make()
-        try:
-            run(pipe, height, width, frames, log)
+        error = _try_warm_up(pipe, size, what, run, log)
+        if error is None:
             return plan
-        except Exception as e:  # noqa: BLE001 - any kernel/compiler failure: fall back, logged
-            errors.append(f"{what}: {type(e).__name__}: {str(e)[:300]}")
-            log(f"speed: warm-up {what} failed ({errors[-1]})")
+        errors.append(error)
     raise SetupError("the transformer fails even eagerly on this card: " + "; ".join(errors))
+
+
+def _try_warm_up(
+    pipe: Any,
+    size: tuple[int, int, int],
+    what: str,
+    run: Callable[..., float],
+    log: Callable[[str], None],
+) -> str | None:
+    """Run one warm-up; None if it worked, else the failure as one logged line."""
+    frames, height, width = size
+    try:
+        run(pipe, height, width, frames, log)
+        return None
+    except Exception as e:  # noqa: BLE001 - any kernel/compiler failure: fall back, logged
+        error = f"{what}: {type(e).__name__}: {str(e)[:300]}"
+        log(f"speed: warm-up {what} failed ({error})")
+        return error

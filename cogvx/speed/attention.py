@@ -120,3 +120,20 @@ def restore_default_processor(transformer: Any) -> int:
     for attn in attentions:
         attn.set_processor(CogVideoXAttnProcessor2_0())
     return len(attentions)
+
+
+def use_native_attention(transformer: Any) -> int:
+    """Attention back on torch SDPA (a backend failed): diffusers' own processor, except on a
+    context-parallel split, whose attention must stay on the dispatcher (it exchanges the shards'
+    tokens): there the backend becomes `native` and the parallel config is kept."""
+    attentions = _attentions(transformer)
+    for attn in attentions:
+        processor = attn.processor
+        split = isinstance(processor, DispatchCogVideoXAttnProcessor) and (
+            processor._parallel_config is not None
+        )
+        if split:
+            processor.backend = backend_member("native")
+        else:
+            attn.set_processor(CogVideoXAttnProcessor2_0())
+    return len(attentions)

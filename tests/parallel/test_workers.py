@@ -1,5 +1,6 @@
 """The multi-GPU worker lifecycle with 2 CPU processes on gloo: start, run (against the
-single-process run), input errors, cancel, a dying rank, shutdown. Tiny t2v-5b weights."""
+single-process run), input errors, cancel, a dying rank, a warm-up failing on one rank,
+shutdown. Tiny t2v-5b weights."""
 
 from __future__ import annotations
 
@@ -12,9 +13,10 @@ import pytest
 
 from cogvx.cogvideox.generate import Request, VideoModel
 from cogvx.dev.tiny import save_tiny_weights
-from cogvx.errors import InputError
+from cogvx.errors import InputError, SetupError
 from cogvx.parallel.plan import Degrees
 from cogvx.parallel.workers import ParallelVideoModel, WorkerError
+from tests.support.faulty_rank import FAULT, rank_1_fails_first_warm_up
 
 # Split runs sum in other orders (shards, batch of one): the frames may differ by a level or two.
 # Measured on AMD Zen 4: Ulysses max 1 level (off) / identical (balanced); CFG split identical.
@@ -189,3 +191,36 @@ def test_close_stops_every_worker(folder):
     model.close()
     assert not any(p.is_alive() for p in procs)
     assert all(p.exitcode == 0 for p in procs)  # they left on "stop", not by a signal
+
+
+def test_a_warm_up_failing_on_one_rank_restarts_every_rank_one_step_further(
+    folder, single, monkeypatch
+):
+    """Rank 1's warm-up fails as planned: both ranks start again on native attention (the next
+    fallback step), so they run the same plan, and the split still exchanges the shards' tokens
+    (its attention stays on the dispatcher): the frames match the single-process run."""
+    monkeypatch.setenv("COGVX_ATTENTION", "_native_math")  # a plan with a step to fall back to
+    lines: list[str] = []
+    model = ParallelVideoModel.start(
+        "t2v-5b", str(folder), Degrees(ulysses=2), "cpu", lines.append,
+        warm_up=True, target=rank_1_fails_first_warm_up,
+    )  # fmt: skip
+    try:
+        text = "\n".join(lines)
+        assert f"parallel: warm-up failed on rank 1 (as planned: RuntimeError: {FAULT})" in text
+        assert text.count("parallel: starting 2 workers") == 2 and model.rung == 1
+        assert "speed: warm-up took" in text and "parallel: 2 workers ready" in text
+        split = model.generate(_request())
+        alone = single.generate(_request())
+        assert _max_diff(split.frames, alone.frames) <= FRAME_TOLERANCE
+    finally:
+        model.close()
+
+
+def test_a_warm_up_failure_with_nothing_left_to_drop_fails_setup_naming_the_rank(folder):
+    """Native attention, no compile: nothing to fall back to, so setup fails with the cause."""
+    with pytest.raises(SetupError, match=f"rank 1: as planned: RuntimeError: {FAULT}"):
+        ParallelVideoModel.start(
+            "t2v-5b", str(folder), Degrees(ulysses=2), "cpu", lambda _: None,
+            warm_up=True, target=rank_1_fails_first_warm_up,
+        )  # fmt: skip

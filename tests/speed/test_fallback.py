@@ -5,10 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from diffusers.models.attention_dispatch import AttentionBackendName
 
 from cogvx.dev.tiny import TINY_HEIGHT, TINY_WIDTH, build_tiny_pipeline
 from cogvx.errors import SetupError
-from cogvx.speed.apply import compile_transformer, uncompile, warm_up_or_fall_back
+from cogvx.speed.apply import (
+    WarmUpFailed,
+    compile_transformer,
+    uncompile,
+    warm_up_or_fall_back,
+)
 from cogvx.speed.attention import DispatchCogVideoXAttnProcessor, use_dispatch_processor
 from cogvx.speed.select import Choice, SpeedPlan
 
@@ -94,3 +100,48 @@ def test_uncompile_counts_and_clears():
     compile_transformer(pipe.transformer, lambda _: None)
     assert uncompile(pipe.transformer) == len(pipe.transformer.transformer_blocks)
     assert not _compiled(pipe)
+
+
+def test_native_fallback_on_a_split_keeps_the_dispatcher_and_its_parallel_config():
+    """A context-parallel transformer's attention must keep exchanging the shards' tokens:
+    falling back puts the dispatcher on `native`, not diffusers' shard-blind processor."""
+    pipe = build_tiny_pipeline("t2v-5b")
+    use_dispatch_processor(pipe.transformer, "_native_math")
+    config = object()  # stands for diffusers' ParallelConfig (cogvx.parallel sets it)
+    for processor in pipe.transformer.attn_processors.values():
+        processor._parallel_config = config
+
+    def run(p, h, w, n, log):
+        backends = {proc.backend for proc in p.transformer.attn_processors.values()}
+        if backends != {AttentionBackendName.NATIVE}:
+            raise RuntimeError("unsupported head dim")
+        return 0.0
+
+    plan = warm_up_or_fall_back(pipe, _plan("_native_math", False), SIZE, lambda _: None, run=run)
+    assert plan.attention == Choice("native", "_native_math failed at warm-up")
+    processors = list(pipe.transformer.attn_processors.values())
+    assert all(isinstance(p, DispatchCogVideoXAttnProcessor) for p in processors)
+    assert all(p._parallel_config is config for p in processors)
+
+
+def test_one_rung_applies_the_steps_before_it_and_tries_once():
+    """Multi-GPU ranks try only the step the predictor names; a failure says if one is left."""
+    pipe = build_tiny_pipeline("t2v-5b")
+    use_dispatch_processor(pipe.transformer, "_native_math")
+    compile_transformer(pipe.transformer, lambda _: None)
+    seen = []
+
+    def run(p, h, w, n, log):
+        seen.append((_compiled(p), _dispatch(p)))
+        raise RuntimeError("boom")
+
+    with pytest.raises(WarmUpFailed, match="without compile: RuntimeError: boom") as failed:
+        warm_up_or_fall_back(pipe, _plan("sage"), SIZE, lambda _: None, run=run, rung=1)
+    assert failed.value.more and seen == [(False, True)]  # compile undone, attention kept
+    with pytest.raises(WarmUpFailed, match="on native attention") as failed:
+        warm_up_or_fall_back(pipe, _plan("sage"), SIZE, lambda _: None, run=run, rung=2)
+    assert not failed.value.more and seen[-1] == (False, False)
+    plan = warm_up_or_fall_back(pipe, _plan("sage"), SIZE, lambda _: None, run=lambda *a: 0, rung=2)
+    assert plan.compile.value is False and plan.attention.value == "native"
+    with pytest.raises(SetupError, match="rung 3 does not exist"):
+        warm_up_or_fall_back(pipe, _plan("sage"), SIZE, lambda _: None, run=run, rung=3)
