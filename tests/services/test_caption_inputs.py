@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import io
+import socket
 import stat
 import tarfile
+import threading
 import zipfile
 from pathlib import Path
 
 import pytest
 
 from cogvx.errors import InputError
+from cogvx.services import caption_inputs as ci
 from cogvx.services.caption_inputs import BatchTooLarge, unpack_batch
 from tests.support.weights_server import WeightsServer
 
@@ -23,7 +26,7 @@ def _zip(path: Path, members: list[tuple[str, bytes, int | None]]) -> Path:
             info = zipfile.ZipInfo(name)
             if mode is not None:
                 info.external_attr = mode << 16
-            zf.writestr(info, data)
+            zf.writestr(info, data, compress_type=zipfile.ZIP_DEFLATED)
     return path
 
 
@@ -88,7 +91,7 @@ def test_size_caps_count_streamed_bytes(tmp_path):
     source = _zip(tmp_path / "bomb.zip", [("a.mp4", CLIP, None), ("big.mp4", big, None)])
     items, _ = _unpack(source, tmp_path, max_clip_bytes=1 << 20)
     assert items[0].error is None and "big.mp4 is over 1 MiB" in items[1].error
-    with pytest.raises(BatchTooLarge, match="unpacks to over 0 GiB; split it"):
+    with pytest.raises(BatchTooLarge, match=r"unpacks to over 2 MiB \(the batch limit\); split it"):
         _unpack(source, tmp_path / "t", max_total_bytes=2 << 20)
     many = _zip(tmp_path / "many.zip", [(f"{i}.mp4", CLIP, None) for i in range(5)])
     with pytest.raises(BatchTooLarge, match="more than 4 clips"):
@@ -140,3 +143,128 @@ def test_url_lists_download_allowed_hosts(tmp_path, monkeypatch):
     assert [i.error is None for i in items] == [True, False, True]
     assert [p.read_bytes() for p in sorted(folder.iterdir())] == [CLIP, CLIP]
     assert items[1].label.endswith("/missing.mp4")
+
+
+def _tar_gz(path: Path, members: list[tarfile.TarInfo | tuple[str, bytes]]) -> Path:
+    with tarfile.open(path, "w:gz", compresslevel=1) as tf:
+        for m in members:
+            if isinstance(m, tarfile.TarInfo):
+                tf.addfile(m)
+            else:
+                info = tarfile.TarInfo(m[0])
+                info.size = len(m[1])
+                tf.addfile(info, io.BytesIO(m[1]))
+    return path
+
+
+def _folders(n: int) -> list[tarfile.TarInfo | tuple[str, bytes]]:
+    folders: list[tarfile.TarInfo | tuple[str, bytes]] = []
+    for i in range(n):
+        info = tarfile.TarInfo(f"d{i}/")
+        info.type = tarfile.DIRTYPE
+        folders.append(info)
+    return folders
+
+
+def test_every_archive_entry_counts_folders_included(tmp_path, monkeypatch):
+    """Folder headers cost nothing to send and were not counted: now every entry counts."""
+    monkeypatch.setattr(ci, "MAX_MEMBERS", 20)
+    ok = _tar(tmp_path / "ok.tar", [*_folders(19), ("a.mp4", CLIP)])
+    assert [i.error for i in _unpack(ok, tmp_path / "o")[0]] == [None]
+    source = _tar(tmp_path / "d.tar", [*_folders(50), ("a.mp4", CLIP)])
+    with pytest.raises(BatchTooLarge, match="more than 20 entries .clips, folders and links"):
+        _unpack(source, tmp_path / "t")
+    many = _zip(
+        tmp_path / "d.zip", [*((f"d{i}/", b"", None) for i in range(50)), ("a.mp4", CLIP, None)]
+    )
+    with pytest.raises(BatchTooLarge, match="more than 20 entries"):
+        _unpack(many, tmp_path / "z")
+
+
+def test_a_zip_whose_directory_is_too_big_is_refused_before_it_is_read(tmp_path, monkeypatch):
+    monkeypatch.setattr(ci, "MAX_ZIP_DIRECTORY", 1000)
+    source = _zip(tmp_path / "n.zip", [(f"{'x' * 40}{i}.mp4", b"", None) for i in range(30)])
+    with pytest.raises(BatchTooLarge, match="more than"):
+        _unpack(source, tmp_path)
+
+
+def test_skipped_tar_data_counts_toward_the_total(tmp_path):
+    """Members over the clip cap become rows unread, but their data is still decompressed to
+    reach the next header: it counts, so small uploads cannot unpack without end."""
+    big = b"\x00" * (2 << 20)
+    few = _tar_gz(tmp_path / "few.tar.gz", [("big.mp4", big), ("a.mp4", CLIP)])
+    items, folder = _unpack(few, tmp_path / "f", max_clip_bytes=1 << 20)
+    assert "big.mp4 is over 1 MiB" in items[0].error and items[1].error is None
+    assert [p.read_bytes() for p in folder.iterdir()] == [CLIP]  # the big one was never written
+    many = _tar_gz(tmp_path / "many.tar.gz", [(f"{i}.mp4", big) for i in range(6)])
+    with pytest.raises(BatchTooLarge, match="unpacks to over 8 MiB .the batch limit"):
+        _unpack(many, tmp_path / "m", max_clip_bytes=1 << 20, max_total_bytes=8 << 20)
+
+
+def test_a_declared_size_past_the_total_stops_before_it_is_decompressed(tmp_path):
+    source = tmp_path / "one.tar.gz"
+    with tarfile.open(source, "w:gz", compresslevel=1) as tf:
+        info = tarfile.TarInfo("huge.mp4")
+        info.size = 64 << 20
+        tf.addfile(info, io.BytesIO(b"\x00" * info.size))
+    with pytest.raises(BatchTooLarge, match="over 8 MiB"):
+        _unpack(source, tmp_path, max_total_bytes=8 << 20)
+
+
+def test_an_archive_unpacks_to_at_most_a_multiple_of_its_size(tmp_path, monkeypatch):
+    monkeypatch.setattr(ci, "RATIO_FLOOR", 1 << 20)
+    zeros = b"\x00" * (4 << 20)  # about 20 kB compressed: a 4 MiB clip is 200 times that
+    for source in (_tar_gz(tmp_path / "z.tar.gz", [("z.mp4", zeros)]),
+                   _zip(tmp_path / "z.zip", [("z.mp4", zeros, None)])):  # fmt: skip
+        with pytest.raises(BatchTooLarge, match=r"over 1 MiB \(50 times its own size\)"):
+            _unpack(source, tmp_path / source.suffix[1:])
+
+
+def test_oversized_tar_headers_are_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr(ci, "HEADER_WINDOW", 64 << 10)
+    info = tarfile.TarInfo("a.mp4")
+    info.size = len(CLIP)
+    info.pax_headers = {"comment": "x" * (200 << 10)}  # read whole into memory by tarfile
+    source = tmp_path / "pax.tar"
+    with tarfile.open(source, "w", format=tarfile.PAX_FORMAT) as tf:
+        tf.addfile(tarfile.TarInfo("first.mp4"))
+        tf.addfile(info, io.BytesIO(CLIP))
+    with pytest.raises(InputError, match="a tar header is over 0 MiB"):
+        _unpack(source, tmp_path)
+
+
+def _raw_server(answer: bytes) -> tuple[socket.socket, str]:
+    """A loopback server that sends `answer` to every connection and closes it."""
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            with conn:
+                conn.recv(65536)
+                conn.sendall(answer)
+
+    threading.Thread(target=serve, daemon=True).start()
+    return server, f"127.0.0.1:{server.getsockname()[1]}"
+
+
+def test_a_cut_or_garbled_download_is_its_row_only(tmp_path, monkeypatch):
+    """A body shorter than its Content-Length, or chunked garbage: that URL's row fails with the
+    usual message; the other URLs are still fetched."""
+    with WeightsServer({"/a.mp4": CLIP}, short_by=100) as short:
+        garbled, where = _raw_server(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc"
+        )
+        with WeightsServer({"/b.mp4": CLIP}) as good, garbled:
+            allowed = f"127.0.0.1:{short.port},{where},127.0.0.1:{good.port}"
+            monkeypatch.setenv("COGVX_ALLOW_PRIVATE_URLS", allowed)
+            listing = tmp_path / "urls.txt"
+            urls = [short.url("/a.mp4"), f"http://{where}/c.mp4", good.url("/b.mp4")]
+            listing.write_text("\n".join(urls))
+            items, _ = _unpack(listing, tmp_path)
+    assert "could not download it" in items[0].error
+    assert "could not download it" in items[1].error
+    assert items[2].error is None and items[2].path.read_bytes() == CLIP
