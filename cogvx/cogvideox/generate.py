@@ -20,7 +20,13 @@ from cogvx.log import log as log_line
 from cogvx.lora import LoraSlot
 from cogvx.models import Variant, get_variant
 from cogvx.speed.apply import apply_speedups, warm_up_or_fall_back
-from cogvx.speed.cache import DEFAULT_FAST_MODE, FastModeSlot, check_fast_mode, counting
+from cogvx.speed.cache import (
+    DEFAULT_FAST_MODE,
+    FastModeSlot,
+    check_fast_mode,
+    counting,
+    install_counter,
+)
 from cogvx.speed.select import SpeedPlan
 from cogvx.video import to_uint8_frames
 from cogvx.weights.install import find_weights_root, install_model
@@ -144,6 +150,7 @@ class VideoModel:
         use_variant_scheduler(pipe, v, log)
         apply_plan(pipe, plan, log)
         bound_library_logs()  # diffusers logs the truncated part of a prompt: clip its records
+        install_counter(pipe.transformer)  # before any compile: the blocks are traced with it
         speed = apply_speedups(pipe, plan.offload, log)
         log(f"loaded {v.name} from {folder} in {time.perf_counter() - t0:.1f}s")
         loaded = cls(v, pipe, plan, log)

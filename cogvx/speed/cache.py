@@ -12,14 +12,21 @@
 The hooks are diffusers' own (`CacheMixin.enable_cache` / `disable_cache`); their state is reset
 before every run so one request never sees another's cache. `AttentionCount` counts the work that
 really ran, from the blocks' query projections, for the log line.
+
+The counting hooks run inside the compiled blocks, so they must be installed before the blocks
+are compiled (hooks added later are not traced: they would silently never run) and must count
+in a tensor: a Python int in a compiled block is a guard that fails on every call, so the block
+would be recompiled until torch gives up and runs it eagerly.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
+
+import torch
 
 from cogvx import checks
 from cogvx.log import log as log_line
@@ -105,7 +112,15 @@ class AttentionCount:
     layers: int
     calls: int = 0  # transformer forward calls
     samples: int = 0  # sum of their batch sizes
-    attention: int = 0  # attention evaluations that ran, counted per sample (batch rows)
+    # attention evaluations that ran, per sample (batch rows): a tensor on the hidden states'
+    # device, made anew at the run's first call, added to inside the (compiled) blocks
+    ran: torch.Tensor = field(default_factory=lambda: torch.zeros((), dtype=torch.int64))
+    fresh: bool = True
+
+    @property
+    def attention(self) -> int:
+        """Attention evaluations that ran, counted per sample (reads the device once)."""
+        return int(self.ran.item())
 
     @property
     def scheduled(self) -> int:
@@ -122,7 +137,8 @@ class AttentionCount:
 
 
 def install_counter(transformer: Any) -> AttentionCount:
-    """Hooks that count transformer calls and the attention that ran, installed once.
+    """Hooks that count transformer calls and the attention that ran, installed once, before
+    any compile (`VideoModel.load`, the benchmarks).
 
     They stay for the model's life (one set of hooks, so a compiled graph's guards see the same
     hooks on every request); `counting` zeroes the counts around each run.
@@ -133,13 +149,16 @@ def install_counter(transformer: Any) -> AttentionCount:
     blocks = transformer.transformer_blocks
     count = AttentionCount(layers=len(blocks))
 
-    def on_call(_module: Any, args: tuple, kwargs: dict) -> None:
+    def on_call(_module: Any, args: tuple, kwargs: dict) -> None:  # outside compiled code
         x = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+        if count.fresh:  # same device and (inference) mode as the run: one compiled graph
+            count.ran = torch.zeros((), dtype=torch.int64, device=x.device)
+            count.fresh = False
         count.calls += 1
         count.samples += int(x.shape[0])
 
-    def on_query(_module: Any, args: tuple) -> None:
-        count.attention += int(args[0].shape[0])
+    def on_query(_module: Any, args: tuple) -> None:  # inside a compiled block: no Python state
+        count.ran.add_(args[0].shape[0])
 
     transformer.register_forward_pre_hook(on_call, with_kwargs=True)
     for b in blocks:
@@ -153,5 +172,6 @@ def counting(transformer: Any) -> Iterator[AttentionCount]:
     """The work of the run inside the block: counts zeroed on entry."""
     count = install_counter(transformer)
     count.layers = len(transformer.transformer_blocks)
-    count.calls = count.samples = count.attention = 0
+    count.calls = count.samples = 0
+    count.ran, count.fresh = torch.zeros((), dtype=torch.int64), True
     yield count

@@ -129,3 +129,48 @@ def test_bad_fast_mode_names_the_modes(t2v):
     model, _ = t2v
     with pytest.raises(InputError, match=r"fast_mode='turbo' is not allowed.*'off', 'balanced'"):
         model.generate(_req("turbo"))
+
+
+def test_counts_run_inside_compiled_blocks_without_recompiling(tmp_path):
+    """The counting hooks are installed before compile (as `VideoModel.load` does) and count in
+    a tensor: the compiled blocks run them (right counts), and they cost no recompiles (a Python
+    int there was a guard failing on every call, until torch gave up and ran the block eagerly)."""
+    import torch
+    from torch._dynamo.utils import counters
+
+    model, logs = _model("t2v-5b", tmp_path)
+    transformer = model.pipe.transformer
+    cache.install_counter(transformer)
+    transformer._repeated_blocks = ["CogVideoXBlock"]
+    transformer.compile_repeated_blocks(fullgraph=False, backend="eager")
+    counters.clear()
+    graphs = []
+    try:
+        for _ in range(2):  # a second request reuses the graphs: a new count, same guards
+            model.generate(_req("off", num_inference_steps=3))
+            _, (calls, steps, computed, scheduled) = _work(logs, "off")
+            assert (calls, steps, computed, scheduled) == (3, 3, 3 * 2 * 2, 3 * 2 * 2)
+            graphs.append(counters["stats"]["unique_graphs"])
+    finally:
+        torch._dynamo.reset()
+    print("compiled graphs after each request:", graphs)
+    assert graphs[0] == graphs[1] <= 3  # one per input layout of a block, and no more
+
+
+def test_load_installs_the_counter_before_the_speed_plan_can_compile(tmp_path, monkeypatch):
+    """Hooks added after compile are not traced (they would silently never run)."""
+    from cogvx.cogvideox import generate
+    from cogvx.dev.tiny import save_tiny_weights
+
+    seen = []
+    real = generate.apply_speedups
+    monkeypatch.setattr(
+        generate,
+        "apply_speedups",
+        lambda pipe, *a, **k: (
+            seen.append(hasattr(pipe.transformer, "_cogvx_count")) or real(pipe, *a, **k)
+        ),
+    )
+    folder = save_tiny_weights("t2v-5b", tmp_path / "w")
+    generate.VideoModel.load("t2v-5b", str(folder), log=lambda _: None)
+    assert seen == [True]
