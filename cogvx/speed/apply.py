@@ -19,10 +19,14 @@ from cogvx import settings
 from cogvx.errors import SetupError
 from cogvx.log import log as log_line
 from cogvx.speed.attention import use_dispatch_processor, use_native_attention
+from cogvx.speed.cache import keep_hook_logic_eager
 from cogvx.speed.select import Choice, Device, SpeedPlan, installed_packages, plan_speedups
 
 REPEATED_BLOCKS = ["CogVideoXBlock"]
 WARM_UP_SEED = 0
+# A 12-step schedule meets every branch of the default cache (both timestep ranges, every skip
+# phase), so the first request compiles nothing new (tiny model: +0 graphs; 2 steps: +7)
+WARM_UP_STEPS = 12
 
 
 def measure_device() -> Device:
@@ -123,6 +127,7 @@ def compile_transformer(transformer: Any, log: Callable[[str], None] = log_line)
 
     Not `fullgraph`: fast_mode's cache hooks wrap the blocks and decide per step from tensor
     values (First Block Cache compares residuals), which breaks a graph by design."""
+    keep_hook_logic_eager()  # the cache hooks' counters must not become guards
     transformer._repeated_blocks = REPEATED_BLOCKS
     transformer.compile_repeated_blocks(fullgraph=False)
     log(f"speed: {len(transformer.transformer_blocks)} blocks set to compile on first call")
@@ -134,7 +139,7 @@ def warm_up(
     width: int,
     num_frames: int,
     log: Callable[[str], None] = log_line,
-    steps: int = 2,
+    steps: int = WARM_UP_STEPS,
 ) -> float:
     """One short generation at this size from random prompt embeddings (no text encoder, no
     VAE decode), so compilation happens at setup, not in the first prediction; returns seconds."""
@@ -158,7 +163,8 @@ def warm_up(
 
         kwargs["image"] = Image.new("RGB", (width, height), (128, 128, 128))
     start = time.perf_counter()
-    pipe(**kwargs)
+    with torch.inference_mode():  # as requests run: the graphs' guards include the tensors' mode
+        pipe(**kwargs)
     if torch.cuda.is_available():
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start

@@ -174,3 +174,30 @@ def test_load_installs_the_counter_before_the_speed_plan_can_compile(tmp_path, m
     folder = save_tiny_weights("t2v-5b", tmp_path / "w")
     generate.VideoModel.load("t2v-5b", str(folder), log=lambda _: None)
     assert seen == [True]
+
+
+def test_after_the_warm_up_the_default_mode_compiles_nothing_new(tmp_path):
+    """Setup's warm-up (12 steps, under inference mode like requests, cache hooks' logic left
+    eager) meets every graph the default fast_mode needs: a 50-step request adds none, so the
+    first prediction is not the slow one."""
+    import torch
+    from torch._dynamo.utils import counters
+
+    from cogvx.speed.apply import warm_up
+
+    model, _ = _model("t2v-5b", tmp_path)
+    transformer = model.pipe.transformer
+    cache.install_counter(transformer)
+    assert cache.keep_hook_logic_eager() in (0, 3)  # 0: an earlier test wrapped them already
+    transformer._repeated_blocks = ["CogVideoXBlock"]
+    transformer.compile_repeated_blocks(fullgraph=False, backend="eager")
+    counters.clear()
+    v = model.variant
+    try:
+        model.fast.apply(cache.DEFAULT_FAST_MODE, model.pipe, v.default_guidance)
+        warm_up(model.pipe, v.height, v.width, 9, lambda _: None)
+        after_warm_up = counters["stats"]["unique_graphs"]
+        model.generate(_req("balanced", num_inference_steps=50))
+        assert counters["stats"]["unique_graphs"] == after_warm_up
+    finally:
+        torch._dynamo.reset()
