@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import http.client
 import json
@@ -16,7 +17,7 @@ from cogvx.errors import LoraError, WeightsError
 from cogvx.log import clip
 from cogvx.lora.files import extract_safetensors
 from cogvx.lora.sources import hf_endpoint, parse_source, pick_repo_file
-from cogvx.net.http import content_range_total, open_first
+from cogvx.net.http import content_range, open_first
 from cogvx.net.urls import UrlPolicy, fetch_failed, safe_url, user_url_policy
 from cogvx.settings import LORA_MAX_BYTES_ENV
 
@@ -86,7 +87,8 @@ class LoraCache:
         try:
             t0 = time.monotonic()
             size = self._download(url, tmp, label, keep=path)
-            extract_safetensors(tmp, label, self.max_bytes)
+            room = functools.partial(self.make_room, keep=path)
+            extract_safetensors(tmp, label, self.max_bytes, room=room)
             os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
@@ -153,13 +155,11 @@ class LoraCache:
         total: int | None
         try:
             if resp.status == 206:
-                total = content_range_total(resp, label)
-                end = int((resp.getheader("Content-Range") or "").split("-", 1)[1].split("/")[0])
+                end, total = content_range(resp, label)
                 if total <= self.max_bytes and end + 1 != total:
                     raise LoraError(f"lora_url {label}: the server sent a partial range")
             else:
-                length = resp.getheader("Content-Length")
-                total = int(length) if length and length.isdigit() else None
+                total = resp.length  # http.client's parse of Content-Length (None: not sent)
             if total is not None and total > self.max_bytes:
                 raise LoraError(self._too_big(label, total))
             self.make_room(total or 0, keep=keep)
@@ -188,8 +188,8 @@ class LoraCache:
 
 
 def _read(resp: http.client.HTTPResponse, failed: LoraError) -> bytes:
-    """The next MiB of the body; a network error or stall raises `failed`."""
+    """The next MiB of the body; a network error, stall or unreadable framing raises `failed`."""
     try:
         return resp.read(1 << 20)
-    except (OSError, http.client.HTTPException):
+    except (OSError, http.client.HTTPException, ValueError):
         raise failed from None

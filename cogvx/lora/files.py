@@ -28,6 +28,7 @@ from cogvx.weights.tensors import read_safetensors, safetensors_header
 Log = Callable[[str], None]
 
 PREFERRED_IN_TAR = ("lora.safetensors", HF_DEFAULT_FILE)
+MAX_TAR_MEMBERS = 64  # headers read from a LoRA tarball at most (it holds a few files)
 
 _LORA_KEY = re.compile(
     r"^(?P<module>.+)\.(?P<kind>lora_A|lora_B|lora_down|lora_up)(?:\.[\w-]+)?\.weight$"
@@ -50,8 +51,14 @@ def _kind(head: bytes, size: int) -> str:
     return "unknown"
 
 
-def extract_safetensors(path: Path, label: str, max_bytes: int) -> None:
-    """Make `path` a safetensors file: keep it, or replace a tarball by its one LoRA member."""
+def extract_safetensors(
+    path: Path, label: str, max_bytes: int, *, room: Callable[[int], None] | None = None
+) -> None:
+    """Make `path` a safetensors file: keep it, or replace a tarball by its one LoRA member.
+
+    `room(size)` runs before the member is written next to the tarball (it raises when the
+    disk cannot hold `size` more bytes). Tarballs of more than MAX_TAR_MEMBERS are refused.
+    """
     size = path.stat().st_size
     with open(path, "rb") as f:
         head = f.read(512)
@@ -68,40 +75,64 @@ def extract_safetensors(path: Path, label: str, max_bytes: int) -> None:
             f"lora_url {label} is not a safetensors file ({describe_head(head)}); "
             "send a .safetensors LoRA or a .tar holding one"
         )
-    with tarfile.open(path, "r:") as tf:
-        members = [m for m in tf.getmembers() if m.isreg() and m.name.endswith(".safetensors")]
-        if not members:
-            raise LoraError(f"lora_url {label}: the tarball holds no .safetensors file")
-        if len(members) > 1:
-            preferred = [m for m in members if Path(m.name).name in PREFERRED_IN_TAR]
-            if len(preferred) != 1:
-                names = clip(str([m.name for m in members]))
-                raise LoraError(
-                    f"lora_url {label}: the tarball holds several .safetensors files {names}; "
-                    f"expected one (or one named {' or '.join(PREFERRED_IN_TAR)})"
-                )
-            members = preferred
-        member = members[0]
-        if member.size > max_bytes:
-            raise LoraError(
-                f"lora_url {label}: {clip(member.name)} is {member.size / 1e6:.0f} MB, over the "
-                f"{max_bytes / 1e6:.0f} MB limit"
-            )
-        src = tf.extractfile(member)
-        assert src is not None  # members are regular files (isreg)
-        out = path.with_name(path.name + ".member")
-        try:
-            with open(out, "wb") as f:
-                shutil.copyfileobj(src, f, 1 << 20)
-            os.replace(out, path)
-        finally:
-            out.unlink(missing_ok=True)
+    try:
+        with tarfile.open(path, "r:") as tf:
+            member = _tar_member(tf, label, max_bytes)
+            if room is not None:
+                room(member.size)
+            src = tf.extractfile(member)
+            assert src is not None  # members are regular files (isreg)
+            out = path.with_name(path.name + ".member")
+            try:
+                with open(out, "wb") as f:
+                    shutil.copyfileobj(src, f, 1 << 20)
+                os.replace(out, path)
+            finally:
+                out.unlink(missing_ok=True)
+    except tarfile.TarError:
+        raise LoraError(f"lora_url {label}: the tarball is corrupt or truncated") from None
     with open(path, "rb") as f:
         head = f.read(512)
     if _kind(head, path.stat().st_size) != "safetensors":
         raise LoraError(
             f"lora_url {label}: {clip(member.name)} in the tarball is not a safetensors file"
         )
+
+
+def _tar_member(tf: tarfile.TarFile, label: str, max_bytes: int) -> tarfile.TarInfo:
+    """The tarball's one LoRA member, reading at most MAX_TAR_MEMBERS headers."""
+    members = []
+    for i, m in enumerate(tf):
+        if i >= MAX_TAR_MEMBERS:
+            raise LoraError(
+                f"lora_url {label}: the tarball holds over {MAX_TAR_MEMBERS} members; at most "
+                f"{MAX_TAR_MEMBERS} are allowed (a LoRA tarball holds a few files)"
+            )
+        if m.issparse():
+            raise LoraError(
+                f"lora_url {label}: {clip(m.name)} in the tarball is a sparse file; "
+                "sparse members are not supported"
+            )
+        if m.isreg() and m.name.endswith(".safetensors"):
+            members.append(m)
+    if not members:
+        raise LoraError(f"lora_url {label}: the tarball holds no .safetensors file")
+    if len(members) > 1:
+        preferred = [m for m in members if Path(m.name).name in PREFERRED_IN_TAR]
+        if len(preferred) != 1:
+            names = clip(str([m.name for m in members]))
+            raise LoraError(
+                f"lora_url {label}: the tarball holds several .safetensors files {names}; "
+                f"expected one (or one named {' or '.join(PREFERRED_IN_TAR)})"
+            )
+        members = preferred
+    member = members[0]
+    if member.size > max_bytes:
+        raise LoraError(
+            f"lora_url {label}: {clip(member.name)} is {member.size / 1e6:.0f} MB, over the "
+            f"{max_bytes / 1e6:.0f} MB limit"
+        )
+    return member
 
 
 def read_lora(path: str | Path, label: str | None = None) -> tuple[dict[str, torch.Tensor], dict]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import http.client
+import re
 import socket
 import ssl
 import threading
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from urllib.parse import urljoin, urlsplit
 
 from cogvx.errors import WeightsError
+from cogvx.log import clip
 from cogvx.net.urls import UrlError, UrlPolicy, safe_url, split_url
 
 RETRIES = 5  # attempts per chunk after the first one
@@ -23,6 +25,7 @@ MAX_REDIRECTS = 10
 PIECE = 1 << 20  # socket reads per call: a dropped connection loses at most this much
 RAMP_MIN = 64 << 10  # smallest chunk of the ramp-up
 RETRY_STATUSES = {408, 425, 429, 500, 502, 503, 504}
+_FIRST_RANGE = re.compile(r"bytes 0+-([0-9]{1,19})/([0-9]{1,19})")  # sizes below 10**19 bytes
 
 Log = Callable[[str], None]
 
@@ -69,8 +72,11 @@ class _Target:
 
     def connect(self, timeout: float) -> http.client.HTTPConnection:
         parts = urlsplit(self.url)
-        cls = _PinnedHTTPS if parts.scheme.lower() == "https" else _PinnedHTTP
-        conn = cls(parts.hostname or "", parts.port, timeout=timeout)
+        https = parts.scheme.lower() == "https"
+        cls = _PinnedHTTPS if https else _PinnedHTTP
+        # the port always given: http.client would read an IPv6 host's last group as one
+        port = parts.port or (443 if https else 80)
+        conn = cls(parts.hostname or "", port, timeout=timeout)
         conn.addresses = self.addresses
         return conn
 
@@ -100,6 +106,17 @@ def _target(url: str, policy: UrlPolicy | None, name: str) -> _Target:
     """A hop's target: http(s) only; with a policy, its host's addresses checked and pinned."""
     split = split_url(url, policy.name if policy else name)
     return _Target(url, policy.addresses(split) if policy else ())
+
+
+def _redirect_url(base: str, location: str) -> str:
+    """The absolute URL a Location header points to; a malformed one raises UrlError."""
+    try:
+        return urljoin(base, location)
+    except ValueError:  # e.g. "Invalid IPv6 URL" from an unclosed bracket
+        raise UrlError(
+            f"redirect to {safe_url(location)}: the redirect URL is malformed "
+            "(not a valid http(s) URL)"
+        ) from None
 
 
 def _why(e: BaseException, timeout: float | None, safe: str) -> str:
@@ -162,7 +179,7 @@ def open_first(
                     f"could not download weights from {target.safe}: too many redirects"
                 )
             try:
-                target = _target(urljoin(target.url, location), policy, "redirect to")
+                target = _target(_redirect_url(target.url, location), policy, "redirect to")
             except UrlError as e:
                 raise WeightsError(f"could not download {origin}: {e}") from None
             log(f"{policy.name if policy else 'weights'}: redirected to {target.safe}")
@@ -176,17 +193,18 @@ def open_first(
         raise _status_error(origin + via, status, resp.reason)
 
 
+def content_range(resp: http.client.HTTPResponse, safe: str) -> tuple[int, int]:
+    """(last byte, total size) from a 206 answer's `Content-Range: bytes 0-LAST/TOTAL`."""
+    value = resp.getheader("Content-Range") or ""
+    found = _FIRST_RANGE.fullmatch(value)
+    if found is None or int(found[1]) >= int(found[2]):
+        raise WeightsError(
+            f"could not download weights from {safe}: bad Content-Range {clip(value, 100)!r} "
+            "(the server must report the total size)"
+        )
+    return int(found[1]), int(found[2])
+
+
 def content_range_total(resp: http.client.HTTPResponse, safe: str) -> int:
     """Total size from a 206 answer's Content-Range header."""
-    value = resp.getheader("Content-Range") or ""
-    try:
-        unit, rest = value.split(" ", 1)
-        span, total = rest.split("/", 1)
-        if unit != "bytes" or int(span.split("-", 1)[0]) != 0:
-            raise ValueError(value)
-        return int(total)
-    except ValueError as e:
-        raise WeightsError(
-            f"could not download weights from {safe}: bad Content-Range {value!r} "
-            "(the server must report the total size)"
-        ) from e
+    return content_range(resp, safe)[1]

@@ -162,7 +162,12 @@ class TarChecker:
         if stored not in (unsigned, signed):
             raise WeightsError(f"{self.label}: corrupt tar header at byte {at} (bad checksum)")
         kind = head[156:157]
-        if kind in (b"L", b"K", b"x", b"g"):
+        if kind == b"g":  # tar applies its path/linkpath to later members: names seen here differ
+            raise WeightsError(
+                f"{self.label}: refusing the global pax header at byte {at}: tar would apply it "
+                "to later members (repack without one, e.g. with tools/pack_weights.py)"
+            )
+        if kind in (b"L", b"K", b"x"):
             if size > _META_LIMIT:
                 raise WeightsError(f"{self.label}: oversized tar extension header at byte {at}")
             self._start_data(size, bytearray(), kind.decode(), "<extension header>")

@@ -14,6 +14,8 @@ from safetensors.torch import save_file
 
 from cogvx.dev.tiny import build_tiny_pipeline
 from cogvx.lora import LoraCache, LoraError, LoraSlot, prepare_lora, resolve_source
+from cogvx.lora.files import MAX_TAR_MEMBERS
+from cogvx.net.urls import fetch_failed
 from tests.support.loras import peft_lora, save_diffusers_lora
 from tests.support.weights_server import WeightsServer
 
@@ -209,6 +211,96 @@ def test_files_over_the_size_limit_are_refused_before_download(tmp_path, server,
     cache = LoraCache(tmp_path, min_free_bytes=0, max_bytes=1000, log=lambda _: None)
     with pytest.raises(LoraError, match=r"LoRAs up to 0 MB are accepted"):
         cache.fetch(server.url("/a.safetensors"))
+
+
+@pytest.mark.parametrize("value", ["bytes 0-x/5", "bytes 0-/5", "bytes 0-4", "bytes 0-9/5"])
+def test_a_malformed_content_range_is_a_clean_error(tmp_path, lora_files, value):
+    files = {"/a.safetensors": lora_files["a.safetensors"]}
+    with WeightsServer(files, headers={"Content-Range": value}) as srv:
+        url = srv.url("/a.safetensors")
+        with pytest.raises(LoraError) as err:
+            LoraCache(tmp_path, min_free_bytes=0, log=lambda _: None).fetch(url)
+    assert str(err.value) == fetch_failed("lora_url", url)
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_content_length_that_is_not_a_number_is_ignored(tmp_path, lora_files):
+    body = lora_files["a.safetensors"]  # "²".isdigit() is True, int("²") raises
+    with WeightsServer(
+        {"/a.safetensors": body}, no_length=True, headers={"Content-Length": "²"}
+    ) as srv:
+        path = LoraCache(tmp_path, min_free_bytes=0, log=lambda _: None).fetch(
+            srv.url("/a.safetensors")
+        )
+    assert path.read_bytes() == body
+
+
+def _tar(members: list[tarfile.TarInfo], data: bytes, fmt: int = tarfile.GNU_FORMAT) -> bytes:
+    """A tarball of `members` (empty unless named *.safetensors, which hold `data`)."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=fmt) as tf:
+        for info in members:
+            body = data if info.name.endswith(".safetensors") else b""
+            info.size = len(body)
+            tf.addfile(info, io.BytesIO(body))
+    return buf.getvalue()
+
+
+def _sparse_tar(data: bytes) -> bytes:
+    """A tarball whose LoRA member is a pax GNU sparse file (format 1.0), as `tar -S` writes."""
+    info = tarfile.TarInfo("GNUSparseFile.0/lora.safetensors")
+    info.pax_headers = {"GNU.sparse.major": "1", "GNU.sparse.minor": "0",
+                        "GNU.sparse.name": "lora.safetensors",
+                        "GNU.sparse.realsize": str(len(data))}  # fmt: skip
+    sparse_map = f"1\n0\n{len(data)}\n".encode().ljust(512, b"\0")
+    info.size = len(sparse_map) + len(data)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        tf.addfile(info, io.BytesIO(sparse_map + data))
+    return buf.getvalue()
+
+
+def test_tarballs_with_many_members_or_sparse_files_are_refused(tmp_path, lora_files):
+    data = lora_files["a.safetensors"]
+    many = [tarfile.TarInfo(f"d{i}/") for i in range(MAX_TAR_MEMBERS)]
+    for info in many:
+        info.type = tarfile.DIRTYPE
+    files = {
+        "/ok.tar": _tar([*many[:-1], tarfile.TarInfo("lora.safetensors")], data),  # 64 members
+        "/many.tar": _tar([*many, tarfile.TarInfo("lora.safetensors")], data),  # 65 members
+        "/sparse.tar": _sparse_tar(data),
+    }
+    cache = LoraCache(tmp_path, min_free_bytes=0, log=lambda _: None)
+    with WeightsServer(files) as srv:
+        assert cache.fetch(srv.url("/ok.tar")).read_bytes() == data
+        with pytest.raises(LoraError, match=f"over {MAX_TAR_MEMBERS} members") as err:
+            cache.fetch(srv.url("/many.tar"))
+        assert str(err.value).startswith(f"lora_url {srv.url('/many.tar')}: ")
+        with pytest.raises(LoraError, match="lora.safetensors in the tarball is a sparse file"):
+            cache.fetch(srv.url("/sparse.tar"))
+    assert [p.name for p in tmp_path.iterdir()] == [cache.path_for(srv.url("/ok.tar")).name]
+
+
+def test_room_for_the_tar_member_is_made_before_it_is_extracted(tmp_path, lora_files):
+    data = lora_files["a.safetensors"]
+    tar = _tar([tarfile.TarInfo("lora.safetensors")], data)
+    disk = len(tar) + len(data) // 2  # room for the tarball, not for its member beside it
+
+    def free() -> int:
+        return disk - sum(p.stat().st_size for p in tmp_path.iterdir() if p.is_file())
+
+    cache = LoraCache(tmp_path, min_free_bytes=0, free_bytes=free, log=lambda _: None)
+    with WeightsServer({"/w.tar": tar}) as srv:
+        with pytest.raises(LoraError, match="not enough disk space for a"):
+            cache.fetch(srv.url("/w.tar"))
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_truncated_tarball_is_a_clean_error(tmp_path, lora_files):
+    tar = _tar([tarfile.TarInfo("lora.safetensors")], lora_files["a.safetensors"])
+    with WeightsServer({"/w.tar": tar[: len(tar) // 2]}) as srv:
+        with pytest.raises(LoraError, match="the tarball is corrupt or truncated"):
+            LoraCache(tmp_path, min_free_bytes=0, log=lambda _: None).fetch(srv.url("/w.tar"))
 
 
 def _bad_lora(tmp_path: Path, sd: dict) -> Path:

@@ -265,6 +265,37 @@ def test_every_way_of_failing_gives_the_same_message(tmp_path, two_servers, monk
     assert allowed.count("/to-file") == 1  # refused at once, not retried
 
 
+def test_a_malformed_redirect_gives_the_same_message(tmp_path, two_servers):
+    allowed, _ = two_servers
+    allowed.redirects["/bad-hop"] = "http://[::1/x"  # urljoin raises ValueError on it
+    url = allowed.url("/bad-hop")
+    with pytest.raises(LoraError) as err:
+        _cache(tmp_path, UrlPolicy("lora_url", allow_private=True)).fetch(url)
+    assert str(err.value) == fetch_failed("lora_url", url)
+    assert allowed.count("/bad-hop") == 1  # refused at once, not retried
+
+
+@pytest.mark.parametrize(
+    ("url", "port"),
+    [("https://[2606:4700:4700::abcd]/x", 443), ("http://[2606:4700:4700::1111]/x", 80)],
+)
+def test_an_ipv6_url_without_a_port_goes_to_the_default_port(tmp_path, monkeypatch, url, port):
+    """http.client would take the last group for a port (1111) or refuse it (abcd) raw."""
+    monkeypatch.setattr(net_http, "BACKOFF_S", 0.001)
+    tried: list[tuple[str, int]] = []
+
+    def refuse(address: tuple[str, int], *args: object, **kwargs: object) -> socket.socket:
+        tried.append(address)  # no packet leaves: every connection is refused here
+        raise ConnectionRefusedError("refused")
+
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    with pytest.raises(LoraError) as err:
+        _cache(tmp_path, UrlPolicy("lora_url")).fetch(url)
+    assert str(err.value) == fetch_failed("lora_url", url)
+    host = url.split("[", 1)[1].split("]", 1)[0]
+    assert tried == [(host, port)] * (net_http.RETRIES + 1)
+
+
 def test_the_checked_address_is_connected_to_without_a_second_lookup(tmp_path, lora_bytes):
     calls: list[str] = []
 

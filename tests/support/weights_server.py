@@ -41,6 +41,7 @@ class WeightsServer:
         open_ended: bool = False,
         no_length: bool = False,
         tls: ssl.SSLContext | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         """files: URL path -> body; drop(start) -> True drops the first answer for that offset.
 
@@ -49,7 +50,8 @@ class WeightsServer:
         max_answer: answer at most this many bytes of a range (honestly, in Content-Range);
         open_ended: answer every range up to the end of the file.
         no_length: ignore ranges and send no Content-Length (the body ends when the connection
-        closes). tls: a server-side context: serve HTTPS.
+        closes). tls: a server-side context: serve HTTPS. headers: sent in place of the real
+        headers of the same names, or added (a malformed Content-Range, say).
         """
         self.files = files
         self.ranges = ranges
@@ -63,6 +65,7 @@ class WeightsServer:
         self.max_answer = max_answer
         self.open_ended = open_ended
         self.no_length = no_length
+        self.headers = headers or {}
         self.gate = threading.Event()
         self.gate.set()
         self.requests: list[tuple[str, str | None]] = []
@@ -113,9 +116,23 @@ class WeightsServer:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    _sent: frozenset[str] = frozenset()  # header names sent in this answer so far
 
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002
         pass
+
+    def send_header(self, keyword: str, value: str) -> None:
+        forced = self.server.owner.headers  # type: ignore[attr-defined]
+        super().send_header(keyword, forced.get(keyword, value))
+        self._sent |= {keyword}
+
+    def end_headers(self) -> None:
+        forced = self.server.owner.headers  # type: ignore[attr-defined]
+        for keyword, value in forced.items():
+            if keyword not in self._sent:
+                super().send_header(keyword, value)
+        self._sent = frozenset()
+        super().end_headers()
 
     def do_GET(self) -> None:  # noqa: N802
         srv: WeightsServer = self.server.owner  # type: ignore[attr-defined]

@@ -550,6 +550,32 @@ def test_a_redirect_off_http_is_refused_at_once(tmp_path, location):
     no_leftovers(tmp_path / "w")
 
 
+def test_a_malformed_redirect_is_a_clean_error(tmp_path):
+    location = "http://[::1/x" + "y" * 5000  # urljoin raises ValueError("Invalid IPv6 URL")
+    with WeightsServer({}, redirects={"/w.tar": location}) as srv:
+        with pytest.raises(WeightsError, match=r"redirect to http://\[::1/x.*is malformed") as err:
+            fetch(srv.url("/w.tar"), tmp_path / "w")
+        assert srv.count("/w.tar") == 1  # refused at once, not retried
+    assert len(str(err.value)) < 600  # the long Location is clipped
+    no_leftovers(tmp_path / "w")
+
+
+def test_a_global_pax_header_is_refused(tmp_path):
+    """tar applies a global header's path/linkpath to later members; the checker would not."""
+    tar = tmp_path / "global.tar"
+    evil = {"path": "sub/evil.txt", "linkpath": "/etc"}
+    with tarfile.open(tar, "w", format=tarfile.PAX_FORMAT, pax_headers=evil) as tf:
+        link = tarfile.TarInfo("ok")
+        link.type = tarfile.SYMTYPE
+        link.linkname = "ok-target"
+        tf.addfile(link)
+    with pytest.raises(
+        WeightsError, match=r"global\.tar: refusing the global pax header at byte 0"
+    ):
+        install_weights(tar, tmp_path / "w", log=lambda _: None)
+    no_leftovers(tmp_path / "w")
+
+
 def test_without_content_length_the_manifest_and_the_floor_guard_the_disk(
     packed, tmp_path, monkeypatch
 ):
