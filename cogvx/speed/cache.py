@@ -57,7 +57,7 @@ def keep_hook_logic_eager() -> int:
     )
     for hook in hooks:
         if not getattr(hook.new_forward, "_torchdynamo_disable", False):
-            hook.new_forward = torch.compiler.disable(hook.new_forward, recursive=False)  # type: ignore[method-assign]
+            hook.new_forward = torch.compiler.disable(hook.new_forward, recursive=False)
             wrapped += 1
     return wrapped
 
