@@ -239,8 +239,7 @@ def _download(
                 f"connections into {tmp.parent}"
             )
         else:
-            length = resp.getheader("Content-Length")
-            total = int(length) if length and length.isdigit() else None
+            total = resp.length  # http.client's parse of Content-Length (None: not sent)
             if total is not None:
                 _check_space(total, tmp.parent, label)
             log(f"weights: {label} ignores Range requests; streaming it over one connection")

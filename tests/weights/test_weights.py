@@ -106,6 +106,15 @@ def test_server_ignoring_ranges_is_streamed(packed, tmp_path):
     assert json.loads((tmp_path / "w" / MARKER_NAME).read_text())["sha256_verified"]
 
 
+def test_a_content_length_that_is_not_a_number_is_streamed_to_the_end(packed, tmp_path):
+    src, _, data = packed  # "²".isdigit() is True, int("²") raises
+    with WeightsServer(
+        {"/w.tar": data}, ranges=False, no_length=True, headers={"Content-Length": "²"}
+    ) as srv:
+        fetch(srv.url("/w.tar"), tmp_path / "w", [])
+    same_tree(src, tmp_path / "w")
+
+
 def test_dropped_connections_resume_their_chunk(packed, tmp_path):
     src, _, data = packed
     starts = [start for start, _ in spans(data)]
