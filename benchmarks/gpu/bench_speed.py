@@ -1,29 +1,54 @@
 """GPU speed of the CogVideoX transformer per setting, full size, random weights (no download).
 
-    python -m benchmarks.gpu.bench_speed [--models t2v-5b,t2v-1.5] [--budget 540]
+    python -m benchmarks.gpu.bench_speed [--models t2v-5b,t2v-1.5] [--budget 540 | --deadline T]
+        [--settings [MODEL=]eager,fp8,...] [--steps [MODEL=]N] [--fast-steps [MODEL=]N]
     python -m benchmarks.gpu.bench_speed --tiny      # CPU smoke run of the same code (tests)
 
 Builds each model from the released configs (`cogvx.cogvideox.released`) with random bf16
 weights on the card: 5b at 49 x 480 x 720, 1.5 at 81 x 768 x 1360, guidance 6 with dynamic CFG,
-THUDM's DPM scheduler, random prompt embeddings (T5 costs ~0.1 s and is left out). Settings are
-cumulative, in this order: bf16 eager; + attention backend (the best the card and packages
-allow: `cogvx.speed.select`); + regional compile; + fp8 (torchao, cards >= 8.9); then each
-fast_mode on top. Per setting: seconds per step (median of timed steps after a warm-up that
-also compiles), estimated end-to-end seconds for 50 steps (steps x s/step + VAE decode, measured
-once), peak GPU memory, and the ratio to bf16 eager. fast_mode rows run the whole 50-step
-schedule (their skipping depends on it) while the budget allows. Pictures are noise: this
-measures time and memory, not quality. Ratios last. A setting that fails is a `failed` row
-(undone; the run goes on), each row prints as measured, and `--out` appends it as JSON, so a
-time limit that cuts the run short still leaves the rows so far (benchmarks/gpu/on_device.sh).
+THUDM's DPM scheduler, random prompt embeddings (T5 costs ~0.1 s and is left out). Pictures are
+noise: this measures time and memory, not quality.
+
+Settings (`--settings`, per model with MODEL=...; default all), in this order:
+  eager            bf16 eager
+  cudnn, flash     torch SDPA's cuDNN / flash kernel through diffusers' dispatcher, on bf16 eager
+                   (side rows, undone after: what attention alone would gain)
+  attention        + the attention backend setup() picks (`cogvx.speed.select`); its `native`
+                   (torch SDPA's own pick) is eager's very call and is not re-timed
+  compile          + regional compile
+  fp8              + fp8 (torchao, cards >= 8.9)
+  balanced, fast   + that fast_mode, on top of everything above
+The levers are cumulative: one left out still applies, untimed, when a later chosen row needs it,
+so `eager,fp8,balanced` times bf16 eager, then attention + compile + fp8, then balanced on top.
+
+A row with fast_mode off runs 1 + --steps steps and takes the median of all but the first (the
+first compiles). A fast_mode row runs one whole schedule (its skipping depends on the schedule)
+of --fast-steps steps (default 50; shorter when the deadline needs it, down to MIN_FAST_STEPS)
+and takes the mean step after leaving out the seconds torch spent compiling during it (dynamo's
+compile callbacks): the steady state a request sees after setup()'s warm-up. Est. end-to-end
+seconds = 50 x s/step + the VAE decode, measured once per model as its own row, of the latent
+frames the pipeline decodes (1.5's padding frame dropped, as diffusers does). Peak GPU memory is
+per row: its denoising run alone; the decode row has its own. Ratios to bf16 eager and each
+model's best estimate against its goal (5b 45 s, 1.5 200 s) come last.
+
+Deadline: --deadline (Unix time; benchmarks/gpu/on_device.sh passes the end of its time limit)
+and/or --budget (seconds from now). A row starts only if its expected time ends before it: its
+steps x the s/step this model measured last (x how the setting compared to that row on an
+earlier model), plus a compile (the longest measured so far) when the row compiles, plus 15 %;
+otherwise it is a `skipped` row. A setting that fails is a `failed` row (undone; the run goes on).
+Each row prints as measured and `--out` appends it as JSON, so a time limit that cuts the run
+short still leaves the rows so far.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import statistics
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import torch
@@ -32,6 +57,20 @@ from cogvx.models import get_variant, scheduler_config
 
 E2E_STEPS = 50
 SHAPES = {"t2v-5b": (49, 480, 720), "t2v-1.5": (81, 768, 1360)}
+GOALS = {"t2v-5b": 45.0, "t2v-1.5": 200.0}  # end-to-end seconds (README, Benchmarks)
+SETTINGS = ("eager", "cudnn", "flash", "attention", "compile", "fp8", "balanced", "fast")
+LEVERS = ("attention", "compile", "fp8", "balanced", "fast")  # cumulative, in this order
+KERNELS = {"cudnn": "_native_cudnn", "flash": "_native_flash"}
+FAST_MODES = ("balanced", "fast")
+# Shorter schedules reuse a little less (tiny model, balanced: 46 % of attention at 50 steps,
+# 45 % at 20 and 30, 40 % at 10 and 16), so their mean step is a little slow
+MIN_FAST_STEPS = 10
+# Only to size a model's rows before it has measured one: bf16 s/step from THUDM's H100 figures
+# (~90 s and ~550 s for 50 steps), scaled by this card's bf16 eager on an earlier model
+PRIOR_S_STEP = {"t2v-5b": 1.8, "t2v-1.5": 11.0}
+PRIOR_COMPILE_S = 60.0  # a compile, until one is measured
+ROW_OVERHEAD_S = 3.0  # per row besides its steps: set-up, syncs, the fp8 row's weight copy
+MARGIN = 1.15
 
 
 def build(model: str, device: str, tiny: bool) -> Any:
@@ -69,14 +108,18 @@ def build(model: str, device: str, tiny: bool) -> Any:
 
 
 class StepClock:
-    """Wall time of every denoising step (the pipeline's step-end callback)."""
+    """Wall time of every denoising step (the pipeline's step-end callback), and how many of
+    the steps compiled something (with a CompileClock)."""
 
-    def __init__(self, cuda: bool):
-        self.cuda, self.times, self.last = cuda, [], 0.0
+    def __init__(self, cuda: bool, compiles: CompileClock | None = None):
+        self.cuda, self.last, self.compiles = cuda, 0.0, compiles
+        self.times: list[float] = []
+        self.compiling, self.compiled = 0, 0.0
 
     def start(self) -> None:
         self.sync()
         self.times, self.last = [], time.perf_counter()
+        self.compiling, self.compiled = 0, self.compiles.total if self.compiles else 0.0
 
     def sync(self) -> None:
         if self.cuda:
@@ -87,7 +130,108 @@ class StepClock:
         now = time.perf_counter()
         self.times.append(now - self.last)
         self.last = now
+        if self.compiles and self.compiles.total > self.compiled:
+            self.compiling, self.compiled = self.compiling + 1, self.compiles.total
         return kwargs
+
+
+class CompileClock:
+    """Seconds torch has spent compiling in this process, from dynamo's compile start / end
+    callbacks (nested compiles are one span), so a row can leave them out of its steps."""
+
+    def __init__(self) -> None:
+        self.total = 0.0
+        self.began: float | None = None
+
+    def arm(self) -> None:
+        """Register the callbacks unless they are: torch._dynamo.reset() clears them."""
+        try:
+            from torch._dynamo.callback import callback_handler
+
+            if self.begin not in callback_handler.start_callbacks:
+                callback_handler.register_start_callback(self.begin)
+                callback_handler.register_end_callback(self.end)
+        except (ImportError, AttributeError):  # a torch without them: compiles are step time
+            pass
+
+    def begin(self, *_args: object) -> None:
+        self.began = time.perf_counter()
+
+    def end(self, *_args: object) -> None:
+        if self.began is not None:
+            self.total += time.perf_counter() - self.began
+            self.began = None
+
+
+_COMPILES: list[CompileClock] = []
+
+
+def compile_clock() -> CompileClock:
+    """The process's one CompileClock."""
+    if not _COMPILES:
+        _COMPILES.append(CompileClock())
+    return _COMPILES[0]
+
+
+class Forecast:
+    """A row's expected seconds from what this run has measured, against the deadline."""
+
+    def __init__(self, deadline: float):
+        self.deadline = deadline  # time.monotonic()
+        self.s_step: dict[tuple[str, str], float] = {}  # (model, setting) -> measured s/step
+        self.last: dict[str, str] = {}  # model -> its cumulative fast_mode=off row measured last
+        self.compile_s = 0.0  # the longest compile measured
+        self.decode_rate: float | None = None  # decode seconds per frame x height x width
+
+    def saw(self, model: str, setting: str, s_step: float, compile_s: float, base: bool) -> None:
+        """A measured row; `base`: the cumulative row later rows of this model start from (not
+        a side row, not a fast_mode row)."""
+        self.s_step[(model, setting)] = s_step
+        if base:
+            self.last[model] = setting
+        self.compile_s = max(self.compile_s, compile_s)
+
+    def step(self, model: str, setting: str) -> float:
+        """Expected s/step of `setting`: the model's last measured row, times how `setting`
+        compared to that row on an earlier model; before any row, the prior for bf16 eager
+        scaled by how this card did against its prior on an earlier model."""
+        base = self.last.get(model)
+        if base is None:
+            prior = PRIOR_S_STEP.get(model, max(PRIOR_S_STEP.values()))
+            for (other, name), seconds in self.s_step.items():
+                if name == "bf16 eager" and other in PRIOR_S_STEP:
+                    return prior * seconds / PRIOR_S_STEP[other]
+            return prior
+        guess = self.s_step[(model, base)]
+        for (other, name), seconds in self.s_step.items():
+            if other != model and name == setting and self.s_step.get((other, base)):
+                return guess * seconds / self.s_step[(other, base)]
+        return guess
+
+    def seconds(self, model: str, setting: str, steps: int, compiles: bool) -> float:
+        compile_s = (self.compile_s or PRIOR_COMPILE_S) if compiles else 0.0
+        return ROW_OVERHEAD_S + steps * self.step(model, setting) + compile_s
+
+    def left(self) -> float:
+        return self.deadline - time.monotonic()
+
+    def fits(self, seconds: float) -> bool:
+        return MARGIN * seconds <= self.left()
+
+    def schedule(self, model: str, setting: str, cap: int, compiles: bool) -> int:
+        """The longest schedule of at most `cap` steps that ends before the deadline; 0 when
+        not even min(cap, MIN_FAST_STEPS) does."""
+        fixed = self.seconds(model, setting, 0, compiles)
+        steps = int((self.left() / MARGIN - fixed) / max(self.step(model, setting), 1e-6))
+        steps = min(cap, steps)
+        return steps if steps >= min(cap, MIN_FAST_STEPS) else 0
+
+    def decoded(self, seconds: float, pixels: int) -> None:
+        self.decode_rate = seconds / pixels
+
+    def decode(self, pixels: int) -> float:
+        """Expected decode seconds (from an earlier model's, by size; 0 before any)."""
+        return (self.decode_rate or 0.0) * pixels
 
 
 def denoise(pipe: Any, shape: tuple[int, int, int], steps: int, clock: StepClock) -> Any:
@@ -108,6 +252,14 @@ def denoise(pipe: Any, shape: tuple[int, int, int], steps: int, clock: StepClock
         ).frames  # fmt: skip
 
 
+def decoded_latents(pipe: Any, latents: Any, frames: int) -> Any:
+    """The latent frames the pipeline would decode for `frames` output frames: 1.5 pads the
+    latents at the front to a multiple of its temporal patch, and diffusers drops the padding
+    before decoding (only for non-latent output, so a latent run still has it)."""
+    wanted = (frames - 1) // pipe.vae_scale_factor_temporal + 1
+    return latents[:, latents.shape[1] - wanted :]
+
+
 def decode_seconds(pipe: Any, latents: Any, cuda: bool) -> float:
     """VAE decode of one run's latents (tiled), once per model."""
     if cuda:
@@ -120,14 +272,54 @@ def decode_seconds(pipe: Any, latents: Any, cuda: bool) -> float:
     return time.perf_counter() - t0
 
 
+def block_weights(transformer: Any) -> dict[str, torch.Tensor]:
+    """CPU copies of the blocks' linear weights, which quantization replaces (on the card the
+    copy would count in the next rows' peak memory)."""
+    return {
+        name: module.weight.detach().to("cpu", copy=True)
+        for name, module in transformer.named_modules()
+        if isinstance(module, torch.nn.Linear) and name.startswith("transformer_blocks.")
+    }
+
+
+def restore_weights(transformer: Any, saved: dict[str, torch.Tensor]) -> None:
+    """Put `block_weights`' copies back: the linears hold plain weights again (undoes
+    torchao's `quantize_`, also one that failed half-way)."""
+    modules = dict(transformer.named_modules())
+    for name, weight in saved.items():
+        module = modules[name]
+        module.weight = torch.nn.Parameter(weight.to(module.weight.device), requires_grad=False)
+        module.__dict__.pop("extra_repr", None)  # torchao's, describing the quantized weight
+
+
 def _failure(exc: BaseException) -> str:
     """One line for a table cell: the exception's type and the start of its message."""
     text = " ".join(str(exc).split())
     return f"{type(exc).__name__}: {text[:160]}"
 
 
-def bench_model(model: str, args: argparse.Namespace, deadline: float) -> list[dict]:
-    """Every setting's row for one model (cumulative settings).
+def per_model(values: list[str] | None, model: str, default: str) -> str:
+    """A repeatable `VALUE` / `MODEL=VALUE` option for `model`: its own value, else the plain
+    one, else `default` (the last given wins)."""
+    own = plain = None
+    for value in values or []:
+        key, sep, rest = value.partition("=")
+        if sep and key == model:
+            own = rest
+        elif not sep:
+            plain = value
+    return own if own is not None else plain if plain is not None else default
+
+
+def settings_of(args: argparse.Namespace, model: str) -> list[str]:
+    value = per_model(args.settings, model, ",".join(SETTINGS))
+    return [name.strip() for name in value.split(",") if name.strip()]
+
+
+def bench_model(
+    model: str, args: argparse.Namespace, forecast: Forecast, compiles: CompileClock
+) -> list[dict]:
+    """Every chosen setting's row for one model (cumulative settings).
 
     A setting that fails (a kernel this card or torch refuses, out of memory) becomes a `failed`
     row and the run goes on without it, so one bad lever cannot cost the device time of the
@@ -135,12 +327,15 @@ def bench_model(model: str, args: argparse.Namespace, deadline: float) -> list[d
     from cogvx.speed import apply as speed
     from cogvx.speed.attention import restore_default_processor
     from cogvx.speed.cache import FastModeSlot, counting
-    from cogvx.speed.select import Device, installed_packages, plan_speedups
+    from cogvx.speed.select import BACKENDS, Device, installed_packages, plan_speedups
 
     cuda = torch.cuda.is_available() and not args.tiny
+    levers = cuda or args.levers  # the CUDA levers (the tests run them on the tiny CPU model)
     device = speed.measure_device() if cuda else Device(cuda=False)
     shape = (9, 32, 48) if args.tiny else SHAPES[model]
-    steps = 2 if args.tiny else args.steps
+    steps = 2 if args.tiny else int(per_model(args.steps, model, "5"))
+    cap = 2 if args.tiny else int(per_model(args.fast_steps, model, str(E2E_STEPS)))
+    chosen = settings_of(args, model)
     rows: list[dict] = []
 
     def add(row: dict) -> None:
@@ -155,112 +350,227 @@ def bench_model(model: str, args: argparse.Namespace, deadline: float) -> list[d
     except Exception as exc:  # out of memory, a config this diffusers refuses: the next model
         add({"model": model, "setting": "build", "failed": _failure(exc)})
         return rows
-    plan = plan_speedups(device, installed_packages(), "none")
+    with counting(pipe.transformer):  # its hooks go in before anything is compiled
+        pass
+    installed = installed_packages()
+    plan = plan_speedups(device, installed, "none")
     print(f"{model}: {device.describe()}; plan: {'; '.join(plan.log_lines())}", flush=True)
-    clock, slot = StepClock(cuda), FastModeSlot(pipe.transformer, log=print)
+    clock, slot = StepClock(cuda, compiles), FastModeSlot(pipe.transformer, log=print)
+    # the blocks are compiled; a compile is due at the next run; the decode row is done
+    compiled = pending = decoded = False
 
-    def measure(name: str, run_steps: int, mode: str = "off") -> bool:
-        last = next((r["s_step"] for r in reversed(rows) if "s_step" in r), 0.0)
-        now = time.monotonic()
-        if now > deadline or now + 1.2 * last * (run_steps + 2) > deadline:
-            add({"model": model, "setting": name, "skipped": True})
-            return False
+    def peak_gib() -> float:
+        return torch.cuda.max_memory_allocated() / 2**30 if cuda else 0.0
+
+    def skip(name: str, expected: float) -> None:
+        left = forecast.left()
+        add({"model": model, "setting": name, "skipped": True,
+             "expected_s": round(expected, 1), "left_s": round(left, 1)})  # fmt: skip
+
+    def decode(latents: Any) -> None:
+        """The VAE decode row, once per model, from the first run's latents."""
+        nonlocal decoded
+        decoded = True
+        latents = decoded_latents(pipe, latents, shape[0])
+        pixels = shape[0] * shape[1] * shape[2]
+        if not forecast.fits(forecast.decode(pixels)):
+            skip("VAE decode", forecast.decode(pixels))
+            return
+        try:
+            if cuda:
+                torch.cuda.reset_peak_memory_stats()
+            seconds = decode_seconds(pipe, latents, cuda)
+        except Exception as exc:
+            add({"model": model, "setting": "VAE decode", "failed": _failure(exc)})
+            if cuda:
+                torch.cuda.empty_cache()
+            return
+        add({"model": model, "setting": "VAE decode", "s": seconds, "peak": peak_gib(),
+             "latent_frames": int(latents.shape[1])})  # fmt: skip
+        forecast.decoded(seconds, pixels)
+
+    def measure(name: str, mode: str = "off", side: bool = False) -> str:
+        """Time one row: 'measured', 'failed' or 'skipped' (it would end past the deadline).
+        `side`: a row the cumulative ones do not build on (an SDPA kernel on eager)."""
+        nonlocal pending
+        recompiles = compiled and (pending or mode != "off")
+        if mode == "off":
+            total = steps + 1
+        else:
+            total = cap if args.tiny else forecast.schedule(model, name, cap, recompiles)
+        expected = forecast.seconds(model, name, total or min(cap, MIN_FAST_STEPS), recompiles)
+        if total == 0 or not forecast.fits(expected):
+            skip(name, expected)
+            return "skipped"
+        left = forecast.left()
+        print(f"{model}: {name}: {total} steps, expected {expected:.0f} s, {left:.0f} s left",
+              flush=True)  # fmt: skip
         try:
             slot.apply(mode, pipe, 6.0)
             if cuda:
                 torch.cuda.reset_peak_memory_stats()
-            denoise(pipe, shape, 2, clock)  # warm-up (compiles)
+            compiles.arm()
+            began, compiled_before = time.monotonic(), compiles.total
             with counting(pipe.transformer) as work:
-                latents = denoise(pipe, shape, run_steps, clock)
+                latents = denoise(pipe, shape, total, clock)
+            wall, compile_s = time.monotonic() - began, compiles.total - compiled_before
+            peak = peak_gib()  # this run's alone: read before the decode
         except Exception as exc:
             add({"model": model, "setting": name, "failed": _failure(exc)})
             slot.apply("off", pipe, 6.0)
             if cuda:
                 torch.cuda.empty_cache()
-            return False
-        per_step = statistics.median(clock.times) if mode == "off" else sum(clock.times) / run_steps
-        if not any("decode" in r for r in rows):
-            try:
-                rows.append({"model": model, "decode": decode_seconds(pipe, latents, cuda)})
-            except Exception as exc:
-                add({"model": model, "setting": "VAE decode", "failed": _failure(exc)})
+            return "failed"
+        pending = False
+        if mode == "off":
+            per_step, timed = statistics.median(clock.times[1:]), total - 1
+        else:  # the whole schedule, less the compiles in it (setup()'s warm-up does those); the
+            # first call of each new graph (loading its kernels) stays in: a little slow
+            per_step, timed = max(sum(clock.times) - compile_s, 0.0) / total, total
         reused = 1 - work.attention / work.scheduled
-        peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else 0.0
-        add({"model": model, "setting": name, "s_step": per_step, "peak": peak,
-             "reused": reused})  # fmt: skip
-        return True
+        add({"model": model, "setting": name, "s_step": per_step, "steps": total,
+             "timed": timed, "compile_s": compile_s, "compiling_steps": clock.compiling,
+             "wall_s": wall, "peak": peak, "reused": reused})  # fmt: skip
+        forecast.saw(model, name, per_step, compile_s, base=mode == "off" and not side)
+        if not decoded:
+            decode(latents)
+        return "measured"
 
-    def lever(name: str, apply: Callable[[], object], undo: Callable[[], object]) -> None:
-        """Apply one cumulative setting and measure it; undo it when it fails."""
+    def lever(
+        name: str,
+        key: str,
+        apply: Callable[[], object],
+        undo: Callable[[], object],
+        side: bool = False,
+    ) -> None:
+        """Apply one setting, timed when chosen; undo it when it fails (a skipped row stays
+        applied: the later rows are named as cumulative)."""
         try:
             apply()
         except Exception as exc:
             add({"model": model, "setting": name, "failed": _failure(exc)})
             undo()
             return
-        if not measure(name, steps):
+        if key in chosen and measure(name, side=side) == "failed":
             undo()
 
-    measure("bf16 eager", steps)
-    if cuda:
+    def needed(key: str) -> bool:
+        return any(later in chosen for later in LEVERS[LEVERS.index(key) :])
+
+    def compile_on() -> None:
+        nonlocal compiled, pending
+        speed.compile_transformer(pipe.transformer, print)
+        compiled = pending = True
+
+    def compile_off() -> None:
+        nonlocal compiled
+        speed.uncompile(pipe.transformer)
+        compiled = False
+
+    saved: dict[str, torch.Tensor] = {}
+
+    def fp8() -> None:
+        nonlocal pending
+        torch._dynamo.reset()  # the graphs were compiled for bf16 weights
+        pending = True
+        saved.update(block_weights(pipe.transformer))
+        speed.quantize_transformer(pipe.transformer, "fp8", device.capability, print)
+
+    def fp8_off() -> None:  # later rows run on the bf16 weights, not a (half) quantized model
+        restore_weights(pipe.transformer, saved)
+        saved.clear()
+        torch._dynamo.reset()
+
+    if "eager" in chosen:
+        measure("bf16 eager")
+    for key, backend in KERNELS.items():
+        if key not in chosen or not levers:
+            continue
+        name = f"attention {backend} (eager)"
+        missing = BACKENDS[backend].missing(device, installed)
+        if missing:
+            add({"model": model, "setting": name, "skipped": missing})
+            continue
+        lever(
+            name,
+            key,
+            partial(speed.install_attention, pipe, backend, print),
+            lambda: restore_default_processor(pipe.transformer),
+            side=True,
+        )
+        restore_default_processor(pipe.transformer)  # a side row: the levers start from eager
+    if levers and needed("attention"):
         backend = plan.attention.value
+        name = f"+ attention {backend}"
         if backend == "native":  # the dispatcher's native backend makes eager's own SDPA call
             speed.install_attention(pipe, backend, print)  # as setup() does
-            why = "native is eager's SDPA call (no other backend installed); not re-timed"
-            add({"model": model, "setting": f"+ attention {backend}", "skipped": why})
+            if "attention" in chosen:
+                why = "native is eager's SDPA call (no other backend installed); not re-timed"
+                add({"model": model, "setting": name, "skipped": why})
         else:
             lever(
-                f"+ attention {backend}",
+                name,
+                "attention",
                 lambda: speed.install_attention(pipe, backend, print),
                 lambda: restore_default_processor(pipe.transformer),
             )
-        lever(
-            "+ compile",
-            lambda: speed.compile_transformer(pipe.transformer, print),
-            lambda: speed.uncompile(pipe.transformer),
-        )
+    if levers and needed("compile"):
+        lever("+ compile", "compile", compile_on, compile_off)
+    if levers and needed("fp8"):
         if plan.quantize.value == "fp8":
-
-            def fp8() -> None:
-                torch._dynamo.reset()
-                speed.quantize_transformer(pipe.transformer, "fp8", device.capability, print)
-
-            lever("+ fp8", fp8, torch._dynamo.reset)
-        else:
+            lever("+ fp8", "fp8", fp8, fp8_off)
+        elif "fp8" in chosen:
             add({"model": model, "setting": "+ fp8", "skipped": plan.quantize.reason})
-    full = 2 if args.tiny else E2E_STEPS
-    measure("+ fast_mode=balanced", full, "balanced")
-    measure("+ fast_mode=fast", full, "fast")
+    for mode in FAST_MODES:
+        if mode in chosen:
+            measure(f"+ fast_mode={mode}", mode)
     return rows
 
 
 def print_table(rows: list[dict], card: str) -> None:
-    """Markdown table per model, then the ratios to bf16 eager."""
+    """Markdown table per model, then the ratios to bf16 eager and the goals."""
     print(f"\n{card}\n")
-    print("| model | setting | s/step | est. end-to-end s (50 steps) | peak GiB | attention "
-          "reused | vs bf16 eager |")  # fmt: skip
-    print("| --- | --- | --- | --- | --- | --- | --- |")
-    decode, base, ratios = 0.0, {}, []
+    print("| model | setting | s/step | timed steps | est. end-to-end s (50 steps) | peak GiB | "
+          "attention reused | vs bf16 eager |")  # fmt: skip
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    decode = {r["model"]: r["s"] for r in rows if r["setting"] == "VAE decode" and "s" in r}
+    eager = {r["model"]: r["s_step"] for r in rows if r["setting"] == "bf16 eager" and "peak" in r}
+    ratios: list[str] = []
+    best: dict[str, tuple[str, float]] = {}
     for r in rows:
-        if "decode" in r:
-            decode = r["decode"]
-            continue
+        model, setting = r["model"], r["setting"]
         if "failed" in r:
-            print(f"| {r['model']} | {r['setting']} | failed: {r['failed']} | | | | |")
+            print(f"| {model} | {setting} | failed: {r['failed']} | | | | | |")
             continue
         if r.get("skipped"):
-            why = r["skipped"] if isinstance(r["skipped"], str) else "time budget"
-            print(f"| {r['model']} | {r['setting']} | skipped: {why} | | | | |")
+            why = r["skipped"] if isinstance(r["skipped"], str) else (
+                f"time budget (expected {r['expected_s']:.0f} s, {r['left_s']:.0f} s left)"
+            )  # fmt: skip
+            print(f"| {model} | {setting} | skipped: {why} | | | | | |")
             continue
-        base.setdefault(r["model"], r["s_step"])
-        ratio = base[r["model"]] / r["s_step"]
-        e2e = E2E_STEPS * r["s_step"] + decode
-        print(f"| {r['model']} | {r['setting']} | {r['s_step']:.3f} | {e2e:.1f} | "
-              f"{r['peak']:.1f} | {r['reused']:.0%} | {ratio:.2f}x |")  # fmt: skip
-        ratios.append(f"{r['model']} {r['setting']}: {ratio:.2f}x")
+        if setting == "VAE decode":
+            print(f"| {model} | VAE decode ({r['latent_frames']} latent frames) | | | "
+                  f"{r['s']:.1f} once per video | {r['peak']:.1f} | | |")  # fmt: skip
+            continue
+        e2e = E2E_STEPS * r["s_step"] + decode.get(model, 0.0)
+        shown = f"{e2e:.1f}" if model in decode else f"{e2e:.1f} + decode"
+        timed = f"{r['timed']} of {r['steps']}" if r["timed"] != r["steps"] else f"{r['steps']}"
+        ratio = f"{eager[model] / r['s_step']:.2f}x" if model in eager and r["s_step"] else ""
+        print(f"| {model} | {setting} | {r['s_step']:.3f} | {timed} | {shown} | "
+              f"{r['peak']:.1f} | {r['reused']:.0%} | {ratio} |")  # fmt: skip
+        if ratio:
+            ratios.append(f"{model} {setting}: {ratio}")
+        if not setting.startswith("attention ") and (model not in best or e2e < best[model][1]):
+            best[model] = (setting, e2e)  # the deployable settings (not the side rows)
     print("\nratios (bf16 eager s/step / setting s/step):")
     for line in ratios:
         print("  " + line)
+    print("\ngoals (best setting's est. end to end, 50 steps):")
+    for model, (setting, e2e) in best.items():
+        goal = GOALS.get(model, 0.0)
+        verdict = "met" if e2e <= goal else f"{e2e / goal:.2f}x the goal" if goal else ""
+        note = "" if model in decode else ", decode not measured"
+        print(f"  {model}: {setting}: {e2e:.1f} s vs {goal:.0f} s: {verdict}{note}")
 
 
 def card_name() -> str:
@@ -284,27 +594,63 @@ def versions() -> str:
     return ", ".join(parts)
 
 
+def check_args(ap: argparse.ArgumentParser, args: argparse.Namespace) -> list[str]:
+    """The models, after refusing what would only fail on the card (a typo costs its time)."""
+    models = args.models.split(",")
+    for model in models:
+        if model not in SHAPES:
+            ap.error(f"--models: {model!r} is not one of {list(SHAPES)}")
+    for option, values in (("--settings", args.settings), ("--steps", args.steps),
+                           ("--fast-steps", args.fast_steps)):  # fmt: skip
+        for value in values or []:
+            key, sep, _ = value.partition("=")
+            if sep and key not in models:
+                ap.error(f"{option} {value}: {key!r} is not in --models")
+    for model in models:
+        unknown = [name for name in settings_of(args, model) if name not in SETTINGS]
+        if unknown:
+            ap.error(f"--settings: {unknown} for {model}; use some of {list(SETTINGS)}")
+        for option, values in (("--steps", args.steps), ("--fast-steps", args.fast_steps)):
+            value = per_model(values, model, "1")
+            if not value.isdigit() or int(value) < 1:
+                ap.error(f"{option}: {value!r} for {model} is not a whole number of steps >= 1")
+    return models
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--models", default="t2v-5b,t2v-1.5")
-    ap.add_argument("--steps", type=int, default=5, help="timed steps per setting (s/step)")
-    ap.add_argument("--budget", type=float, default=540, help="seconds; later rows are skipped")
+    ap.add_argument("--settings", action="append", help="[MODEL=]NAME,... (default: all)")
+    ap.add_argument("--steps", action="append", help="[MODEL=]N timed steps per row (default 5)")
+    ap.add_argument("--fast-steps", action="append", help="[MODEL=]N fast_mode schedule (50)")
+    ap.add_argument("--budget", type=float, help="seconds from now (540 without --deadline)")
+    ap.add_argument("--deadline", type=float, help="Unix time by which the last row must end")
     ap.add_argument("--tiny", action="store_true", help="CPU smoke run on the tiny models")
+    ap.add_argument("--levers", action="store_true", help=argparse.SUPPRESS)  # --tiny: CPU levers
     ap.add_argument("--out", help="also append each row to this file as one JSON line")
     ap.add_argument("--versions", action="store_true", help="print the card and versions; exit")
     args = ap.parse_args(argv)
     if args.versions:
         print(f"{card_name()}; {versions()}")
         return
+    models = check_args(ap, args)
     if not args.tiny and not torch.cuda.is_available():
         ap.exit(
             2, "bench_speed: no CUDA device: the full-size models need one (--tiny runs on CPU)\n"
         )
-    deadline = time.monotonic() + args.budget
+    budget = args.budget
+    if budget is None:
+        budget = 540.0 if args.deadline is None else float("inf")
+    deadline = time.monotonic() + budget
+    if args.deadline is not None:
+        deadline = min(deadline, time.monotonic() + args.deadline - time.time())
+    forecast, compiles = Forecast(deadline), compile_clock()
     card = f"{card_name()}; {versions()}"
     rows: list[dict] = []
-    for model in args.models.split(","):
-        rows += bench_model(model, args, deadline)
+    for model in models:
+        rows += bench_model(model, args, forecast, compiles)
+        torch._dynamo.reset()  # the next model compiles afresh, with its own recompile counts
+        gc.collect()  # the pipeline (the cache hooks' configs hold it in a cycle)
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
     print_table(rows, card)

@@ -106,15 +106,17 @@ def quantize_transformer(
         quantize_,
     )
 
+    # set_inductor_config=False: torchao's default turns on inductor's coordinate-descent tuning
+    # (and more) for the whole process, lengthening every later compile, not only these layers'
     config: Any
     if mode == "fp8":
         per_row = capability >= (9, 0)
         config = Float8DynamicActivationFloat8WeightConfig(
-            granularity=PerRow() if per_row else PerTensor()
+            granularity=PerRow() if per_row else PerTensor(), set_inductor_config=False
         )
         what = f"fp8 ({'per-row' if per_row else 'per-tensor'} scales)"
     elif mode == "int8":
-        config, what = Int8WeightOnlyConfig(), "int8 weight-only"
+        config, what = Int8WeightOnlyConfig(set_inductor_config=False), "int8 weight-only"
     else:
         raise ValueError(f"unknown quantization mode {mode!r}")
     start = time.perf_counter()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -36,13 +37,26 @@ def test_checks_then_benchmark_write_their_logs_and_rows(tmp_path):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     device = (out / "device.txt").read_text()
     assert "CPU (no CUDA device); torch " in device and "diffusers 0.42.1" in device
+    assert re.search(r"on_device: benchmark limit (\d+) s, rows end by \d+ s", device)
     checks = (out / "checks.log").read_text()
     assert "skipped" in checks and "needs a CUDA device" in checks and "failed" not in checks
+    # the default selection: the SDPA kernels' test and the tiny 5b's setup path
+    assert "2 skipped, 4 deselected" in checks
     rows = [json.loads(line) for line in (out / "rows.jsonl").read_text().splitlines()]
     assert [r["setting"] for r in rows] == [
-        "bf16 eager", "+ fast_mode=balanced", "+ fast_mode=fast",
+        "bf16 eager", "VAE decode", "+ fast_mode=balanced", "+ fast_mode=fast",
     ]  # fmt: skip
-    assert "ratios (bf16 eager" in (out / "bench.log").read_text()
+    bench = (out / "bench.log").read_text()
+    assert "ratios (bf16 eager" in bench and "s left" in bench  # it was given a deadline
+
+
+def test_the_call_limit_bounds_the_benchmark_and_an_empty_selection_runs_every_check(tmp_path):
+    done, out = _run(tmp_path, CALL_S="200", CHECKS_K="", BENCH_ARGS="--tiny --models t2v-5b")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "6 skipped" in (out / "checks.log").read_text()
+    device = (out / "device.txt").read_text()
+    limit, end = map(int, re.findall(r"benchmark limit (\d+) s, rows end by (\d+) s", device)[0])
+    assert 0 < limit < 200 and end <= 200 - 15
 
 
 def test_a_part_can_be_left_out_and_a_failing_part_sets_the_exit_status(tmp_path):
