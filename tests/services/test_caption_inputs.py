@@ -30,8 +30,8 @@ def _zip(path: Path, members: list[tuple[str, bytes, int | None]]) -> Path:
     return path
 
 
-def _tar(path: Path, members: list[tarfile.TarInfo | tuple[str, bytes]]) -> Path:
-    with tarfile.open(path, "w") as tf:
+def _tar(path: Path, members: list[tarfile.TarInfo | tuple[str, bytes]], mode: str = "w") -> Path:
+    with tarfile.open(path, mode) as tf:
         for m in members:
             if isinstance(m, tarfile.TarInfo):
                 tf.addfile(m)
@@ -145,18 +145,6 @@ def test_url_lists_download_allowed_hosts(tmp_path, monkeypatch):
     assert items[1].label.endswith("/missing.mp4")
 
 
-def _tar_gz(path: Path, members: list[tarfile.TarInfo | tuple[str, bytes]]) -> Path:
-    with tarfile.open(path, "w:gz", compresslevel=1) as tf:
-        for m in members:
-            if isinstance(m, tarfile.TarInfo):
-                tf.addfile(m)
-            else:
-                info = tarfile.TarInfo(m[0])
-                info.size = len(m[1])
-                tf.addfile(info, io.BytesIO(m[1]))
-    return path
-
-
 def _folders(n: int) -> list[tarfile.TarInfo | tuple[str, bytes]]:
     folders: list[tarfile.TarInfo | tuple[str, bytes]] = []
     for i in range(n):
@@ -192,11 +180,11 @@ def test_skipped_tar_data_counts_toward_the_total(tmp_path):
     """Members over the clip cap become rows unread, but their data is still decompressed to
     reach the next header: it counts, so small uploads cannot unpack without end."""
     big = b"\x00" * (2 << 20)
-    few = _tar_gz(tmp_path / "few.tar.gz", [("big.mp4", big), ("a.mp4", CLIP)])
+    few = _tar(tmp_path / "few.tar.gz", [("big.mp4", big), ("a.mp4", CLIP)], "w:gz")
     items, folder = _unpack(few, tmp_path / "f", max_clip_bytes=1 << 20)
     assert "big.mp4 is over 1 MiB" in items[0].error and items[1].error is None
     assert [p.read_bytes() for p in folder.iterdir()] == [CLIP]  # the big one was never written
-    many = _tar_gz(tmp_path / "many.tar.gz", [(f"{i}.mp4", big) for i in range(6)])
+    many = _tar(tmp_path / "many.tar.gz", [(f"{i}.mp4", big) for i in range(6)], "w:gz")
     with pytest.raises(BatchTooLarge, match="unpacks to over 8 MiB .the batch limit"):
         _unpack(many, tmp_path / "m", max_clip_bytes=1 << 20, max_total_bytes=8 << 20)
 
@@ -214,7 +202,7 @@ def test_a_declared_size_past_the_total_stops_before_it_is_decompressed(tmp_path
 def test_an_archive_unpacks_to_at_most_a_multiple_of_its_size(tmp_path, monkeypatch):
     monkeypatch.setattr(ci, "RATIO_FLOOR", 1 << 20)
     zeros = b"\x00" * (4 << 20)  # about 20 kB compressed: a 4 MiB clip is 200 times that
-    for source in (_tar_gz(tmp_path / "z.tar.gz", [("z.mp4", zeros)]),
+    for source in (_tar(tmp_path / "z.tar.gz", [("z.mp4", zeros)], "w:gz"),
                    _zip(tmp_path / "z.zip", [("z.mp4", zeros, None)])):  # fmt: skip
         with pytest.raises(BatchTooLarge, match=r"over 1 MiB \(50 times its own size\)"):
             _unpack(source, tmp_path / source.suffix[1:])

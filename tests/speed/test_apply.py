@@ -197,14 +197,11 @@ def test_fp8_hands_torchao_its_config(quantize_calls, capability, granularity, w
 
 def test_int8_quantizes_the_block_linears_and_keeps_the_output_close():
     """Real torchao on the CPU: the blocks' linears hold int8 weights, the rest stays bf16."""
-    from tests.support.tiny_inputs import transformer_inputs
+    from tests.support.tiny_inputs import bf16_transformer_inputs
 
     pipe = build_tiny_pipeline("t2v-5b")
     transformer = pipe.transformer.to(torch.bfloat16)
-    kwargs = {
-        k: v.to(torch.bfloat16) if isinstance(v, torch.Tensor) and v.is_floating_point() else v
-        for k, v in transformer_inputs(pipe, 9).items()
-    }
+    kwargs = bf16_transformer_inputs(pipe, 9)
     with torch.no_grad():
         reference = transformer(**kwargs)[0].float()
         logs: list[str] = []

@@ -139,14 +139,11 @@ def test_restoring_the_saved_weights_undoes_quantization():
     again, computing exactly what it did before, so later rows do not run quantized."""
     from cogvx.dev.tiny import build_tiny_pipeline
     from cogvx.speed.apply import quantize_transformer
-    from tests.support.tiny_inputs import transformer_inputs
+    from tests.support.tiny_inputs import bf16_transformer_inputs
 
     pipe = build_tiny_pipeline("t2v-5b")
     transformer = pipe.transformer.to(torch.bfloat16)
-    kwargs = {
-        k: v.to(torch.bfloat16) if isinstance(v, torch.Tensor) and v.is_floating_point() else v
-        for k, v in transformer_inputs(pipe, 9).items()
-    }
+    kwargs = bf16_transformer_inputs(pipe, 9)
     with torch.no_grad():
         reference = transformer(**kwargs)[0]
         saved = bench_speed.block_weights(transformer)

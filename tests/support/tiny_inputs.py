@@ -31,3 +31,11 @@ def transformer_inputs(pipe, frames: int) -> dict:
     if cfg.ofs_embed_dim:
         kwargs["ofs"] = torch.full((2,), 2.0)
     return kwargs
+
+
+def bf16_transformer_inputs(pipe, frames: int) -> dict:
+    """`transformer_inputs` with the floating-point tensors in bf16 (the quantization tests)."""
+    return {
+        k: v.to(torch.bfloat16) if isinstance(v, torch.Tensor) and v.is_floating_point() else v
+        for k, v in transformer_inputs(pipe, frames).items()
+    }
