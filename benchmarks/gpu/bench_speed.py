@@ -275,10 +275,12 @@ def decode_seconds(pipe: Any, latents: Any, cuda: bool) -> float:
 def block_weights(transformer: Any) -> dict[str, torch.Tensor]:
     """CPU copies of the blocks' linear weights, which quantization replaces (on the card the
     copy would count in the next rows' peak memory)."""
+    from cogvx.speed.apply import quantized_linear
+
     return {
         name: module.weight.detach().to("cpu", copy=True)
         for name, module in transformer.named_modules()
-        if isinstance(module, torch.nn.Linear) and name.startswith("transformer_blocks.")
+        if quantized_linear(module, name)
     }
 
 

@@ -80,7 +80,7 @@ def install_attention(pipe: Any, backend: str, log: Callable[[str], None] = log_
     return count
 
 
-def _block_linear(module: torch.nn.Module, fqn: str) -> bool:
+def quantized_linear(module: torch.nn.Module, fqn: str) -> bool:
     """torchao filter: the blocks' attention and feed-forward linears (not the small AdaLN
     modulation linears, which see one row per sample, nor the embeddings and output head)."""
     return (
@@ -120,7 +120,7 @@ def quantize_transformer(
     else:
         raise ValueError(f"unknown quantization mode {mode!r}")
     start = time.perf_counter()
-    quantize_(transformer, config, filter_fn=_block_linear)
+    quantize_(transformer, config, filter_fn=quantized_linear)
     log(f"speed: transformer blocks quantized to {what} in {time.perf_counter() - start:.1f} s")
 
 

@@ -12,13 +12,13 @@ from cogvx.dev.tiny import TINY_HEIGHT, TINY_WIDTH, build_tiny_pipeline
 from cogvx.errors import SetupError
 from cogvx.speed import apply as speed_apply
 from cogvx.speed.apply import (
-    _block_linear,
     apply_plan,
     apply_speedups,
     compile_transformer,
     install_attention,
     measure_device,
     quantize_transformer,
+    quantized_linear,
     warm_up,
 )
 from cogvx.speed.attention import DispatchCogVideoXAttnProcessor
@@ -151,7 +151,7 @@ def test_compile_marks_every_block_for_regional_compilation():
 
 def test_quantize_filter_takes_the_blocks_attention_and_feed_forward_linears():
     transformer = build_tiny_pipeline("t2v-5b").transformer
-    names = {n for n, m in transformer.named_modules() if _block_linear(m, n)}
+    names = {n for n, m in transformer.named_modules() if quantized_linear(m, n)}
     first = {n.split(".", 2)[2] for n in names if n.startswith("transformer_blocks.0.")}
     assert first == {
         "attn1.to_q",
@@ -189,7 +189,7 @@ def test_fp8_hands_torchao_its_config(quantize_calls, capability, granularity, w
     model, logs = object(), []
     quantize_transformer(model, "fp8", capability, logs.append)
     [(got_model, config, filter_fn)] = quantize_calls
-    assert got_model is model and filter_fn is _block_linear
+    assert got_model is model and filter_fn is quantized_linear
     assert isinstance(config, Float8DynamicActivationFloat8WeightConfig)
     assert type(config.granularity[0]).__name__ == granularity
     assert logs[0].startswith(f"speed: transformer blocks quantized to {what}")
@@ -213,7 +213,7 @@ def test_int8_quantizes_the_block_linears_and_keeps_the_output_close():
         if isinstance(module, torch.nn.Linear)
     }
     quantized = {name for name, kind in kinds.items() if kind != "Parameter"}
-    assert quantized == {n for n, m in transformer.named_modules() if _block_linear(m, n)}
+    assert quantized == {n for n, m in transformer.named_modules() if quantized_linear(m, n)}
     assert {kinds[n] for n in quantized} == {"Int8Tensor"}
     err = (out - reference).abs().max() / reference.abs().max()
     assert 0 < err < 0.02  # changed (int8 weights), and close
