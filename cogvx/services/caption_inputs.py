@@ -22,6 +22,7 @@ import stat
 import tarfile
 import zipfile
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO
@@ -181,28 +182,16 @@ class _Metered(io.RawIOBase):
 _COMPRESSED = ((b"\x1f\x8b", gzip.open), (b"BZh", bz2.open), (b"\xfd7zXZ\x00", lzma.open))
 
 
-class _metered_tar:
+@contextmanager
+def _metered_tar(path: Path, budget: _Budget) -> Iterator[tuple[tarfile.TarFile, _Metered]]:
     """`with _metered_tar(path, budget) as (tar, meter)`: the archive as a stream ("r|")."""
-
-    def __init__(self, path: Path, budget: _Budget):
-        self.path, self.budget = path, budget
-
-    def __enter__(self) -> tuple[tarfile.TarFile, _Metered]:
-        with open(self.path, "rb") as f:
-            head = f.read(6)
-        opener = next((op for magic, op in _COMPRESSED if head.startswith(magic)), open)
-        self.raw = opener(self.path, "rb")
-        try:
-            self.meter = _Metered(self.raw, self.budget)  # type: ignore[arg-type]
-            self.tar = tarfile.open(fileobj=self.meter, mode="r|")
-        except BaseException:
-            self.raw.close()
-            raise
-        return self.tar, self.meter
-
-    def __exit__(self, *exc: object) -> None:
-        self.tar.close()
-        self.raw.close()
+    with open(path, "rb") as f:
+        head = f.read(6)
+    opener = next((op for magic, op in _COMPRESSED if head.startswith(magic)), open)
+    with opener(path, "rb") as raw:
+        meter = _Metered(raw, budget)  # type: ignore[arg-type]
+        with tarfile.open(fileobj=meter, mode="r|") as tar:
+            yield tar, meter
 
 
 def _count(n: int, max_clips: int) -> None:
