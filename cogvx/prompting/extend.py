@@ -3,8 +3,8 @@
 The LLM is any transformers-native instruct model with a chat template (the deployment's choice;
 the README recommends Qwen2.5-7B-Instruct), loaded from a folder with no remote code and from
 safetensors only. Decoding is greedy, so the same prompt gives the same extension. The result
-is cut at a word boundary to what the video model reads (226 T5 tokens), with the T5 tokenizer
-of the loaded video pipeline counting.
+is cut at a word boundary (within the word, for text without spaces) to what the video model
+reads (226 T5 tokens), with the T5 tokenizer of the loaded video pipeline counting.
 """
 
 from __future__ import annotations
@@ -64,18 +64,28 @@ def plan_llm(free_gib: float | None, llm_gib: float, headroom_gib: float = 2.0) 
 
 
 def fit_tokens(text: str, count: Callable[[str], int], limit: int) -> str:
-    """The longest prefix of `text` cut at a word that `count` says fits in `limit` tokens."""
+    """The longest prefix of `text` that `count` says fits in `limit` tokens, cut at a word, or
+    within the first word when not even that fits (text without spaces, e.g. Chinese)."""
     if count(text) <= limit:
         return text
     words = text.split()
-    lo, hi = 0, len(words)
-    while lo < hi:  # the largest word count that fits
+    n = _longest(len(words), lambda k: count(" ".join(words[:k])) <= limit)
+    if n or not words:
+        return " ".join(words[:n])
+    first = words[0]
+    return first[: _longest(len(first), lambda k: count(first[:k]) <= limit)]
+
+
+def _longest(size: int, fits: Callable[[int], bool]) -> int:
+    """The largest k in [0, size] with fits(k), for fits true up to some k and false after."""
+    lo, hi = 0, size
+    while lo < hi:
         mid = (lo + hi + 1) // 2
-        if count(" ".join(words[:mid])) <= limit:
+        if fits(mid):
             lo = mid
         else:
             hi = mid - 1
-    return " ".join(words[:lo])
+    return lo
 
 
 class PromptExtender:
@@ -169,11 +179,16 @@ class PromptExtender:
             self.log("prompt LLM returned nothing: the prompt is used as written")
             return prompt
         cut = fit_tokens(text, count_tokens, limit)
+        took = f"{generated} LLM tokens in {time.perf_counter() - t0:.1f}s"
+        if not cut:
+            self.log(
+                f"prompt LLM's answer ({took}) has no part that fits in {limit} T5 tokens: "
+                "the prompt is used as written"
+            )
+            return prompt
         note = "" if cut == text else f", cut to {limit} T5 tokens"
-        self.log(
-            f"extended prompt ({generated} LLM tokens in {time.perf_counter() - t0:.1f}s{note})"
-        )
-        return cut or prompt
+        self.log(f"extended prompt ({took}{note})")
+        return cut
 
 
 def missing_extender_message() -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -100,12 +101,7 @@ class VideoService:
         seed = checks.seed(seed)
         checks.in_range("lora_scale", float(lora_scale), *RANGES["lora_scale"])
         v = self.model.variant
-        if extend_prompt:
-            extender = require(self.extender)  # refused before any work when not configured
-            prompt = extender.extend(
-                checks.prompt(prompt), self.model.count_tokens, v.max_tokens, v.task == "i2v"
-            )
-            self.log(f"extended prompt: {clip(prompt, EXTENDED_LOG_CHARS)}")
+        extender = require(self.extender) if extend_prompt else None  # refused before any work
         frames = None
         if video is not None:
             frames = read_v2v_video(video, v, self.log)
@@ -138,6 +134,12 @@ class VideoService:
                 w, h = req.image.size if req.image is not None else (v.width, v.height)
             assert self.fast is not None  # post without fast models was refused above
             check_fast_output(self.fast, n, h, w, upscale, factor, self.log, name="upscale")
+        if extender is not None:  # after every input check: the LLM's time is not wasted
+            prompt = extender.extend(
+                checks.prompt(prompt), self.model.count_tokens, v.max_tokens, v.task == "i2v"
+            )
+            self.log(f"extended prompt: {clip(prompt, EXTENDED_LOG_CHARS)}")
+            req = dataclasses.replace(req, prompt=prompt)
         result = self.model.generate(req)
         out = result.frames
         if post:

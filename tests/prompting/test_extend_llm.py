@@ -84,3 +84,7 @@ def test_the_video_service_extends_only_when_asked_and_configured(
     assert a == b  # greedy extension + same seed: the same file
     assert a != c  # the extension changed what was generated
     assert c == plain.run(**run).read_bytes()  # off: exactly the plain prompt
+    before = len(logs)
+    with pytest.raises(ValueError, match="guidance_scale"):  # refused before the LLM runs
+        service.run(**{**run, "guidance_scale": 25.0}, extend_prompt=True)
+    assert not any("LLM tokens" in m for m in logs[before:])

@@ -35,6 +35,13 @@ def test_fit_cuts_at_a_word_to_the_limit():
     assert fit_tokens("a b c", words_count, 1) == ""
 
 
+def test_fit_cuts_text_without_spaces_within_its_word():
+    text = "一只狐狸" * 100  # Chinese has no spaces to cut at
+    cut = fit_tokens(text, len, 226)
+    assert cut == text[:226]
+    assert fit_tokens("xy " + text, len, 226) == "xy"  # a word that fits is still a word cut
+
+
 def test_missing_llm_names_the_variable():
     with pytest.raises(InputError, match="extend_prompt needs a prompt LLM.*COGVX_PROMPT_WEIGHTS"):
         require(None)
