@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from cogvx.webui.client import CogClient, ServerError
+from cogvx.webui.client import READY, CogClient, ServerError
 from cogvx.webui.form import FormError, fields_from_openapi, output_is_file
 from cogvx.webui.local_server import LocalServer
 from cogvx.webui.page import Page, build_page, launch
@@ -46,7 +46,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"web.py: model server on {client.url}", file=sys.stderr)
         else:
             client = CogClient(args.server)
-            client.wait_ready(timeout=60)
+            status = client.wait_ready(timeout=60).get("status")
+            if status != READY:
+                raise ServerError(f"{args.server}: the server is {status}, not {READY}")
         schema = client.openapi()
         fields = fields_from_openapi(schema)
         out_dir = Path(tempfile.mkdtemp(prefix="cogvx-web-"))

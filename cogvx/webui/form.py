@@ -7,6 +7,7 @@ values back into a Cog request with `to_request`, so every check stays the serve
 from __future__ import annotations
 
 import base64
+import math
 import mimetypes
 from dataclasses import dataclass
 from pathlib import Path
@@ -146,7 +147,7 @@ def _value(field: Field, value: Any) -> Any:
             number = float(value)
         except (TypeError, ValueError):
             number = float("nan")
-        if number != number or number != int(number):  # NaN or a fraction
+        if not math.isfinite(number) or number != int(number):  # NaN, infinite or a fraction
             raise FormError(f"{field.name}: {value!r} is not a whole number")
         return int(number)
     if field.kind == "number":

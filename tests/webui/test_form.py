@@ -119,6 +119,9 @@ def test_request_refuses_what_it_cannot_send(t2v):
         to_request(t2v, {**values, "prompt": "a", "seed": 7.5})
     with pytest.raises(FormError, match="seed: 'twelve' is not a whole number"):
         to_request(t2v, {**values, "prompt": "a", "seed": "twelve"})  # the seed box is text
+    for big in ("inf", "-inf", "1e400"):  # int() of these would raise OverflowError
+        with pytest.raises(FormError, match=f"seed: '{big}' is not a whole number"):
+            to_request(t2v, {**values, "prompt": "a", "seed": big})
     with pytest.raises(FormError, match="guidance_scale: 'x' is not a number"):
         to_request(t2v, {**values, "prompt": "a", "guidance_scale": "x"})
     assert to_request(t2v, {**values, "prompt": "a", "seed": " 12 "})["seed"] == 12
