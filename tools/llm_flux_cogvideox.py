@@ -6,7 +6,8 @@ python tools/llm_flux_cogvideox.py --prompts prompts.txt --flux-weights W --vide
     --out DIR
 
 Each W is a folder or a tarball URL (like COG_WEIGHTS). DIR gets NNNN.png, NNNN.mp4 and
-manifest.json (prompt, image, video, seeds, seconds per stage); a rerun skips finished items.
+manifest.json (prompt, image, video, seeds, seconds per stage); a rerun with the same settings
+skips finished items (other settings are refused: they would mix two batches).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+from cogvx.errors import CogvxError
 from cogvx.services.storyboard import Settings, run_batch
 
 
@@ -45,15 +47,22 @@ def main(argv: list[str] | None = None) -> int:
         print("--num-videos must be at least 1", file=sys.stderr)
         return 2
     w, _, h = args.size.partition("x")
+    if not (w.isdecimal() and h.isdecimal() and int(w) > 0 and int(h) > 0):
+        print(f"--size {args.size!r}: expected WIDTHxHEIGHT, e.g. 720x480", file=sys.stderr)
+        return 2
     settings = Settings(
         num_videos=args.num_videos, topic=args.topic, prompts=prompts, words=args.words,
         seed=args.seed, image_steps=args.image_steps, video_steps=args.video_steps,
     )  # fmt: skip
     t0 = time.perf_counter()
-    items = run_batch(
-        settings, args.out, args.llm_weights, args.flux_weights, args.video_weights,
-        size=(int(w), int(h)),
-    )  # fmt: skip
+    try:
+        items = run_batch(
+            settings, args.out, args.llm_weights, args.flux_weights, args.video_weights,
+            size=(int(w), int(h)),
+        )  # fmt: skip
+    except (ValueError, CogvxError) as exc:
+        print(f"llm_flux_cogvideox.py: {exc}", file=sys.stderr)
+        return 2
     print(f"{len(items)} videos in {args.out} ({time.perf_counter() - t0:.1f}s)")
     return 0
 

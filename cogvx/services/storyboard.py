@@ -70,6 +70,16 @@ def load_manifest(out: Path) -> dict[int, Item]:
     return {int(d["index"]): Item(**d) for d in data["items"]}
 
 
+def changed_settings(out: Path, settings: Settings) -> list[str]:
+    """The settings (other than num_videos) that differ from those `out`'s manifest recorded."""
+    path = out / MANIFEST
+    if not path.is_file():
+        return []
+    saved = json.loads(path.read_text()).get("settings", {})
+    now = json.loads(json.dumps(asdict(settings)))  # as the manifest stores them
+    return sorted(k for k in now if k != "num_videos" and saved.get(k) != now[k])
+
+
 def save_manifest(out: Path, items: dict[int, Item], settings: Settings) -> None:
     """Write the manifest atomically (a kill leaves the old one or the new one)."""
     body = {"settings": asdict(settings), "items": [asdict(items[i]) for i in sorted(items)]}
@@ -109,9 +119,11 @@ def write_prompts(
         raise ValueError("--llm-weights is needed to write prompts (or give --prompts FILE)")
     from cogvx.gpu import measure_gpu
     from cogvx.prompting.extend import LLM_FOLDER, PromptExtender
-    from cogvx.weights.install import install_model
+    from cogvx.weights.install import find_weights_root, install_model
 
     folder = install_model(llm_weights, LLM_FOLDER, "--llm-weights is empty", log)
+    folder = find_weights_root(folder, lambda p: (p / "config.json").is_file(),
+                               f"--llm-weights: no config.json in {folder}")  # fmt: skip
     measured = measure_gpu()
     llm = PromptExtender.load(folder, measured[0] if measured else None, log)
     for i in _progress(todo, "prompts"):
@@ -137,11 +149,13 @@ def paint_frames(
         return
     from diffusers import FluxPipeline
 
-    from cogvx.weights.install import install_model
+    from cogvx.weights.install import find_weights_root, install_model
 
     folder = install_model(flux_weights, "flux", "--flux-weights is empty", log)
+    folder = find_weights_root(folder, lambda p: (p / "model_index.json").is_file(),
+                               f"--flux-weights: no model_index.json in {folder}")  # fmt: skip
     dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
-    pipe = FluxPipeline.from_pretrained(folder, dtype=dtype).to(_device())
+    pipe = FluxPipeline.from_pretrained(folder, dtype=dtype, use_safetensors=True).to(_device())
     pipe.set_progress_bar_config(disable=True)
     w, h = size
     for i in _progress(todo, "first frames"):
@@ -212,6 +226,12 @@ def run_batch(
 ) -> dict[int, Item]:
     """All three stages over `s.num_videos` items in `out`; resumes from its manifest."""
     out.mkdir(parents=True, exist_ok=True)
+    changed = changed_settings(out, s)
+    if changed:  # its items were made with those: resuming would mix two batches
+        raise ValueError(
+            f"{out} holds a batch made with other {', '.join(changed)}: run with the same "
+            "settings to resume it (num_videos may change), or choose a new output folder"
+        )
     items = {i: it for i, it in load_manifest(out).items() if i < s.num_videos}
     done = sum(1 for it in items.values() if _has(out, it.video))
     if done:

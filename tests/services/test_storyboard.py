@@ -71,6 +71,25 @@ def test_rerun_skips_finished_items_and_remakes_a_missing_video(weights, tmp_pat
     assert after == before  # the same seeds remade the same file
 
 
+def test_wrapped_weights_folders_load_and_a_rerun_with_other_settings_is_refused(weights, tmp_path):
+    wrapped = {}
+    for name in ("llm", "flux"):  # a tarball may wrap its files in a folder
+        (tmp_path / f"{name}-tar").mkdir()
+        (tmp_path / f"{name}-tar" / "inner").symlink_to(weights[name])
+        wrapped[name] = str(tmp_path / f"{name}-tar")
+    out = tmp_path / "out"
+    one = _settings(num_videos=1)
+    run_batch(one, out, wrapped["llm"], wrapped["flux"], weights["video"], size=SIZE)
+    before = (out / MANIFEST).read_bytes()
+    with pytest.raises(ValueError, match=r"other image_steps, seed: run with the same settings"):
+        run_batch(_settings(num_videos=1, seed=5, image_steps=1), out, None, wrapped["flux"],
+                  weights["video"], size=SIZE)  # fmt: skip
+    assert (out / MANIFEST).read_bytes() == before  # nothing of the old batch was touched
+    two = _settings(num_videos=2, prompts=None)  # more videos of the same batch: allowed
+    items = run_batch(two, out, wrapped["llm"], wrapped["flux"], weights["video"], size=SIZE)
+    assert sorted(items) == [0, 1]
+
+
 def test_cli_with_a_prompt_file(weights, tmp_path):
     prompts = tmp_path / "p.txt"
     prompts.write_text("a red boat on a calm lake\n\n")
@@ -90,3 +109,6 @@ def test_cli_with_a_prompt_file(weights, tmp_path):
     bad = subprocess.run([*cmd[:3], str(empty), *cmd[4:]], capture_output=True, text=True,
                          env=env, timeout=120)  # fmt: skip
     assert bad.returncode == 2 and "no prompts" in bad.stderr
+    size = subprocess.run([*cmd[:-1], "720"], capture_output=True, text=True, env=env,
+                          timeout=120)  # fmt: skip
+    assert size.returncode == 2 and "--size '720': expected WIDTHxHEIGHT" in size.stderr
