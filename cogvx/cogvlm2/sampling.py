@@ -38,7 +38,7 @@ def sample_frame_indices(
     num_frames_total, max_frames = int(num_frames_total), int(max_frames)
 
     if strategy == "base":
-        end_frame = min(num_frames_total, int(BASE_CLIP_SECONDS * fps))
+        end_frame = min(num_frames_total, max(1, int(BASE_CLIP_SECONDS * fps)))  # fps < 1/60: 1
         return np.linspace(0, end_frame - 1, max_frames, dtype=int).tolist()
 
     if timestamps is None:

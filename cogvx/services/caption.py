@@ -40,6 +40,7 @@ READ_SECONDS = BASE_CLIP_SECONDS + 2  # neither rule looks further; longer video
 MAX_FRAME_PIXELS = 3840 * 2160  # larger frames are downscaled before preprocessing
 DOWNSCALE_SHORT_SIDE = 1080  # ...to this short side (the model crops a 224 px square anyway)
 MAX_ASPECT = 32.0  # width/height (or height/width) above this is refused
+MAX_SOURCE_PIXELS = 8192 * 8192  # stated frame sizes above this are refused (decoding cost)
 
 QUANTIZE_CHOICES = ("none", "int8", "nf4")
 # Peak GPU memory (GiB) per mode, 24 frames and 2048 new tokens: 12.5 B parameters (bf16 25 GB;
@@ -136,11 +137,13 @@ def bitsandbytes_available() -> bool:
 def downscaled_size(
     width: int, height: int, max_pixels: int = MAX_FRAME_PIXELS
 ) -> tuple[int, int] | None:
-    """(width, height) to scale frames to before preprocessing, or None to keep them as they are."""
+    """(width, height) to scale frames to before preprocessing, or None to keep them as they are:
+    a short side of 1080, or less where that still leaves more than `max_pixels` (a wide strip
+    is never scaled up)."""
     if width * height <= max_pixels:
         return None
-    scale = DOWNSCALE_SHORT_SIDE / min(width, height)
-    return max(2, round(width * scale / 2) * 2), max(2, round(height * scale / 2) * 2)
+    scale = min(DOWNSCALE_SHORT_SIDE / min(width, height), (max_pixels / (width * height)) ** 0.5)
+    return max(2, int(width * scale / 2) * 2), max(2, int(height * scale / 2) * 2)  # even, down
 
 
 @dataclass
@@ -165,6 +168,11 @@ def load_clip(
     info = probe_video(path, scan_seconds=read_seconds)
     name = info.path.name
     w, h = info.width, info.height
+    if w * h > MAX_SOURCE_PIXELS:
+        raise ValueError(
+            f"video {name} is {w}x{h}; frames up to {MAX_SOURCE_PIXELS / 1e6:.0f} MP are "
+            "accepted: downscale it first"
+        )
     if max(w, h) / min(w, h) > MAX_ASPECT:
         raise ValueError(
             f"video {name}: {w}x{h} has an aspect ratio above {MAX_ASPECT:g}:1; crop it first"

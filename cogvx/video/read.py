@@ -16,6 +16,11 @@ from cogvx.video.write import bitexact_scaling
 # asked for and stops after the last one. Frame i is the i-th frame in presentation order.
 
 SCAN_REORDER_MARGIN = 64  # packets read past the scan limit, so reordered (B-)frames are all seen
+MAX_PROBE_FRAMES = 100_000  # a probe lists at most this many frames + 1 (55 min at 30 fps)
+# The decoder refuses a frame over this many times the stream's stated pixels (the stated size is
+# what callers cap; a later frame may not be larger: a 1 MB file could otherwise ask for 6 GB
+# frames). The slack covers FFmpeg's stride alignment, which counts toward its own check.
+DECODE_PIXELS_SLACK = 2
 
 
 class VideoReadError(InputError):
@@ -113,11 +118,15 @@ def _video_stream(container: Any, path: Path) -> Any:
     return stream
 
 
-def probe_video(path: str | Path, scan_seconds: float | None = None) -> VideoInfo:
+def probe_video(
+    path: str | Path, scan_seconds: float | None = None, max_frames: int = MAX_PROBE_FRAMES
+) -> VideoInfo:
     """Stream facts and per-frame timestamps, from packets only (nothing is decoded).
 
     scan_seconds: stop after that much of the video (its later frames are not listed and
-    `complete` is False); None scans the whole file.
+    `complete` is False); None scans the whole file. max_frames: stop after max_frames + 1
+    frames (`complete` False), so a caller capping at max_frames sees that the file has more
+    without reading all of it (packets without distinct timestamps defeat scan_seconds).
     """
     import av
 
@@ -129,6 +138,7 @@ def probe_video(path: str | Path, scan_seconds: float | None = None) -> VideoInf
         limit = None if scan_seconds is None else start + int(scan_seconds / tb)
         stamps: list[int | None] = []
         past_limit = 0
+        capped = False
         try:
             for packet in container.demux(stream):
                 if packet.size == 0 or packet.is_discard:
@@ -139,6 +149,9 @@ def probe_video(path: str | Path, scan_seconds: float | None = None) -> VideoInf
                     past_limit += 1
                     if past_limit > SCAN_REORDER_MARGIN:
                         break
+                if len(stamps) > max_frames + SCAN_REORDER_MARGIN:
+                    capped = True
+                    break
         except av.FFmpegError as exc:
             raise VideoReadError(
                 f"video {path.name}: damaged after {len(stamps)} frames ({exc})"
@@ -153,6 +166,9 @@ def probe_video(path: str | Path, scan_seconds: float | None = None) -> VideoInf
         complete = past_limit <= SCAN_REORDER_MARGIN
         if not complete:
             pts_arr = pts_arr[pts_arr <= limit]
+        if capped:
+            complete = False
+            pts_arr = pts_arr[: max_frames + 1]
         if len(pts_arr) == 0:
             raise VideoReadError(f"video {path.name}: the video stream holds no frames")
         times = (pts_arr - start).astype(np.float64) * float(tb)
@@ -204,7 +220,9 @@ def read_frames(
         )
     wanted = set(wanted_list)
     last = max(wanted)
-    index_of = {int(p): i for i, p in enumerate(info.pts)}
+    index_of: dict[int, int] = {}
+    for i, p in enumerate(info.pts):
+        index_of.setdefault(int(p), i)  # a repeated timestamp: its first frame's index
     width, height = size or (info.width, info.height)
     same_size = bitexact_scaling(accurate_rounding=False)
     area = bitexact_scaling("AREA", accurate_rounding=False)
@@ -212,12 +230,14 @@ def read_frames(
     position = -1
     with _open(path) as container:
         stream = _video_stream(container, path)
+        stream.codec_context.options = {"max_pixels": str(_decode_pixels(info))}
         stream.thread_type = "AUTO"
         try:
             for frame in container.decode(stream):
-                # by timestamp, so a frame the decoder drops cannot shift the ones after it
-                pts = frame.pts
-                position = position + 1 if pts is None else index_of.get(pts, position + 1)
+                # by timestamp, so a frame the decoder drops cannot shift the ones after it;
+                # a timestamp already passed (a repeat) is the next frame
+                at = None if frame.pts is None else index_of.get(frame.pts)
+                position = position + 1 if at is None or at <= position else at
                 if position in wanted and position not in got:
                     # bit-exact colour conversion: the same pixels on every CPU
                     if (frame.width, frame.height) == (width, height):
@@ -230,7 +250,9 @@ def read_frames(
                     break
         except av.FFmpegError as exc:
             raise VideoReadError(
-                f"video {path.name}: decoding failed after frame {position} ({exc})"
+                f"video {path.name}: decoding failed after frame {position} ({exc}): the file "
+                f"is damaged, or a frame is larger than the stream's stated "
+                f"{info.width}x{info.height} (refused)"
             ) from exc
     missing = sorted(wanted - got.keys())
     if missing:
@@ -241,3 +263,8 @@ def read_frames(
             frames_decoded=position + 1,
         )
     return np.stack([got[i] for i in wanted_list])
+
+
+def _decode_pixels(info: VideoInfo) -> int:
+    """The decoder's per-frame pixel limit for a stream stated as `info`'s size."""
+    return DECODE_PIXELS_SLACK * (info.width + 64) * (info.height + 64)

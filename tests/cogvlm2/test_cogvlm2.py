@@ -292,6 +292,10 @@ def test_chat_frames_one_per_second():
     assert sample_frame_indices(3, 1.0, "chat", timestamps=[0.0, 0.5, 1.5]) == [0, 1, 2]
 
 
+def test_base_frames_of_a_video_slower_than_one_frame_a_minute():
+    assert sample_frame_indices(3, 3 / 200, "base", max_frames=4) == [0, 0, 0, 0]  # 60 s: frame 0
+
+
 @pytest.mark.parametrize(("total", "fps"), [(300, 30000 / 1001), (97, 7.3), (1500, 24.0)])
 def test_chat_frames_match_the_original_loop(total, fps):
     stamps = (np.arange(total) / fps).astype(np.float32)

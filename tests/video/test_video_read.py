@@ -298,12 +298,14 @@ def test_small_read_limit_applies_the_same_rule(clips):
 
 def test_huge_frames_are_downscaled_with_a_log_line(clips):
     logs: list[str] = []
-    clip = load_clip(clips["h264.mp4"], "chat", log=logs.append, max_pixels=96 * 64 - 1)
-    assert clip.frames.shape[1:] == (1080, 1620, 3)  # short side 1080, aspect kept
-    assert any("frames are 96x64; downscaled to 1620x1080" in line for line in logs)
+    clip = load_clip(clips["h264.mp4"], "chat", log=logs.append, max_pixels=96 * 64 // 4)
+    assert clip.frames.shape[1:] == (32, 48, 3)  # to the pixel limit, aspect kept
+    assert any("frames are 96x64; downscaled to 48x32" in line for line in logs)
     assert downscaled_size(7680, 4320) == (1920, 1080)
     assert downscaled_size(3840, 2160) is None  # 4K UHD is read as is
     assert downscaled_size(4320, 7680) == (1080, 1920)
+    w, h = downscaled_size(16000, 600)  # a strip: short side 1080 would scale it up 1.8x
+    assert (w, h) == (14872, 556) and w * h <= 3840 * 2160
 
 
 def test_real_8k_frame_is_downscaled(tmp_path):
@@ -313,6 +315,62 @@ def test_real_8k_frame_is_downscaled(tmp_path):
     clip = load_clip(big, "base", log=logs.append)
     assert clip.frames.shape == (MAX_FRAMES, 1080, 1920, 3)
     assert "frames are 7680x4320; downscaled to 1920x1080" in "\n".join(logs)
+
+
+def _mux_packets(path: Path, packets: list[bytes], pts: list[int], codec: str, size: int) -> None:
+    """Write already-encoded frames with the given timestamps (1/1000 s) and a stated size."""
+    import fractions
+
+    import av
+
+    tb = fractions.Fraction(1, 1000)
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream(codec, rate=25)
+        stream.width = stream.height = size
+        stream.pix_fmt = "rgb24" if codec == "png" else "yuvj420p"
+        for data, t in zip(packets, pts, strict=True):
+            packet = av.Packet(data)
+            packet.stream, packet.pts, packet.dts, packet.time_base = stream, t, t, tb
+            out.mux(packet)
+
+
+def _encoded(codec: str, size: int, value: int) -> bytes:
+    import fractions
+
+    import av
+
+    ctx = av.CodecContext.create(codec, "w")
+    ctx.width = ctx.height = size
+    ctx.pix_fmt = "rgb24" if codec == "png" else "yuvj420p"
+    ctx.time_base = fractions.Fraction(1, 25)
+    frame = av.VideoFrame.from_ndarray(np.full((size, size, 3), value, np.uint8), format="rgb24")
+    return bytes(ctx.encode(frame.reformat(format=ctx.pix_fmt))[0])
+
+
+def test_frames_larger_than_the_stated_size_are_refused(tmp_path):
+    grow = tmp_path / "grow.avi"  # states 64x64 (what callers cap), then carries 1024x1024 frames
+    small, big = _encoded("png", 64, 90), _encoded("png", 1024, 90)
+    _mux_packets(grow, [small, big, big], [0, 40, 80], "png", 64)
+    info = probe_video(grow)
+    assert (info.width, info.height, info.num_frames) == (64, 64, 3)
+    with pytest.raises(VideoReadError, match=r"a frame is larger than the stream's stated 64x64"):
+        read_frames(grow, [0, 1, 2], info=info)
+
+
+def test_a_repeated_timestamp_is_the_next_frame(tmp_path):
+    dup = tmp_path / "dup.mkv"
+    _mux_packets(dup, [_encoded("mjpeg", 32, 40 * i) for i in range(5)], [0, 40, 40, 80, 120],
+                 "mjpeg", 32)  # fmt: skip
+    frames = read_frames(dup, range(5))
+    assert [round(float(f.mean()) / 40) for f in frames] == [0, 1, 2, 3, 4]
+
+
+def test_a_probe_stops_after_max_frames(tmp_path):
+    same = tmp_path / "same.mkv"  # every packet at t = 0: scan_seconds cannot stop the scan
+    _mux_packets(same, [_encoded("mjpeg", 32, 9)] * 400, [0] * 400, "mjpeg", 32)
+    info = probe_video(same, scan_seconds=1.0, max_frames=100)
+    assert (info.num_frames, info.complete) == (101, False)
+    assert probe_video(same).num_frames == 400
 
 
 def test_extreme_aspect_ratio_is_refused(tmp_path):
