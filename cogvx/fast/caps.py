@@ -18,6 +18,9 @@ MAX_FAST_OUTPUT_PIXELS = 4096 * 4096  # per output frame of the fast path
 # CPU runs are for tests and tiny models: cap the work so a mistake cannot run for hours.
 CPU_MAX_OUTPUT_FRAMES = 97
 CPU_MAX_FAST_PIXELS = 1920 * 1080  # per output frame of the fast path
+# Real-ESRGAN runs at its own x2/x4 before the resize to up_scale: its float32 output batch is
+# the fast path's largest buffer. It may be this many times the output cap.
+NATIVE_OVER_OUTPUT = 4
 
 SMALLER_RUN = (
     "lower up_scale or target_fps, use size_policy=exact, shorten the video, or use method=fast"
@@ -83,6 +86,14 @@ def check_fast_output(
         raise ValueError(
             f"{name}={up_scale:g} makes {ow}x{oh} frames; at most {cap / 1e6:.1f} MP per frame "
             f"are made{' on CPU' if cpu else ''}: lower {name}"
+        )
+    native = h * w * up.scale**2
+    if up_scale != 1 and native > NATIVE_OVER_OUTPUT * cap:
+        raise ValueError(
+            f"{name}={up_scale:g} runs Real-ESRGAN x{up.scale} on {w}x{h} frames, "
+            f"{native / 1e6:.0f} MP each before the resize; at most "
+            f"{NATIVE_OVER_OUTPUT * cap / 1e6:.0f} MP are run{' on CPU' if cpu else ''}: "
+            f"downscale the video first, or use {name}=1"
         )
     need = frames_gib(frames, h, w, out_frames, oh, ow)
     check_ram(need, frames_note(need), log)

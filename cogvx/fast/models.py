@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from cogvx import settings
-from cogvx.errors import EnhanceSetupError
+from cogvx.errors import CapacityError, EnhanceSetupError
 from cogvx.log import log as log_line
 from cogvx.settings import FAST_WEIGHTS_ENV
 from cogvx.weights import install_model
@@ -116,8 +116,24 @@ def fast_enhance(
     """Upscale with Real-ESRGAN (resized to exactly `up_scale`), then RIFE x`factor` in time.
 
     Upscaling first is the CogVideoX demo's order: RIFE on big frames is far cheaper than
-    Real-ESRGAN on the inserted ones.
+    Real-ESRGAN on the inserted ones. A GPU out of memory is a CapacityError naming the run.
     """
+    try:
+        return _enhance(models, frames, up_scale, factor, log)
+    except torch.OutOfMemoryError as exc:
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        t, h, w = np.shape(frames)[:3]
+        raise CapacityError(
+            f"the GPU ran out of memory on the fast path ({t} frames {w}x{h}, up_scale="
+            f"{up_scale:g}, RIFE x{factor}): lower the upscale or the frame rate, or shorten the "
+            f"video ({str(exc)[:200]})"
+        ) from exc
+
+
+def _enhance(
+    models: FastModels, frames: np.ndarray, up_scale: float, factor: int, log: Log
+) -> np.ndarray:
     from cogvx.fast.rife import interpolate
     from cogvx.fast.upscale import check_uint8_frames, to_uint8, upscale_tensor
 

@@ -77,7 +77,8 @@ def _swap(flow: torch.Tensor) -> torch.Tensor:
     return torch.cat((flow[:, 2:4], flow[:, :2]), 1)
 
 
-_GRIDS: dict[tuple, torch.Tensor] = {}
+_GRIDS: dict[tuple, torch.Tensor] = {}  # the sampling grids of the sizes in use
+MAX_GRIDS = 8  # a request's pyramid levels; a new request's sizes replace them
 
 
 def warp(image: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
@@ -88,6 +89,8 @@ def warp(image: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
     b, _, h, w = flow.shape
     key = (flow.device, h, w)
     if key not in _GRIDS:
+        if len(_GRIDS) >= MAX_GRIDS:  # other sizes' grids: up to 134 MB each at 4096^2
+            _GRIDS.clear()
         gx = torch.linspace(-1.0, 1.0, w, device=flow.device).view(1, 1, w).expand(1, h, w)
         gy = torch.linspace(-1.0, 1.0, h, device=flow.device).view(1, h, 1).expand(1, h, w)
         _GRIDS[key] = torch.stack((gx, gy), -1)

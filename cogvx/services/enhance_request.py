@@ -86,7 +86,7 @@ def check_request(req: Request) -> Request:
 
 def probe_input(path: str | Path) -> VideoInfo:
     """Probe the input video and refuse sizes and lengths outside the caps."""
-    info = probe_video(path)
+    info = probe_video(path, max_frames=MAX_INPUT_FRAMES)  # a longer file is not read to its end
     name = info.path.name
     if min(info.width, info.height) < MIN_SIDE:
         raise ValueError(
@@ -103,15 +103,22 @@ def probe_input(path: str | Path) -> VideoInfo:
         raise ValueError(f"video {name} has {info.num_frames} frame; at least 2 are needed")
     if info.num_frames > MAX_INPUT_FRAMES:
         raise ValueError(
-            f"video {name} has {info.num_frames} frames ({info.duration:.1f} s at "
+            f"video {name} has more than {MAX_INPUT_FRAMES} frames ({info.duration:.1f} s at "
             f"{info.fps:.3g} fps); at most {MAX_INPUT_FRAMES} are accepted: trim it first"
         )
     return info
 
 
 def resolve_target_fps(target_fps: float | None, in_fps: float) -> float:
-    """target_fps, or twice the input rate when blank; never below the input rate."""
+    """target_fps, or twice the input rate when blank; never below the input rate, and within
+    the target_fps range either way."""
+    lo, hi = RANGES["target_fps"]
     if target_fps is None:
+        if not lo <= 2 * in_fps <= hi:
+            raise ValueError(
+                f"target_fps: left blank it is twice the input video's {in_fps:.3g} fps, "
+                f"{2 * in_fps:.3g}, outside the allowed {lo:g} to {hi:g}: set target_fps"
+            )
         return 2 * in_fps
     if target_fps < in_fps - 1e-6:
         raise ValueError(

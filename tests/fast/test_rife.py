@@ -80,6 +80,17 @@ def test_warp_integer_shift_and_border():
     assert torch.allclose(out[:, :, 2:, 8:], img[:, :, :7, 10:].expand(-1, -1, -1, 3), atol=1e-5)
 
 
+def test_warp_keeps_few_size_grids():
+    from cogvx.fast import rife
+
+    img = torch.rand(1, 3, 6, 7)
+    first = warp(img, torch.zeros(1, 2, 6, 7))
+    for size in range(8, 8 + 2 * rife.MAX_GRIDS):  # a server meets many frame sizes
+        warp(torch.rand(1, 3, size, size), torch.zeros(1, 2, size, size))
+        assert len(rife._GRIDS) <= rife.MAX_GRIDS
+    assert torch.equal(warp(img, torch.zeros(1, 2, 6, 7)), first)  # a rebuilt grid is the same
+
+
 def test_warp_half_pixel_is_bilinear():
     img = torch.arange(6.0).view(1, 1, 1, 6).expand(1, 1, 4, 6).contiguous()
     flow = torch.zeros(1, 2, 4, 6)

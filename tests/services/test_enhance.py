@@ -13,7 +13,7 @@ from safetensors.torch import save_file
 
 from cogvx.dev.enhance import tiny_ifnet_state_dict, tiny_realesrgan_state_dict
 from cogvx.dev.venhancer import tiny_text_encoder, tiny_tokenizer, tiny_vae
-from cogvx.errors import EnhanceMemoryError, EnhanceSetupError
+from cogvx.errors import CapacityError, EnhanceMemoryError, EnhanceSetupError
 from cogvx.fast import caps
 from cogvx.fast.models import FastModels, fast_enhance, fast_factor
 from cogvx.fast.rife import ifnet_from_state_dict, interpolate
@@ -64,6 +64,9 @@ def test_target_fps_defaults_to_twice_the_input_and_never_drops_it():
     assert resolve_target_fps(8.0, 8.0) == 8.0
     with pytest.raises(ValueError, match=r"target_fps=12 is below the input video's 24 fps"):
         resolve_target_fps(12.0, 24.0)
+    for in_fps in (200.0, 1e-4):  # blank: twice the input must still be an allowed target_fps
+        with pytest.raises(ValueError, match=r"target_fps: left blank .* outside the allowed 1 to"):
+            resolve_target_fps(None, in_fps)
 
 
 @pytest.mark.parametrize(
@@ -119,6 +122,27 @@ def test_fast_path_keeps_input_frames_and_matches_its_parts(fast_models):
     assert x2.shape == (9, 40, 60, 3)
     with pytest.raises(ValueError, match=r"up_scale=5 is not allowed on the fast path"):
         fast_enhance(fast_models, frames, up_scale=5, factor=1)
+
+
+def test_fast_path_caps_the_real_esrgan_size_before_the_resize(fast_models):
+    # 1.02 MP out is under the CPU cap, but x4 first makes 16 MP frames: refused before running
+    with pytest.raises(
+        ValueError, match=r"up_scale=1.01 runs Real-ESRGAN x4 on 1000x1000 frames, 16 MP"
+    ):
+        caps.check_fast_output(fast_models, 3, 1000, 1000, 1.01, 1, print)
+    assert caps.check_fast_output(fast_models, 3, 300, 300, 1.01, 1, print) == (3, 304, 304)
+
+
+def test_fast_path_out_of_gpu_memory_is_a_capacity_error(fast_models, monkeypatch):
+    from cogvx.fast import upscale
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 12.9 GiB")
+
+    monkeypatch.setattr(upscale, "upscale_tensor", out_of_memory)
+    frames = np.zeros((2, 20, 30, 3), np.uint8)
+    with pytest.raises(CapacityError, match=r"out of memory on the fast path \(2 frames 30x20"):
+        fast_enhance(fast_models, frames, up_scale=2, factor=1)
 
 
 def test_prompt_note_says_what_is_cut():
