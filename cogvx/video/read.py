@@ -19,8 +19,10 @@ SCAN_REORDER_MARGIN = 64  # packets read past the scan limit, so reordered (B-)f
 MAX_PROBE_FRAMES = 100_000  # a probe lists at most this many frames + 1 (55 min at 30 fps)
 # The decoder refuses a frame over this many times the stream's stated pixels (the stated size is
 # what callers cap; a later frame may not be larger: a 1 MB file could otherwise ask for 6 GB
-# frames). The slack covers FFmpeg's stride alignment, which counts toward its own check.
+# frames). The slack covers FFmpeg's stride alignment, which counts toward its own check, and
+# the floor the buffers some decoders size by it (mpeg4 at 64x48 needs 53,760).
 DECODE_PIXELS_SLACK = 2
+DECODE_PIXELS_FLOOR = 1 << 20
 
 
 class VideoReadError(InputError):
@@ -267,4 +269,4 @@ def read_frames(
 
 def _decode_pixels(info: VideoInfo) -> int:
     """The decoder's per-frame pixel limit for a stream stated as `info`'s size."""
-    return DECODE_PIXELS_SLACK * (info.width + 64) * (info.height + 64)
+    return max(DECODE_PIXELS_FLOOR, DECODE_PIXELS_SLACK * (info.width + 64) * (info.height + 64))

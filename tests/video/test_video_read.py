@@ -348,8 +348,8 @@ def _encoded(codec: str, size: int, value: int) -> bytes:
 
 
 def test_frames_larger_than_the_stated_size_are_refused(tmp_path):
-    grow = tmp_path / "grow.avi"  # states 64x64 (what callers cap), then carries 1024x1024 frames
-    small, big = _encoded("png", 64, 90), _encoded("png", 1024, 90)
+    grow = tmp_path / "grow.avi"  # states 64x64 (what callers cap), then carries 2048x2048 frames
+    small, big = _encoded("png", 64, 90), _encoded("png", 2048, 90)
     _mux_packets(grow, [small, big, big], [0, 40, 80], "png", 64)
     info = probe_video(grow)
     assert (info.width, info.height, info.num_frames) == (64, 64, 3)
