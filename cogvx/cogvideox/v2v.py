@@ -33,7 +33,9 @@ def plan_frames(
     allowed = sorted(allowed)
     if len(times) == 0:
         raise ValueError("video: it holds no frames")
-    targets = np.arange(0.0, times[-1] + 0.5 / model_fps, 1.0 / model_fps)
+    # at most max(allowed) samples are used: a timestamp far in the future cannot size the array
+    targets = np.arange(allowed[-1], dtype=np.float64) * (1.0 / model_fps)
+    targets = targets[targets < times[-1] + 0.5 / model_fps]
     idx = np.clip(np.searchsorted(times, targets), 0, len(times) - 1)
     prev = np.clip(idx - 1, 0, len(times) - 1)
     nearest = np.where(np.abs(times[prev] - targets) <= np.abs(times[idx] - targets), prev, idx)

@@ -21,6 +21,9 @@ def test_frames_are_sampled_at_the_model_rate_and_cut_to_an_allowed_count():
     assert "sampled at 8 fps from 30 fps: 25 frames" in plan.note
     long = plan_frames(np.arange(3000) / 30, 8, [9, 17, 25, 33, 41, 49])
     assert len(long.indices) == 49 and long.indices[-1] == 180  # the first 6 s
+    jump = np.append(np.arange(90) / 30, 1e9)  # one frame stamped 30 years on
+    far = plan_frames(jump, 8, [9, 17, 25])  # sized by the counts used, not by the last stamp
+    assert far.indices == plan_frames(np.arange(90) / 30, 8, [9, 17, 25]).indices
 
 
 def test_short_clips_use_consecutive_frames_and_too_short_ones_fail():
