@@ -140,6 +140,22 @@ def read_lora(path: str | Path, label: str | None = None) -> tuple[dict[str, tor
     return read_safetensors(path, f"LoRA {label or path}", LoraError)
 
 
+def _q(value: object) -> str:
+    """A key or name from the file, quoted and clipped for a message (keys may be megabytes)."""
+    return clip(repr(value), 120)
+
+
+def _alpha(value: object, label: str, what: str) -> float:
+    """A LoRA alpha from the file as a finite float, or LoraError naming where it came from."""
+    try:
+        alpha = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise LoraError(f"LoRA {label}: {what} {_q(value)} is not a number") from None
+    if not math.isfinite(alpha):
+        raise LoraError(f"LoRA {label}: {what} is {alpha}; it must be a finite number")
+    return alpha
+
+
 def _natural(key: str) -> list:
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", key)]
 
@@ -152,7 +168,12 @@ def _adapter_metadata(metadata: dict, label: str) -> dict:
         data = json.loads(raw)
     except ValueError:
         raise LoraError(f"LoRA {label}: unreadable lora_adapter_metadata") from None
-    return {k.removeprefix("transformer."): v for k, v in data.items()}
+    if not isinstance(data, dict):
+        raise LoraError(f"LoRA {label}: lora_adapter_metadata is not a JSON object")
+    meta = {k.removeprefix("transformer."): v for k, v in data.items()}
+    if not isinstance(meta.get("alpha_pattern") or {}, dict):
+        raise LoraError(f"LoRA {label}: alpha_pattern in lora_adapter_metadata is not an object")
+    return meta
 
 
 def normalize_lora(
@@ -172,6 +193,9 @@ def normalize_lora(
         except SatConversionError as e:
             raise LoraError(str(e)) from None
         state = {f"transformer.{k}": v for k, v in out.items()}
+        for k, t in state.items():
+            if not torch.isfinite(t).all():
+                raise LoraError(f"LoRA {label}: {_q(k)} holds NaN or infinite values")
         return state, {k: k for k in state}
     meta = _adapter_metadata(metadata or {}, label)
     pairs: dict[str, dict[str, tuple[str, torch.Tensor]]] = {}
@@ -179,7 +203,7 @@ def normalize_lora(
     kohya = next((k for k in sd if k.startswith(KOHYA_PREFIXES)), None)
     if kohya is not None:
         raise LoraError(
-            f"LoRA {label} is a Kohya-format LoRA ({kohya!r}: lora_unet_* / lora_te_* keys); "
+            f"LoRA {label} is a Kohya-format LoRA ({_q(kohya)}: lora_unet_* / lora_te_* keys); "
             "diffusers has no Kohya converter for CogVideoX, so it cannot be loaded. Use a "
             "diffusers/peft LoRA (transformer_blocks.N.attn1.to_q.lora_A.weight ...), as "
             "diffusers' and THUDM's CogVideoX trainers save"
@@ -187,19 +211,23 @@ def normalize_lora(
     for key in sorted(sd, key=_natural):
         if key.startswith(("text_encoder.", "te.", "lora_te")):
             raise LoraError(
-                f"LoRA {label}: {key!r} is a text-encoder LoRA; CogVideoX LoRAs adapt the "
+                f"LoRA {label}: {_q(key)} is a text-encoder LoRA; CogVideoX LoRAs adapt the "
                 "transformer only"
             )
         name = key
         for prefix in _STRIP_PREFIXES:
             name = name.removeprefix(prefix)
         if m := _ALPHA_KEY.match(name):
-            alphas[m["module"]] = float(sd[key].float().reshape(-1)[0])
+            if sd[key].numel() != 1:
+                raise LoraError(
+                    f"LoRA {label}: {_q(key)} holds {sd[key].numel()} values; an alpha is one"
+                )
+            alphas[m["module"]] = _alpha(sd[key].float().item(), label, _q(key))
             continue
         m = _LORA_KEY.match(name)
         if not m:
             raise LoraError(
-                f"LoRA {label}: key {key!r} is not a LoRA matrix (expected "
+                f"LoRA {label}: key {_q(key)} is not a LoRA matrix (expected "
                 "<module>.lora_A.weight / lora_B.weight, e.g. "
                 "transformer_blocks.0.attn1.to_q.lora_A.weight)"
             )
@@ -215,27 +243,34 @@ def normalize_lora(
         if set(ab) != {"A", "B"}:
             have = next(iter(ab.values()))[0]
             raise LoraError(
-                f"LoRA {label}: {have!r} has no matching lora_{'B' if 'A' in ab else 'A'}"
+                f"LoRA {label}: {_q(have)} has no matching lora_{'B' if 'A' in ab else 'A'}"
             )
         (ka, a), (kb, b) = ab["A"], ab["B"]
         if a.ndim != 2 or b.ndim != 2 or a.shape[0] != b.shape[1]:
             raise LoraError(
-                f"LoRA {label}: {ka!r} {tuple(a.shape)} and {kb!r} {tuple(b.shape)} are not a "
+                f"LoRA {label}: {_q(ka)} {tuple(a.shape)} and {_q(kb)} {tuple(b.shape)} are not a "
                 "rank-r pair [r, in] / [out, r]"
             )
         r = a.shape[0]
+        if r == 0:
+            raise LoraError(f"LoRA {label}: {_q(ka)} has rank 0 (shape {tuple(a.shape)})")
         if module in alphas:
             alpha = alphas[module]
         elif alpha_pattern:
             from peft.utils.other import get_pattern_key
 
             pattern = get_pattern_key(list(alpha_pattern), module)
-            alpha = float(alpha_pattern.get(pattern, default_alpha or r))
+            value = alpha_pattern.get(pattern, default_alpha or r)
+            alpha = _alpha(value, label, f"alpha_pattern's alpha for {_q(module)}")
         else:
-            alpha = float(default_alpha) if default_alpha else float(r)
+            alpha = _alpha(default_alpha, label, "lora_alpha") if default_alpha else float(r)
         scale = alpha / (math.sqrt(r) if rslora else r)
-        out[f"transformer.{module}.lora_A.weight"] = a.float()
-        out[f"transformer.{module}.lora_B.weight"] = b.float() * scale
+        a, b = a.float(), b.float() * scale
+        for k, t in ((ka, a), (kb, b)):
+            if not torch.isfinite(t).all():  # NaN/inf: a black video reported as a success
+                raise LoraError(f"LoRA {label}: {_q(k)} holds NaN or infinite values")
+        out[f"transformer.{module}.lora_A.weight"] = a
+        out[f"transformer.{module}.lora_B.weight"] = b
         origin[f"transformer.{module}.lora_A.weight"] = ka
         origin[f"transformer.{module}.lora_B.weight"] = kb
     return out, origin
@@ -258,14 +293,14 @@ def check_fits(
         module = modules.get(module_name)
         if module is None:
             raise LoraError(
-                f"LoRA {label} does not fit {model}: {key!r} targets {module_name!r}, which "
+                f"LoRA {label} does not fit {model}: {_q(key)} targets {_q(module_name)}, which "
                 f"{model} does not have ({blocks} transformer blocks)"
             )
         module = getattr(module, "base_layer", module)  # a LoRA-wrapped layer (one is loaded)
         weight = getattr(module, "weight", None)
         if not isinstance(module, torch.nn.Linear) or weight is None:
             raise LoraError(
-                f"LoRA {label} does not fit {model}: {key!r} targets {module_name!r}, "
+                f"LoRA {label} does not fit {model}: {_q(key)} targets {_q(module_name)}, "
                 f"a {type(module).__name__}, not a linear layer"
             )
         t = state[new_key]
@@ -274,7 +309,7 @@ def check_fits(
         if not ok:
             want = f"[r, {in_f}]" if tail.startswith("A") else f"[{out_f}, r]"
             raise LoraError(
-                f"LoRA {label} does not fit {model}: {key!r} has shape {list(t.shape)}, "
+                f"LoRA {label} does not fit {model}: {_q(key)} has shape {list(t.shape)}, "
                 f"{module_name} needs {want} (a LoRA trained for another model?)"
             )
 

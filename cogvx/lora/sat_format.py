@@ -17,6 +17,7 @@ from typing import cast
 import torch
 
 from cogvx.errors import WeightsFileError
+from cogvx.log import clip
 
 SAT_PREFIX = "model.diffusion_model."
 
@@ -64,7 +65,8 @@ def collect_lora(sd: dict[str, torch.Tensor], path: str | Path = "checkpoint") -
         (mod.a if m["ab"] == "A" else mod.b)[int(m["i"])] = t
     if unknown:
         raise SatConversionError(
-            f"{path}: LoRA matrices this exporter does not know: {unknown[:10]} "
+            f"{path}: LoRA matrices this exporter does not know: "
+            f"{[clip(k, 120) for k in unknown[:10]]} "
             "(supported: attention.query_key_value and attention.dense)"
         )
     if not mods:

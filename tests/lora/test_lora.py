@@ -344,6 +344,36 @@ def test_loras_that_do_not_fit_name_the_first_bad_key(tmp_path, pipe, tensors, m
         prepare_lora(path, pipe.transformer, "t2v-5b", "bad.safetensors")
 
 
+Q = "transformer_blocks.0.attn1.to_q"
+
+
+def _pair(r: int = 4, fill: float = 0.1) -> dict[str, torch.Tensor]:
+    return {f"{Q}.lora_A.weight": torch.full((r, 32), fill),
+            f"{Q}.lora_B.weight": torch.full((32, r), fill)}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("tensors", "metadata", "message"),
+    [
+        (_pair(), {"transformer.lora_alpha": "abc"}, r"lora_alpha 'abc' is not a number"),
+        (_pair(), {"transformer.lora_alpha": float("inf")}, r"lora_alpha is inf; it must be"),
+        (_pair(), [1, 2], r"lora_adapter_metadata is not a JSON object"),
+        (_pair(), {"alpha_pattern": [1]}, r"alpha_pattern in .* not an object"),
+        ({**_pair(), f"{Q}.alpha": torch.zeros(0)}, None, r"\.alpha' holds 0 values"),
+        (_pair(r=0), None, r"lora_A.weight' has rank 0"),
+        (_pair(fill=float("nan")), None, r"lora_A.weight' holds NaN or infinite values"),
+        ({"x" * 100_000 + ".weight": torch.zeros(2)}, None, r"'x{100,120}… \(\d+ chars\) is not a"),
+    ],
+)  # fmt: skip
+def test_malformed_lora_files_are_lora_errors(tmp_path, pipe, tensors, metadata, message):
+    path = tmp_path / "bad.safetensors"
+    meta = None if metadata is None else {"lora_adapter_metadata": json.dumps(metadata)}
+    save_file(tensors, str(path), metadata=meta)
+    with pytest.raises(LoraError, match=message) as err:
+        prepare_lora(path, pipe.transformer, "t2v-5b", "bad.safetensors")
+    assert len(str(err.value)) < 1000  # a key of 100 kB is quoted clipped
+
+
 def test_a_failed_replacement_keeps_the_slot_consistent(tmp_path, pipe, server, lora_files):
     base = _out(pipe.transformer)
     slot = LoraSlot(pipe, "t2v-5b", LoraCache(tmp_path, min_free_bytes=0), log=lambda _: None)
