@@ -147,6 +147,9 @@ class VideoModel:
             folder, dtype=torch_dtype(v.dtype, plan.device)
         )
         pipe.set_progress_bar_config(mininterval=1.0)
+        for module in pipe.components.values():  # inference only; and a LoRA's load/unload
+            if isinstance(module, torch.nn.Module):  # freezes the base weights: compiled graphs
+                module.requires_grad_(False)  # guard on requires_grad, so freeze them up front
         use_variant_scheduler(pipe, v, log)
         apply_plan(pipe, plan, log)
         bound_library_logs()  # diffusers logs the truncated part of a prompt: clip its records

@@ -53,6 +53,9 @@ def test_the_loader_runs_the_variants_scheduler(model, want, tmp_path, monkeypat
     loaded, logs = _load(model, folder, tmp_path, monkeypatch)
     sched = loaded.pipe.scheduler
     assert type(sched) is want and sched.config.timestep_spacing == "trailing"
+    grads = [p.requires_grad for m in loaded.pipe.components.values()
+             if isinstance(m, torch.nn.Module) for p in m.parameters()]  # fmt: skip
+    assert grads and not any(grads)  # frozen from the start, as a LoRA's unload leaves them
     assert sched.config.snr_shift_scale == get_variant(model).snr_shift_scale  # config kept
     line = next(m for m in logs if m.startswith("scheduler:"))
     if want is CogVideoXDPMScheduler:
