@@ -24,9 +24,23 @@ def shown(value: Any, limit: int = VALUE_LIMIT) -> str:
     return clip(repr(value), limit)
 
 
+def plain_text(value: str | None, name: str) -> str:
+    """`value` stripped ('' for None), refused if it is not valid Unicode (a lone surrogate
+    from a JSON escape like \\ud800 breaks the tokenizers with an error naming nothing)."""
+    value = (value or "").strip()
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InputError(
+            f"{name} holds an invalid character at position {exc.start} (a lone UTF-16 "
+            "surrogate); send valid Unicode text"
+        ) from None
+    return value
+
+
 def prompt(text: str | None, name: str = "prompt") -> str:
     """A non-empty prompt, stripped."""
-    text = (text or "").strip()
+    text = plain_text(text, name)
     if not text:
         raise InputError(f"{name} must not be empty; describe the video you want")
     return text

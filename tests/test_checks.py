@@ -195,3 +195,13 @@ def test_diffusers_and_transformers_handlers_get_the_filter():
         assert handlers and all(
             any(isinstance(f, ClipFilter) for f in h.filters) for h in handlers
         ), name
+
+
+def test_text_with_a_lone_surrogate_names_the_input():
+    # JSON allows "\ud800" escapes, and Python decodes them to a lone surrogate
+    with pytest.raises(checks.InputError, match=r"prompt holds an invalid character at position 2"):
+        checks.prompt("a \ud800 cat")
+    with pytest.raises(checks.InputError, match=r"negative_prompt holds an invalid character"):
+        checks.plain_text("\udfff", "negative_prompt")
+    assert checks.plain_text(None, "negative_prompt") == ""
+    assert checks.prompt("  un chat 猫 🐈 ") == "un chat 猫 🐈"

@@ -111,7 +111,7 @@ class VideoService:
             num_frames = checks.integer_choice("num_frames", num_frames, v.allowed_frames)
         req = Request(
             prompt=prompt,
-            negative_prompt=(negative_prompt or "").strip(),
+            negative_prompt=checks.plain_text(negative_prompt, "negative_prompt"),
             num_frames=num_frames,
             num_inference_steps=num_inference_steps,
             guidance_scale=float(
