@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cogvx.video import probe_video, read_frames
+from cogvx.video import probe_video, read_frames, refuse_larger_frames
 
 Log = Callable[[str], None]
 MAX_SOURCE_PIXELS = 4096 * 4096  # per frame; larger streams are refused before decoding
@@ -81,11 +81,7 @@ def load_video(
     path = Path(path)
     scan = max(allowed) / model_fps + 1.0
     info = probe_video(path, scan_seconds=scan)
-    if info.width * info.height > MAX_SOURCE_PIXELS:
-        raise ValueError(
-            f"video {path.name} is {info.width}x{info.height}; frames up to "
-            f"{MAX_SOURCE_PIXELS / 1e6:.0f} MP are accepted: downscale it first"
-        )
+    refuse_larger_frames(info, MAX_SOURCE_PIXELS)
     plan = plan_frames(info.timestamps, model_fps, allowed)
     cw, ch = cover_size((info.width, info.height), (width, height))
     frames = read_frames(path, plan.indices, info=info, size=(cw, ch))

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from cogvx.checks import shown
 from cogvx.errors import LoraError
 from cogvx.log import clip
 from cogvx.lora.sources import HF_DEFAULT_FILE
@@ -142,7 +143,7 @@ def read_lora(path: str | Path, label: str | None = None) -> tuple[dict[str, tor
 
 def _q(value: object) -> str:
     """A key or name from the file, quoted and clipped for a message (keys may be megabytes)."""
-    return clip(repr(value), 120)
+    return shown(value, 120)
 
 
 def _alpha(value: object, label: str, what: str) -> float:

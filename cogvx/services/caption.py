@@ -25,7 +25,7 @@ from cogvx.log import bound_library_logs
 from cogvx.log import log as log_line
 from cogvx.models import get_deployment
 from cogvx.settings import QUANTIZE_ENV
-from cogvx.video import VideoInfo, VideoReadError, probe_video, read_frames
+from cogvx.video import VideoInfo, VideoReadError, probe_video, read_frames, refuse_larger_frames
 from cogvx.weights.install import find_weights_root, install_model
 
 Log = Callable[[str], None]
@@ -168,11 +168,7 @@ def load_clip(
     info = probe_video(path, scan_seconds=read_seconds)
     name = info.path.name
     w, h = info.width, info.height
-    if w * h > MAX_SOURCE_PIXELS:
-        raise ValueError(
-            f"video {name} is {w}x{h}; frames up to {MAX_SOURCE_PIXELS / 1e6:.0f} MP are "
-            "accepted: downscale it first"
-        )
+    refuse_larger_frames(info, MAX_SOURCE_PIXELS)
     if max(w, h) / min(w, h) > MAX_ASPECT:
         raise ValueError(
             f"video {name}: {w}x{h} has an aspect ratio above {MAX_ASPECT:g}:1; crop it first"

@@ -12,7 +12,7 @@ import torch
 
 from cogvx import checks
 from cogvx.venhancer.schedule import SOLVER_MODES
-from cogvx.video import OUTPUT_FORMATS, VideoInfo, probe_video
+from cogvx.video import OUTPUT_FORMATS, VideoInfo, probe_video, refuse_larger_frames
 
 Log = Callable[[str], None]
 
@@ -92,11 +92,7 @@ def probe_input(path: str | Path) -> VideoInfo:
         raise ValueError(
             f"video {name} is {info.width}x{info.height}; both sides must be >= {MIN_SIDE} pixels"
         )
-    if info.width * info.height > MAX_INPUT_PIXELS:
-        raise ValueError(
-            f"video {name} is {info.width}x{info.height}; frames up to "
-            f"{MAX_INPUT_PIXELS / 1e6:.0f} MP are accepted: downscale it first"
-        )
+    refuse_larger_frames(info, MAX_INPUT_PIXELS)
     if not 0 < info.fps <= 240:
         raise ValueError(f"video {name} states {info.fps:g} fps; 0-240 fps are accepted")
     if info.num_frames < 2:

@@ -9,6 +9,7 @@ from cogvx.video.read import (
     VideoReadError,
     probe_video,
     read_frames,
+    refuse_larger_frames,
 )
 from cogvx.video.write import (
     OUTPUT_FORMATS,
@@ -29,6 +30,7 @@ __all__ = [
     "fresh_output_path",
     "probe_video",
     "read_frames",
+    "refuse_larger_frames",
     "save_video",
     "to_uint8_frames",
     "write_video",

@@ -267,6 +267,15 @@ def read_frames(
     return np.stack([got[i] for i in wanted_list])
 
 
+def refuse_larger_frames(info: VideoInfo, max_pixels: int) -> None:
+    """ValueError when the stream's stated frames are over `max_pixels`."""
+    if info.width * info.height > max_pixels:
+        raise ValueError(
+            f"video {info.path.name} is {info.width}x{info.height}; frames up to "
+            f"{max_pixels / 1e6:.0f} MP are accepted: downscale it first"
+        )
+
+
 def _decode_pixels(info: VideoInfo) -> int:
     """The decoder's per-frame pixel limit for a stream stated as `info`'s size."""
     return max(DECODE_PIXELS_FLOOR, DECODE_PIXELS_SLACK * (info.width + 64) * (info.height + 64))
