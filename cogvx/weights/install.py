@@ -70,11 +70,12 @@ def install_weights(
                 "a local .tar file or a local folder)"
             )
     label = safe_url(src) if remote else str(Path(src).resolve())
+    identity = source_identity(src, remote)
     pget = _find_pget(use_pget) if remote else None
     dest = Path(dest).absolute()
     dest.parent.mkdir(parents=True, exist_ok=True)
     with _install_lock(dest, log):
-        if _marker_ok(dest, label, log):
+        if _marker_ok(dest, label, identity, log):
             log(f"weights: {dest} already holds {label}; skipping download")
             return dest
         _remove(dest)
@@ -96,10 +97,13 @@ def install_weights(
             if checker is not None:
                 os.chmod(tmp, 0o755)  # extract_stream made it private while tar ran
             verified = _verify(tmp, files, checker, label)
-            _write_marker(tmp, label, files, verified, log)
+            _write_marker(tmp, label, identity, files, verified, log)
             os.rename(tmp, dest)
         except BaseException:
-            _remove(tmp)
+            try:
+                _remove(tmp)
+            except OSError as e:  # keep the install's own error; the next install retries
+                log(f"weights: could not remove {tmp} ({e})")
             raise
     seconds = time.monotonic() - t0
     size = sum(files.values())
@@ -164,13 +168,24 @@ def _install_lock(dest: Path, log: Log) -> Iterator[None]:
         os.close(fd)
 
 
-def _marker_ok(dest: Path, label: str, log: Log) -> bool:
+def source_identity(src: str, remote: bool) -> str:
+    """What must match for an installed folder to count as this source: a local tarball's size
+    and mtime; for a URL its address without the query (signed URLs rotate their tokens, so
+    publish changed weights at a new path)."""
+    if remote:
+        return "url:" + safe_url(src)
+    st = os.stat(src)
+    return f"file:{st.st_size}:{st.st_mtime_ns}"
+
+
+def _marker_ok(dest: Path, label: str, identity: str, log: Log) -> bool:
     if not dest.exists() and not dest.is_symlink():
         return False
     try:
         marker = json.loads((dest / MARKER_NAME).read_text())
         files = marker["files"]
         source = marker["source"]
+        installed_identity = marker.get("identity")
     except FileNotFoundError:
         log(f"weights: {dest} exists without {MARKER_NAME} (half-installed?); reinstalling")
         return False
@@ -179,6 +194,9 @@ def _marker_ok(dest: Path, label: str, log: Log) -> bool:
         return False
     if source != label:
         log(f"weights: {dest} holds {source}, not {label}; reinstalling")
+        return False
+    if installed_identity != identity:
+        log(f"weights: {dest} holds another version of {label} (size or mtime); reinstalling")
         return False
     for rel, size in files.items():
         try:
@@ -196,7 +214,19 @@ def _remove(path: Path) -> None:
     if path.is_symlink() or path.is_file():
         path.unlink()
     elif path.is_dir():
-        shutil.rmtree(path)
+        shutil.rmtree(path, onerror=_writable_and_retry)
+
+
+def _writable_and_retry(func: Callable[..., Any], target: str, exc: Any) -> None:
+    """rmtree's error handler: a read-only folder (a tarball's 0555 dir) is made writable."""
+    parent = os.path.dirname(target)
+    try:
+        os.chmod(parent, stat.S_IMODE(os.lstat(parent).st_mode) | stat.S_IRWXU)
+        if func is not os.unlink and os.path.isdir(target) and not os.path.islink(target):
+            os.chmod(target, stat.S_IRWXU)
+        func(target)
+    except OSError:
+        raise exc[1] from None
 
 
 def _find_pget(use_pget: bool | None) -> str | None:
@@ -303,18 +333,26 @@ def _run_logged(cmd: list[str], redact: Callable[[str], str], log: Log) -> tuple
         cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace"
     ) as proc:
         assert proc.stdout is not None
-        for raw in proc.stdout:
-            line = redact(raw.rstrip())
-            log(f"pget: {line}")
-            tail = (tail + [line])[-20:]
+        try:
+            for raw in proc.stdout:
+                line = redact(raw.rstrip())
+                log(f"pget: {line}")
+                tail = (tail + [line])[-20:]
+        except BaseException:  # interrupted: pget must not outlive the install lock
+            proc.kill()
+            proc.wait()
+            raise
     return proc.returncode, tail
 
 
 def data_mode(mode: int, is_dir: bool) -> int:
     """Permission bits without what tarfile's `data` filter drops: setuid/setgid/sticky, group and
-    other write, and (files) x bits when the owner has none. Bits are only ever removed."""
+    other write, and (files) x bits when the owner has none. Folders stay owner-rwx, so the
+    cache can always replace them; other bits are only ever removed."""
     mode &= 0o755
-    if not is_dir and not mode & 0o100:
+    if is_dir:
+        mode |= 0o700
+    elif not mode & 0o100:
         mode &= ~0o111
     return mode
 
@@ -359,13 +397,14 @@ def _scan_tree(root: Path, label: str) -> dict[str, int]:
 
 def _verify(root: Path, files: dict[str, int], checker: TarChecker | None, label: str) -> bool:
     """Check files against the manifest when there is one; True when sha256 was verified."""
-    if checker is not None:
+    streamed = checker is not None and checker.manifest is not None
+    if checker is not None and checker.manifest is not None:
         manifest = checker.manifest
-    elif (root / MANIFEST_NAME).is_file():
+    elif (root / MANIFEST_NAME).is_file():  # pget's tree, or a manifest that was not first
         manifest = parse_manifest((root / MANIFEST_NAME).read_bytes(), label)
     else:
-        manifest = None
-    if manifest is None:
+        if checker is not None:
+            _match_members(files, checker, label)
         return False
     expected: dict[str, dict[str, Any]] = manifest["files"]
     for rel, info in expected.items():
@@ -379,7 +418,8 @@ def _verify(root: Path, files: dict[str, int], checker: TarChecker | None, label
     extra = sorted(set(files) - set(expected) - {MANIFEST_NAME})
     if extra:
         raise WeightsError(f"{label}: files not listed in the manifest: {', '.join(extra[:5])}")
-    if checker is not None:
+    if streamed:
+        assert checker is not None
         digests: Mapping[str, str | None] = {
             name: sha for name, (_, sha) in checker.digests().items()
         }
@@ -394,10 +434,28 @@ def _verify(root: Path, files: dict[str, int], checker: TarChecker | None, label
     return True
 
 
-def _write_marker(root: Path, label: str, files: dict[str, int], verified: bool, log: Log) -> None:
+def _match_members(files: dict[str, int], checker: TarChecker, label: str) -> None:
+    """Without a manifest: the extracted tree must hold exactly the tar's files, at their sizes
+    (tar options from the environment, or a tar that skipped a member, would change it)."""
+    members = {name: size for name, (size, _) in checker.files.items()}
+    for rel, size in sorted(members.items()):
+        if files.get(rel) != size:
+            got = "missing" if rel not in files else f"{files[rel]} bytes"
+            raise WeightsError(
+                f"{label}: {rel} is {size} bytes in the tarball but {got} after extraction"
+            )
+    extra = sorted(set(files) - set(members))
+    if extra:
+        raise WeightsError(f"{label}: files not in the tarball appeared: {', '.join(extra[:5])}")
+
+
+def _write_marker(
+    root: Path, label: str, identity: str, files: dict[str, int], verified: bool, log: Log
+) -> None:
     marker = {
         "format": 1,
         "source": label,
+        "identity": identity,
         "sha256_verified": verified,
         "bytes": sum(files.values()),
         "files": files,

@@ -601,3 +601,42 @@ def test_without_content_length_the_manifest_and_the_floor_guard_the_disk(
         with pytest.raises(WeightsError, match=r"stopped after \d+ MB with 52 MB free"):
             fetch(srv.url("/bare.tar"), tmp_path / "w")
     no_leftovers(tmp_path / "w")
+
+
+def test_rebuilt_local_tarball_is_reinstalled(tmp_path):
+    from cogvx.weights import install_weights
+    from cogvx.weights.pack import pack_folder
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.bin").write_bytes(b"v1")
+    tar = tmp_path / "w.tar"
+    pack_folder(src, tar, log=lambda _: None)
+    dest = tmp_path / "w"
+    install_weights(tar, dest, log=lambda _: None)
+    (src / "a.bin").write_bytes(b"v2")
+    (src / "extra.json").write_text("{}")
+    pack_folder(src, tar, log=lambda _: None)
+    os.utime(tar, ns=(1, 1))  # another version, whatever the clock's resolution
+    logs: list[str] = []
+    install_weights(tar, dest, log=logs.append)
+    assert (dest / "a.bin").read_bytes() == b"v2" and (dest / "extra.json").is_file()
+    assert any("another version" in line for line in logs)
+
+
+def test_manifest_that_is_not_the_first_member_is_still_checked(tmp_path):
+    from cogvx.errors import WeightsError
+    from cogvx.weights import install_weights
+
+    manifest = {
+        "format": 1,
+        "files": {"a.bin": {"size": 4, "sha256": hashlib.sha256(b"good").hexdigest()}},
+    }
+    tar = tmp_path / "w.tar"
+    with tarfile.open(tar, "w") as tf:
+        for name, data in (("a.bin", b"evil"), (MANIFEST_NAME, json.dumps(manifest).encode())):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    with pytest.raises(WeightsError, match="sha256 mismatch for a.bin"):
+        install_weights(tar, tmp_path / "w", log=lambda _: None)
