@@ -25,6 +25,7 @@ from typing import Any
 from cogvx.children import die_with_parent, free_port
 from cogvx.cogvideox.generate import Request, Result, VideoModel, resolve_weights
 from cogvx.errors import InputError, SetupError
+from cogvx.gpu import resolve_seed
 from cogvx.log import log as log_line
 from cogvx.lora.cache import LoraCache
 from cogvx.models import Variant, get_variant
@@ -264,6 +265,8 @@ class ParallelVideoModel:
         if not self.procs:
             self._spawn()  # the pool was stopped after a hang: start it again
         req = self._fetch_lora(req)
+        # a blank seed is drawn once here: each rank drawing its own would mix different noises
+        req = replace(req, seed=resolve_seed(req.seed, self.log))
         for conn in self.conns:
             conn.send(("run", req))
         try:

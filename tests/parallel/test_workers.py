@@ -75,6 +75,12 @@ def test_ulysses_split_matches_the_single_process_run(pool, single):
     assert "attention computed" in text
 
 
+def test_blank_seed_is_drawn_once_for_every_rank(pool, single):
+    blank = pool.generate(_request(seed=None, num_inference_steps=2))
+    alone = single.generate(_request(seed=blank.seed, num_inference_steps=2))
+    assert _max_diff(blank.frames, alone.frames) <= FRAME_TOLERANCE  # the logged seed reproduces
+
+
 def test_a_lora_is_downloaded_once_for_every_rank(pool, single, tmp_path):
     """The predictor fetches it; both ranks load it from the cache; the split run with the LoRA
     matches the single-process run with it, and differs from the base model."""
