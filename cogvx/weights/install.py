@@ -398,7 +398,8 @@ def _scan_tree(root: Path, label: str) -> dict[str, int]:
 def _verify(root: Path, files: dict[str, int], checker: TarChecker | None, label: str) -> bool:
     """Check files against the manifest when there is one; True when sha256 was verified."""
     streamed = checker is not None and checker.manifest is not None
-    if checker is not None and checker.manifest is not None:
+    if streamed:
+        assert checker is not None and checker.manifest is not None
         manifest = checker.manifest
     elif (root / MANIFEST_NAME).is_file():  # pget's tree, or a manifest that was not first
         manifest = parse_manifest((root / MANIFEST_NAME).read_bytes(), label)
