@@ -14,6 +14,7 @@ import torch
 from cogvx import checks
 from cogvx.cogvideox.cost import GenerationCost, generation_cost
 from cogvx.cogvideox.tiling import set_tiling
+from cogvx.errors import InputError
 from cogvx.gpu import MemoryPlan, apply_plan, cpu_generator, current_plan, resolve_seed, torch_dtype
 from cogvx.log import bound_library_logs
 from cogvx.log import log as log_line
@@ -189,7 +190,7 @@ class VideoModel:
         return cut
 
     def check(self, req: Request) -> None:
-        """Validate a request against this variant; ValueError names the input."""
+        """Validate a request against this variant; InputError names the input."""
         v = self.variant
         req.prompt = checks.prompt(req.prompt)
         req.seed = checks.seed(req.seed)
@@ -198,18 +199,18 @@ class VideoModel:
             "num_inference_steps", req.num_inference_steps, *STEPS_RANGE
         )
         if v.task == "i2v" and req.image is None:
-            raise ValueError(f"image is required: {v.name} animates an input image")
+            raise InputError(f"image is required: {v.name} animates an input image")
         if v.task != "i2v" and req.image is not None:
-            raise ValueError(f"image is not an input of {v.name} (a text-to-video model)")
+            raise InputError(f"image is not an input of {v.name} (a text-to-video model)")
         if req.video is not None:
             if v.task != "t2v":
-                raise ValueError(
+                raise InputError(
                     f"video is not an input of {v.name}; video-to-video needs a T2V model"
                 )
             checks.choice("video frame count", len(req.video), v.v2v_frames)
             checks.in_range("strength", req.strength, *STRENGTH_RANGE)
             if int(req.num_inference_steps * req.strength) < 1:
-                raise ValueError(
+                raise InputError(
                     f"strength={req.strength} with num_inference_steps={req.num_inference_steps} "
                     "leaves no denoising step; raise either so steps x strength >= 1"
                 )

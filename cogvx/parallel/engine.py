@@ -25,13 +25,19 @@ from diffusers.models._modeling_parallel import (
 )
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 
-from cogvx.parallel.plan import Degrees
+from cogvx.errors import SetupError
+from cogvx.parallel.plan import Degrees, ulysses_accepts
 from cogvx.speed.attention import DispatchCogVideoXAttnProcessor, use_dispatch_processor
 
 GROUP_TIMEOUT = datetime.timedelta(minutes=30)  # a 1.5 request at 161 frames runs for minutes
 CFG_HOOK = "cogvx_cfg_parallel"
 _SEQ = ContextParallelInput(split_dim=1, expected_dims=3, split_output=False)
 _ROPE_ROWS = ContextParallelInput(split_dim=0, expected_dims=2, split_output=False)
+# diffusers' backends that raise on return_lse=True, which Ring attention needs to merge chunks
+NO_LSE_BACKENDS = frozenset(
+    {"native", "_native_efficient", "_native_math", "_native_npu", "_native_xla", "sage_varlen",
+     "xformers"}
+)  # fmt: skip
 COGVIDEOX_CP_PLAN: dict[str, Any] = {
     "": {"image_rotary_emb": [_ROPE_ROWS, _ROPE_ROWS]},  # (cos, sin): one row per video token
     "transformer_blocks.0": {"hidden_states": _SEQ, "encoder_hidden_states": _SEQ},
@@ -41,7 +47,8 @@ COGVIDEOX_CP_PLAN: dict[str, Any] = {
 
 def init_group(rank: int, world: int, address: str, device_type: str) -> None:
     """Join the process group: NCCL for CUDA tensors, gloo for the CPU ones (diffusers gathers
-    uneven shard sizes on a CPU group)."""
+    uneven shard sizes on a CPU group). `address`: the rendezvous, a `file://` URL in the
+    predictor's private folder (a `tcp://` store would listen on every interface)."""
     backend = "cpu:gloo,cuda:nccl" if device_type == "cuda" else "cpu:gloo"
     if device_type == "cuda":
         torch.cuda.set_device(rank)
@@ -99,6 +106,12 @@ class CfgSplitHook(ModelHook):
 def enable_parallel(transformer: Any, d: Degrees, device_type: str) -> None:
     """Put the split on `transformer`: dispatcher attention with the context-parallel config,
     the CogVideoX plan's split/gather hooks, and the CFG hook outermost."""
+    heads = int(transformer.config.num_attention_heads)
+    if not ulysses_accepts(heads, d.ulysses):
+        raise SetupError(
+            f"ulysses={d.ulysses}: diffusers cannot split this transformer's {heads} attention "
+            "heads over that many ranks"
+        )
     mesh = build_mesh(d, device_type)
     processors = transformer.attn_processors.values()
     if not all(isinstance(p, DispatchCogVideoXAttnProcessor) for p in processors):
@@ -121,6 +134,28 @@ def enable_parallel(transformer: Any, d: Degrees, device_type: str) -> None:
     if d.cfg > 1:
         registry = HookRegistry.check_if_exists_or_initialize(transformer)
         registry.register_hook(CfgSplitHook(mesh["cfg"]), CFG_HOOK)
+
+
+def check_ring_backend(transformer: Any, d: Degrees) -> None:
+    """SetupError when Ring attention (ring > 1) would run on a backend that cannot return the
+    log-sum-exp (diffusers' `native` and other SDPA backends): every request would fail."""
+    if d.ring <= 1:
+        return
+    from diffusers.models.attention_dispatch import _AttentionBackendRegistry
+
+    active = str(_AttentionBackendRegistry.get_active_backend()[0].value)
+    used = {
+        active if p.backend is None else str(p.backend.value)
+        for p in transformer.attn_processors.values()
+        if isinstance(p, DispatchCogVideoXAttnProcessor)
+    }
+    refused = sorted(used & NO_LSE_BACKENDS)
+    if refused:
+        raise SetupError(
+            f"COGVX_PARALLEL ring={d.ring}: Ring attention needs an attention backend that "
+            f"returns the log-sum-exp (flash, sage, _native_flash, _native_cudnn), not "
+            f"{', '.join(refused)}; set COGVX_ATTENTION to one, or split with ulysses"
+        )
 
 
 def agree(flag: bool) -> bool:

@@ -5,8 +5,11 @@ count_tokens, generate). Each request goes to every rank; rank 0 decodes and ret
 and relays its log lines (the other ranks stop at the latents). A request's LoRA is downloaded
 once, by the predictor, into the cache every rank reads. A cancel or an error reaches every rank
 at the same step (they agree once per step); a rank that dies or stops answering restarts the
-whole pool, and the request fails with the reason. Messages travel over the predictor's own
-pipes (never a user source).
+whole pool, and the request fails with the reason (the first failure, and how a dead rank
+exited); a rank found dead between requests restarts the pool before the next request runs.
+Messages travel over the predictor's own pipes (never a user source), and every request carries
+an id: its replies, and its cancel, never reach another request. The ranks meet through a file in
+a private folder (no listening socket for the rendezvous).
 """
 
 from __future__ import annotations
@@ -14,6 +17,9 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import queue
+import shutil
+import signal
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -22,7 +28,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from cogvx.children import die_with_parent, free_port
+from cogvx.children import PARENT_GONE_EXIT, exit_with_parent
 from cogvx.cogvideox.generate import Request, Result, VideoModel, resolve_weights
 from cogvx.errors import InputError, SetupError
 from cogvx.gpu import resolve_seed
@@ -56,10 +62,16 @@ def worker_main(
     rung: int | None,
 ) -> None:
     """One rank: join the group, load the pipeline, split it, warm up at fallback step `rung`
-    (None: no warm-up), then serve requests until stop."""
-    die_with_parent()
-    from cogvx.parallel.engine import agree, enable_parallel, init_group
+    (None: no warm-up), then serve requests until stop.
+
+    Replies are (kind, request id, ...): ("ready", 0, pid), ("done", id, result),
+    ("canceled", id), ("error", id, what, message[, more]); log lines are ("log", line).
+    `cancel` holds the id of the request to stop (every rank agrees at the same step)."""
+    exit_with_parent()  # not PR_SET_PDEATHSIG: it fires when the starting *thread* exits
+    from cogvx.parallel.engine import agree, check_ring_backend, enable_parallel, init_group
     from cogvx.speed.apply import WarmUpFailed
+
+    running = [0]  # the id of the request in progress
 
     def log(line: str) -> None:
         if rank == 0:
@@ -70,52 +82,73 @@ def worker_main(
         vm = VideoModel.load(model, folder, log=log, warm_up=False)
         vm.decode = rank == 0  # only rank 0's frames are returned
         enable_parallel(vm.pipe.transformer, degrees, device_type)
+        check_ring_backend(vm.pipe.transformer, degrees)
         if rung is not None:  # every rank together: the compiled graphs see the split
             vm.warm_up(rung)
+            check_ring_backend(vm.pipe.transformer, degrees)  # a fallback may reach native
 
         def after_step() -> None:
-            if agree(cancel.is_set()):
+            if agree(cancel.value == running[0]):
                 raise Canceled
 
         vm.step_callback = after_step
-        conn.send(("ready", os.getpid()))
+        conn.send(("ready", 0, os.getpid()))
     except WarmUpFailed as exc:  # the predictor restarts every rank at the next step, or gives up
-        conn.send(("error", "warm-up", str(exc), exc.more))
+        conn.send(("error", 0, "warm-up", str(exc), exc.more))
         return
     except BaseException as exc:  # noqa: BLE001 (reported to the predictor, which fails setup)
-        conn.send(("error", "setup", f"{type(exc).__name__}: {exc}"))
+        conn.send(("error", 0, "setup", f"{type(exc).__name__}: {exc}"))
         return
     while True:
-        message = conn.recv()
+        try:
+            message = conn.recv()
+        except EOFError:  # the predictor is gone
+            os._exit(PARENT_GONE_EXIT)
         if message[0] == "stop":
             break
-        req: Request = message[1]
+        _, rid, req = message
+        running[0] = rid
         try:
             req.fast_mode, note = request_fast_mode(req.fast_mode, degrees)
             if note:
                 log(note)
             result = vm.generate(req)
-            conn.send(("done", result if rank == 0 else None))
+            conn.send(("done", rid, result if rank == 0 else None))
         except Canceled:
-            conn.send(("canceled", None))
-        except ValueError as exc:
-            conn.send(("error", "input", str(exc)))
+            conn.send(("canceled", rid))
+        except InputError as exc:  # the project's own input checks: the pool keeps serving
+            conn.send(("error", rid, "input", str(exc)))
         except Exception as exc:  # noqa: BLE001 (the predictor raises it for the request)
-            conn.send(("error", "run", f"{type(exc).__name__}: {exc}"))
+            conn.send(("error", rid, "run", f"{type(exc).__name__}: {exc}"))
     import torch.distributed as dist
 
     dist.destroy_process_group()
 
 
 def _read(rank: int, conn: Connection, inbox: queue.Queue) -> None:
-    """Move one rank's messages into the inbox until its pipe closes."""
+    """Move one rank's messages into the inbox until its pipe closes (then an "exit" error,
+    which belongs to whatever request is waiting)."""
     while True:
         try:
             message = conn.recv()
         except (EOFError, OSError):
-            inbox.put((rank, ("error", "run", f"worker process {rank} exited")))
+            inbox.put((rank, ("error", None, "exit", "worker process exited")))
             return
         inbox.put((rank, message))
+
+
+def exit_status(proc: Any) -> str:
+    """How a rank's process ended: "exit code 1", "killed by SIGKILL", or "still running"."""
+    proc.join(timeout=5)  # its pipe closes a moment before the process is reaped
+    code = proc.exitcode
+    if code is None:
+        return "still running"
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
 
 
 class ParallelVideoModel:
@@ -139,7 +172,9 @@ class ParallelVideoModel:
         self.procs: list[Any] = []
         self.conns: list[Connection] = []
         self._ctx = mp.get_context("spawn")  # CUDA cannot be forked
-        self._cancel = self._ctx.Event()
+        self._cancel = self._ctx.Value("q", 0)  # the id of the request every rank stops
+        self._rid = 0  # the last request's id (0: setup)
+        self._rendezvous: str | None = None  # the private folder the ranks meet in
         self._tokenizer: Any = None
         self._loras: LoraCache | None = None
         self._inbox: queue.Queue = queue.Queue()
@@ -170,28 +205,30 @@ class ParallelVideoModel:
             replies = self._start_ranks()
             world = self.degrees.world
             if len(replies) == world and all(m[0] == "ready" for m in replies.values()):
-                pids = ", ".join(str(replies[r][1]) for r in range(world))
+                pids = ", ".join(str(replies[r][2]) for r in range(world))
                 self.log(f"parallel: {world} workers ready (pids {pids})")
                 return
-            self.close()
             errors = [(r, m) for r, m in replies.items() if m[0] == "error"]
-            warm = [(r, m) for r, m in errors if m[1] == "warm-up"]
-            if warm and len(warm) == len(errors) and all(m[3] for _, m in warm):
+            failed = [f"rank {r}: {self._error_text(r, m)}" for r, m in errors]
+            self.close()
+            warm = [(r, m) for r, m in errors if m[2] == "warm-up"]
+            if warm and len(warm) == len(errors) and all(m[4] for _, m in warm):
                 rank, message = warm[0]  # the first to report: the others fail in its wake
                 self.rung += 1
                 self.log(
-                    f"parallel: warm-up failed on rank {rank} ({message[2]}); "
+                    f"parallel: warm-up failed on rank {rank} ({message[3]}); "
                     "every rank starts again one fallback step further"
                 )
                 continue
             missing = [str(r) for r in range(world) if r not in replies]
-            failed = [f"rank {r}: {m[2]}" for r, m in errors]
             why = "; ".join(failed) or f"ranks {', '.join(missing)} did not start"
             raise SetupError(f"parallel setup failed: {why}")
 
     def _start_ranks(self) -> dict[int, tuple]:
         """Start one process per rank; their first replies (ready or error), in arrival order."""
-        address, world = f"tcp://127.0.0.1:{free_port()}", self.degrees.world
+        self._rendezvous = tempfile.mkdtemp(prefix="cogvx-ranks-")  # mode 0700: ours alone
+        address = Path(self._rendezvous, "rendezvous").as_uri()
+        world = self.degrees.world
         self.log(
             f"parallel: starting {world} workers ({self.degrees.describe()}) on {self.device_type}"
         )
@@ -215,10 +252,11 @@ class ParallelVideoModel:
                 target=_read, args=(rank, conn, self._inbox), daemon=True, name=f"cogvx-read{rank}"
             )
             reader.start()
-        return self._collect(READY_TIMEOUT_S)
+        return self._collect(0, READY_TIMEOUT_S)
 
-    def _collect(self, timeout: float) -> dict[int, tuple]:
-        """Wait for one final reply per rank (log lines are relayed on the way).
+    def _collect(self, rid: int, timeout: float) -> dict[int, tuple]:
+        """Wait for one final reply per rank to request `rid` (0: setup), in arrival order; log
+        lines are relayed on the way, replies to earlier requests dropped.
 
         Pipes are read by one thread per rank, so a cancel raised in this thread (coglet's, at
         any bytecode) interrupts a queue wait, never a half-read message."""
@@ -234,7 +272,7 @@ class ParallelVideoModel:
                 continue
             if message[0] == "log":
                 self.log(message[1])
-            elif rank not in replies:
+            elif message[1] in (None, rid) and rank not in replies:
                 replies[rank] = message
             if any(m[0] == "error" for m in replies.values()):
                 deadline = min(deadline, time.monotonic() + STRAGGLER_S)
@@ -260,45 +298,99 @@ class ParallelVideoModel:
         self._loras.fetch(url)
         return replace(req, lora_url=url)
 
+    @property
+    def cancel_requested(self) -> bool:
+        """Whether the last request was told to stop (a cancel arrived while it ran)."""
+        return self._rid > 0 and self._cancel.value == self._rid
+
+    def _restart_dead_ranks(self) -> None:
+        """Start the pool again when it was stopped, or when a rank died between requests (its
+        group is unusable: the survivors would wait for it in every collective)."""
+        dead = [r for r, p in enumerate(self.procs) if not p.is_alive()]
+        if dead:
+            why = "; ".join(f"rank {r}: {exit_status(self.procs[r])}" for r in dead)
+            self.log(f"parallel: a worker died between requests ({why}); restarting every rank")
+            self.close()
+        if not self.procs:
+            self._spawn()
+
+    def _send_all(self, message: tuple) -> None:
+        """Send `message` to every rank from a helper thread, so a cancel raised in this thread
+        cannot stop between two ranks' sends (ranks left on different requests would pair up in
+        each other's collectives). A rank that cannot be reached stops the pool: WorkerError."""
+        conns, failed = list(self.conns), []
+
+        def send() -> None:
+            for rank, conn in enumerate(conns):
+                try:
+                    conn.send(message)
+                except BaseException as exc:  # noqa: BLE001 (a broken pipe: reported below)
+                    failed.append((rank, exc))
+                    return
+
+        sender = threading.Thread(target=send, daemon=True, name="cogvx-send")
+        sender.start()
+        while sender.is_alive():  # a cancel may end this wait; the sender finishes regardless
+            sender.join(0.1)
+        if failed:
+            rank, exc = failed[0]
+            status = exit_status(self.procs[rank])
+            self.close()
+            raise WorkerError(
+                f"rank {rank} could not be reached ({type(exc).__name__}; {status}); "
+                "the workers were stopped and the next request starts them again"
+            )
+
     def generate(self, req: Request) -> Result:
         """Run `req` on every rank; rank 0's frames come back."""
-        if not self.procs:
-            self._spawn()  # the pool was stopped after a hang: start it again
+        self._restart_dead_ranks()
         req = self._fetch_lora(req)
         # a blank seed is drawn once here: each rank drawing its own would mix different noises
         req = replace(req, seed=resolve_seed(req.seed, self.log))
-        for conn in self.conns:
-            conn.send(("run", req))
+        self._rid += 1
+        rid = self._rid
         try:
-            replies = self._collect(float("inf"))
+            self._send_all(("run", rid, req))
+            replies = self._collect(rid, float("inf"))
+        except WorkerError:
+            raise
         except BaseException:  # a cancel from the server arrives here: stop every rank
-            self._cancel.set()
-            replies = self._collect(STRAGGLER_S)
-            self._cancel.clear()
+            self._cancel.value = rid  # only this request's id: a later request never sees it
+            replies = self._collect(rid, STRAGGLER_S)
             if len(replies) < len(self.conns):
                 self.close()
             raise
         return self._result(replies)
 
+    def _error_text(self, rank: int, message: tuple) -> str:
+        """A rank's error reply as text; a dead rank's says how its process ended."""
+        if message[2] == "exit" and rank < len(self.procs):
+            return f"{message[3]} ({exit_status(self.procs[rank])})"
+        return str(message[3])
+
     def _result(self, replies: dict[int, tuple]) -> Result:
-        errors = {r: m for r, m in replies.items() if m[0] == "error"}
-        broken = len(replies) < len(self.conns) or any(m[1] != "input" for m in errors.values())
+        errors = [(r, m) for r, m in replies.items() if m[0] == "error"]  # in arrival order
+        broken = len(replies) < len(self.conns) or any(m[2] != "input" for _, m in errors)
+        texts = [(r, m[2], self._error_text(r, m)) for r, m in errors]
+        silent = [r for r in range(len(self.conns)) if r not in replies]
         if broken:  # a rank died, hangs or failed mid-run: its group is unusable, start anew
             self.close()
             self.log("parallel: workers stopped; the next request starts them again")
-        if errors:
-            rank, (_, kind, message) = min(errors.items())
+        if texts:
+            rank, kind, text = texts[0]  # the first failure: the others follow in its wake
             if kind == "input":
-                raise InputError(message)
-            raise WorkerError(f"rank {rank}: {message}")
+                raise InputError(text)
+            dead = [f"rank {r}: {t}" for r, k, t in texts[1:] if k == "exit"]
+            also = f" (also {'; '.join(dead)})" if dead else ""
+            raise WorkerError(f"rank {rank}: {text}{also}")
         if broken:
-            raise WorkerError("workers stopped answering")
+            raise WorkerError(f"workers stopped answering (no reply from rank {silent[0]})")
         if any(m[0] == "canceled" for m in replies.values()):
             raise Canceled("canceled")
-        return replies[0][1]
+        return replies[0][2]
 
     def close(self) -> None:
-        """Stop every worker (ask, then terminate)."""
+        """Stop every worker (ask, then terminate) and remove their rendezvous folder."""
         for conn in self.conns:
             try:
                 conn.send(("stop",))
@@ -314,3 +406,6 @@ class ParallelVideoModel:
         for conn in self.conns:
             conn.close()
         self.procs, self.conns = [], []
+        if self._rendezvous is not None:
+            shutil.rmtree(self._rendezvous, ignore_errors=True)
+            self._rendezvous = None

@@ -6,7 +6,13 @@ import pytest
 
 from cogvx.errors import SetupError
 from cogvx.parallel import choose_plan
-from cogvx.parallel.plan import Degrees, parse_override, plan_parallel, request_fast_mode
+from cogvx.parallel.plan import (
+    Degrees,
+    parse_override,
+    plan_parallel,
+    request_fast_mode,
+    ulysses_accepts,
+)
 
 HEADS_2B, HEADS_5B = 30, 48
 
@@ -20,8 +26,14 @@ HEADS_2B, HEADS_5B = 30, 48
         (4, HEADS_5B, "", Degrees(ulysses=4), "48 heads, 12 per GPU"),
         (8, HEADS_5B, "", Degrees(ulysses=8), "48 heads, 6 per GPU"),
         (3, HEADS_2B, "", Degrees(ulysses=3), "30 heads, 10 per GPU"),
-        (4, HEADS_2B, "", Degrees(ulysses=4), "30 heads do not divide by 4: 7-8 per GPU"),
-        (8, HEADS_2B, "", Degrees(ulysses=8), "3-4 per GPU (uneven)"),
+        (4, HEADS_2B, "", Degrees(ulysses=4), "30 heads do not divide by 4: 8 per GPU, 6 on"),
+        (8, HEADS_2B, "", Degrees(ulysses=8), "4 per GPU, 2 on the last (uneven, padded with 2)"),
+        (7, HEADS_2B, "", Degrees(ulysses=6), "Ulysses on 6 of 7 GPUs (diffusers cannot split"),
+        (16, HEADS_2B, "", Degrees(ulysses=15), "Ulysses on 15 of 16 GPUs"),
+        (9, HEADS_5B, "", Degrees(ulysses=8), "Ulysses on 8 of 9 GPUs"),
+        (7, HEADS_5B, "", Degrees(ulysses=7), "7 per GPU, 6 on the last"),
+        (3, 2, "", Degrees(ulysses=2), "Ulysses on 2 of 3 GPUs"),
+        (2, 1, "", None, "cannot split 1 heads over 2 GPUs or fewer: single process"),
         (2, HEADS_5B, "cfg=2", Degrees(cfg=2), "COGVX_PARALLEL=cfg=2"),
         (8, HEADS_5B, "ulysses=4,cfg=2", Degrees(ulysses=4, cfg=2), "COGVX_PARALLEL"),
         (4, HEADS_2B, "ring=4", Degrees(ring=4), "COGVX_PARALLEL=ring=4"),
@@ -47,11 +59,44 @@ def test_plan_table(gpus, heads, override, degrees, reason):
         (2, "ulysses=two", "expected comma-separated"),
         (2, "ulysses=0", "expected comma-separated"),
         (2, "ulysses", "expected comma-separated"),
+        (2, "ulysses=\u00b2", "expected comma-separated"),  # str.isdigit takes it, int() not
+        (2, "ulysses=\u0662", "expected comma-separated"),  # int() reads an Arabic-Indic 2
+        (
+            9,
+            "ulysses=9",
+            r"cannot split 48 attention heads over 9 ranks.*\[1, 2, 3, 4, 5, 6, 7, 8\]",
+        ),
     ],
 )
 def test_impossible_overrides_are_refused_at_setup(gpus, override, message):
     with pytest.raises(SetupError, match=message):
         plan_parallel(gpus, HEADS_5B, override)
+
+
+def test_a_2b_override_diffusers_cannot_pad_is_refused():
+    with pytest.raises(SetupError, match=r"ulysses=7: .*30 attention heads over 7 ranks"):
+        plan_parallel(7, HEADS_2B, "ulysses=7")
+
+
+def _diffusers_pads(heads: int, degree: int, monkeypatch) -> bool:
+    """diffusers' own head padding (the Ulysses all-to-all's first step) for a group of `degree`
+    ranks: True when it accepts."""
+    import torch
+    from diffusers.models import attention_dispatch
+
+    monkeypatch.setattr(attention_dispatch.dist, "get_world_size", lambda group=None: degree)
+    try:
+        attention_dispatch._maybe_pad_qkv_head(torch.zeros(1, 1, heads, 1), heads, None)
+    except AssertionError:
+        return False
+    return True
+
+
+def test_ulysses_accepts_what_diffusers_pads(monkeypatch):
+    for heads in (1, 2, 30, 48):
+        for degree in range(1, 17):
+            diffusers = _diffusers_pads(heads, degree, monkeypatch)
+            assert ulysses_accepts(heads, degree) == diffusers, (heads, degree)
 
 
 def test_override_parsing():

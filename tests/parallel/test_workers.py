@@ -1,12 +1,17 @@
 """The multi-GPU worker lifecycle with 2 CPU processes on gloo: start, run (against the
 single-process run), input errors, cancel, a dying rank, a warm-up failing on one rank,
-shutdown. Tiny t2v-5b weights."""
+shutdown, and the faults around them (a rank dying between requests, cancels landing between
+sends or twice, a pool started from a short-lived thread, the rendezvous). Tiny t2v-5b
+weights."""
 
 from __future__ import annotations
 
 import ctypes
+import os
+import stat
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,6 +21,7 @@ from cogvx.dev.tiny import save_tiny_weights
 from cogvx.errors import InputError, SetupError
 from cogvx.parallel.plan import Degrees
 from cogvx.parallel.workers import ParallelVideoModel, WorkerError
+from tests.parallel.ranks import RANK_1_FAULT, ranks_fail_in_turn
 from tests.support.faulty_rank import FAULT, rank_1_fails_first_warm_up
 
 # Split runs sum in other orders (shards, batch of one): the frames may differ by a level or two.
@@ -230,3 +236,174 @@ def test_a_warm_up_failure_with_nothing_left_to_drop_fails_setup_naming_the_rank
             "t2v-5b", str(folder), Degrees(ulysses=2), "cpu", lambda _: None,
             warm_up=True, target=rank_1_fails_first_warm_up,
         )  # fmt: skip
+
+
+def test_a_rank_that_died_between_requests_is_restarted_before_the_next_one(pool):
+    pool.generate(_request(num_inference_steps=1))
+    old = list(pool.procs)
+    old[1].kill()
+    old[1].join()
+    result = pool.generate(_request(num_inference_steps=1))  # not a BrokenPipeError
+    assert result.frames.shape == (9, 32, 48, 3)
+    assert len(pool.procs) == 2 and all(p not in old for p in pool.procs)
+    assert not any(p.is_alive() for p in old)
+    text = "\n".join(pool.lines)
+    assert "a worker died between requests (rank 1: killed by SIGKILL)" in text
+
+
+def test_a_rank_that_cannot_be_reached_fails_clearly_and_the_next_request_restarts(pool):
+    """A rank that dies after the liveness check: its broken pipe becomes a WorkerError."""
+    pool.generate(_request(num_inference_steps=1))
+    old = list(pool.procs)
+    old[1].kill()
+    old[1].join()
+    with pytest.raises(WorkerError, match=r"rank 1 could not be reached \(BrokenPipeError"):
+        pool._send_all(("stop",))
+    assert pool.procs == [] and not any(p.is_alive() for p in old)
+    assert pool.generate(_request(num_inference_steps=1)).frames.shape == (9, 32, 48, 3)
+
+
+class _CancelBetweenSends:
+    """Rank 1's pipe: the first "run" sent to it raises a cancel in `thread` first (as coglet
+    would, while the request's sends are under way), then is sent."""
+
+    def __init__(self, conn, thread: int) -> None:
+        self.conn, self.thread, self.armed = conn, thread, True
+
+    def send(self, message) -> None:
+        if self.armed and message[0] == "run":
+            self.armed = False
+            ctypes.pythonapi.PyThreadState_SetAsyncExc(
+                ctypes.c_ulong(self.thread), ctypes.py_object(_Cancel)
+            )
+            for _ in range(10000):  # the cancel lands here when this runs in `thread`
+                pass
+        self.conn.send(message)
+
+    def __getattr__(self, name):
+        return getattr(self.conn, name)
+
+
+def test_a_cancel_between_the_ranks_sends_leaves_them_in_step(pool):
+    """Every rank gets the canceled request (or none does), so the next request's frames are
+    its own, not a mix of two requests."""
+    clean = pool.generate(_request(seed=11))
+    inner = pool.conns[1]
+    pool.conns[1] = _CancelBetweenSends(inner, threading.get_ident())
+    try:
+        with pytest.raises(_Cancel):
+            pool.generate(_request(prompt="a blue whale swims", seed=5))  # as many steps
+    finally:
+        pool.conns[1] = inner
+    after = pool.generate(_request(seed=11))
+    assert np.array_equal(after.frames, clean.frames)
+    assert len(pool.procs) == 2 and all(p.is_alive() for p in pool.procs)
+
+
+def test_two_cancels_in_a_row_cancel_only_that_request(pool):
+    thread, outcome = _long_run_started(pool)
+    procs = list(pool.procs)
+
+    def cancel() -> None:
+        ctypes.pythonapi.PyThreadState_SetAsyncExc(
+            ctypes.c_ulong(thread.ident), ctypes.py_object(_Cancel)
+        )
+
+    cancel()
+    deadline = time.monotonic() + 60
+    while not pool.cancel_requested:  # the first cancel is being handled: the ranks stop
+        assert time.monotonic() < deadline
+        time.sleep(0.001)
+    cancel()  # lands in the wait for the ranks' answers
+    thread.join(120)
+    assert isinstance(outcome.get("exc"), _Cancel)
+    for _ in range(2):  # later requests are not canceled
+        assert pool.generate(_request(num_inference_steps=1)).frames.shape == (9, 32, 48, 3)
+    assert pool.procs == procs  # no restart was needed
+
+
+def test_a_killed_rank_is_reported_with_its_signal(pool):
+    thread, outcome = _long_run_started(pool)
+    pool.procs[1].kill()
+    thread.join(300)
+    assert isinstance(outcome.get("exc"), WorkerError), outcome
+    assert "rank 1: worker process exited (killed by SIGKILL)" in str(outcome["exc"])
+
+
+def _listening_addresses(pid: int) -> list[str]:
+    """The local addresses (hex, as in /proc/net/tcp*) of the TCP sockets `pid` listens on."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    found = []
+    for table in ("tcp", "tcp6"):
+        for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and fields[9] in inodes:  # state LISTEN
+                found.append(fields[1].rsplit(":", 1)[0])
+    return found
+
+
+def test_the_ranks_meet_in_a_private_folder_not_on_a_public_socket(pool):
+    pool.generate(_request(num_inference_steps=1))  # a live pool
+    wildcard = {"00000000", "00000000000000000000000000000000"}  # 0.0.0.0, ::
+    for proc in pool.procs:
+        assert not wildcard & set(_listening_addresses(proc.pid)), proc.pid
+    folder = Path(pool._rendezvous)
+    assert folder.is_dir() and stat.S_IMODE(folder.stat().st_mode) == 0o700
+    procs = list(pool.procs)
+    pool.close()
+    assert not folder.exists() and all(p.exitcode == 0 for p in procs)
+
+
+def test_ranks_started_from_a_thread_that_ends_keep_running(folder):
+    """PR_SET_PDEATHSIG would end them with that thread; they watch the process instead."""
+    box: dict = {}
+
+    def setup() -> None:
+        box["pool"] = ParallelVideoModel.start(
+            "t2v-5b", str(folder), Degrees(ulysses=2), "cpu", lambda _: None
+        )
+
+    thread = threading.Thread(target=setup)
+    thread.start()
+    thread.join()
+    model = box["pool"]
+    try:
+        procs = list(model.procs)
+        assert model.generate(_request(num_inference_steps=1)).frames.shape == (9, 32, 48, 3)
+        assert model.procs == procs and all(p.exitcode is None for p in procs)
+    finally:
+        model.close()
+
+
+def test_the_first_failure_is_reported_and_only_input_errors_count_as_input(folder, tmp_path):
+    """Rank 1 fails first with a plain ValueError (a bug, not an input: WorkerError), rank 0
+    after it: rank 1's error is the one reported."""
+    model = ParallelVideoModel.start(
+        "t2v-5b", str(folder), Degrees(ulysses=2), "cpu", lambda _: None,
+        target=ranks_fail_in_turn,
+    )  # fmt: skip
+    try:
+        with pytest.raises(WorkerError, match=f"^rank 1: ValueError: {RANK_1_FAULT}$"):
+            model.generate(_request(prompt=str(tmp_path / "rank-1-replied")))
+    finally:
+        model.close()
+
+
+def test_ring_on_an_attention_backend_without_log_sum_exp_is_refused_at_setup(folder):
+    with pytest.raises(SetupError, match=r"ring=2: Ring attention needs .* not native"):
+        ParallelVideoModel.start("t2v-5b", str(folder), Degrees(ring=2), "cpu", lambda _: None)
+
+
+def test_a_ulysses_degree_diffusers_cannot_pad_is_refused_before_any_collective(single):
+    """The tiny transformer's 2 heads over 3 ranks: diffusers' padding would assert per step."""
+    from cogvx.parallel.engine import enable_parallel
+
+    with pytest.raises(SetupError, match="ulysses=3: .* 2 attention heads"):
+        enable_parallel(single.pipe.transformer, Degrees(ulysses=3), "cpu")

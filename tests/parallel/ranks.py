@@ -1,0 +1,52 @@
+"""Multi-GPU rank entry points for the worker tests (`ParallelVideoModel(target=...)` starts them
+in place of `worker_main`: a spawned process cannot be patched from the test). Everything but the
+patched step is the real rank."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from cogvx.parallel.workers import worker_main
+
+RANK_1_FAULT = "planned: rank 1 fails first"
+RANK_0_FAULT = "planned: rank 0 fails after rank 1 reported"
+
+
+class _MarkAfterError:
+    """Rank 1's pipe: after it sends an error reply, touch the marker (rank 0 waits for it)."""
+
+    def __init__(self, conn: Any, marker: list[Path]) -> None:
+        self.conn, self.marker = conn, marker
+
+    def send(self, message: tuple) -> None:
+        self.conn.send(message)
+        if message[0] == "error" and self.marker:
+            self.marker[0].touch()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.conn, name)
+
+
+def ranks_fail_in_turn(rank: int, *args: Any) -> None:
+    """worker_main whose generate fails on both ranks: rank 1 first with a plain ValueError (an
+    internal error, not an input one), rank 0 only once rank 1's reply is on its way. The
+    request's prompt names the marker file."""
+    from cogvx.cogvideox.generate import VideoModel
+
+    marker: list[Path] = []
+
+    def generate(self: Any, req: Any) -> Any:
+        marker[:] = [Path(req.prompt)]
+        if rank == 1:
+            raise ValueError(RANK_1_FAULT)
+        while not marker[0].exists():
+            time.sleep(0.01)
+        raise RuntimeError(RANK_0_FAULT)
+
+    VideoModel.generate = generate  # type: ignore[method-assign]
+    args = list(args)
+    if rank == 1:
+        args[6] = _MarkAfterError(args[6], marker)  # conn, after world .. device_type
+    worker_main(rank, *args)
