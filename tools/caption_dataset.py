@@ -6,8 +6,11 @@ Cluster (Ray reads RAY_ADDRESS itself; one actor per GPU):
     RAY_ADDRESS=ray://head:10001 python tools/caption_dataset.py list.txt out.parquet \
         --weights https://host/cogvlm2-caption.tar --gpus 8
 
-Rerunning the same command resumes: clips already in OUTPUT are skipped. Exit status 0 when the
-job ran (bad clips are rows with an error), 2 for bad arguments or input, 1 when it could not run.
+Rerunning the same command resumes: clips captioned in OUTPUT are skipped, clips whose row is an
+error are tried again. A rerun with other settings (prompt, strategy, max new tokens, weights),
+or while another job writes OUTPUT, is refused. Relative paths in a list file are relative to
+the list file's folder. Exit status 0 when the job ran (bad clips are rows with an error), 2 for
+bad arguments or input, 1 when it could not run.
 """
 
 from __future__ import annotations

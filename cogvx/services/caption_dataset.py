@@ -6,12 +6,20 @@ The driver lists the clips, drops those OUTPUT already holds, and streams the re
 a failed job. Only the driver writes, a batch at a time as batches complete, so a killed run
 keeps what it finished and a rerun skips it (the formats: `caption_dataset_output`).
 
+A rerun skips the clips whose row has a caption and captions again those whose row is an error,
+the newer row replacing the older (OUTPUT keeps each clip's newest row). It refuses an OUTPUT
+made with other settings (`job_settings`) or that another job writes; all is checked before
+OUTPUT is touched. A call whose actor process dies (a segfault, an out-of-memory kill) is tried
+CRASH_RETRIES more times, then dropped; its clips are tried again one a call, and a clip that
+still kills its actor is an error row, as is a file name that is not UTF-8 (`shown_path`).
+
+INPUT (`list_inputs`, in `caption_dataset_inputs`): a folder, a glob or a list file.
+
 Ray and pyarrow are imported inside functions: importing this module needs neither.
 """
 
 from __future__ import annotations
 
-import glob
 import math
 import os
 import re
@@ -25,7 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 from typing import Any
-from urllib.parse import unquote, urlparse
+from urllib.parse import urlparse
 
 from cogvx import checks
 from cogvx.cogvlm2.batching import MAX_BATCH
@@ -43,15 +51,24 @@ from cogvx.services.caption import (
     missing_weights_message,
 )
 from cogvx.services.caption_batch import ERROR_CHARS, CaptionRow, caption_many
-from cogvx.services.caption_dataset_output import JsonlSink, ParquetSink, open_sink, rows_table
+from cogvx.services.caption_dataset_inputs import VIDEO_SUFFIXES, is_remote, list_inputs
+from cogvx.services.caption_dataset_output import (
+    JsonlSink,
+    ParquetSink,
+    check_output,
+    check_settings,
+    open_sink,
+    output_lock,
+    rows_table,
+    shown_path,
+)
 
 Log = Callable[[str], None]
 
-VIDEO_SUFFIXES = (".mp4", ".webm", ".mov", ".mkv", ".avi", ".m4v", ".gif")
-GLOB_CHARS = "*?["
 CLIPS_PER_CALL = 16  # clips per actor call: the unit written to OUTPUT (and redone after a kill)
 PROGRESS_SECONDS = 10.0  # a clips/s line at most this often
 FETCH_CHUNK = 8 << 20
+CRASH_RETRIES = 1  # a call whose actor process dies is tried this many more times
 
 
 class CaptionJobError(CogvxError, RuntimeError):
@@ -111,46 +128,6 @@ class JobReport:
 
 
 # ---- inputs ----
-
-
-def is_remote(path: str) -> bool:
-    """True for URLs (s3://, gs://, https://, ...) other than file://."""
-    return "://" in path and not path.lower().startswith("file://")
-
-
-def _local(text: str) -> str:
-    if text.lower().startswith("file://"):
-        text = unquote(urlparse(text).path)
-    return os.path.abspath(os.path.expanduser(text))
-
-
-def list_inputs(spec: str) -> list[str]:
-    """The clips INPUT names, in order, each once: a folder (recursive, video suffixes), a glob,
-    a video file, or a text file with one path or URL a line (blank lines and # comments skipped).
-    Local paths become absolute; URLs stay as written."""
-    path = Path(spec).expanduser()
-    if path.is_dir():
-        found = [p for p in path.rglob("*") if p.suffix.lower() in VIDEO_SUFFIXES and p.is_file()]
-        items = sorted(_local(str(p)) for p in found)
-        where = f"folder {spec} (suffixes {', '.join(VIDEO_SUFFIXES)})"
-    elif path.is_file() and path.suffix.lower() in VIDEO_SUFFIXES:
-        items, where = [_local(spec)], spec
-    elif path.is_file():
-        lines = (line.strip() for line in path.read_text(encoding="utf-8").splitlines())
-        kept = [line for line in lines if line and not line.startswith("#")]
-        items = [line if is_remote(line) else _local(line) for line in kept]
-        where = f"list file {spec}"
-    elif any(c in spec for c in GLOB_CHARS):
-        matches = glob.glob(os.path.expanduser(spec), recursive=True)
-        items = sorted(_local(p) for p in matches if os.path.isfile(p))
-        where = f"glob {spec}"
-    else:
-        raise InputError(
-            f"INPUT {clip(spec)} is not a folder, a video file, a list file or a glob that matches"
-        )
-    if not items:
-        raise InputError(f"no clips found in {clip(where)}")
-    return list(dict.fromkeys(items))
 
 
 def check_weights(weights: str | None) -> None:
@@ -345,29 +322,30 @@ def _cause(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {clip(first, 1000)}"
 
 
-def _caption_on_ray(
-    job: DatasetJob, todo: list[str], sink: JsonlSink | ParquetSink, progress: _Progress
-) -> None:
+def _caption_pass(
+    job: DatasetJob,
+    todo: list[str],
+    per_call: int,
+    sink: JsonlSink | ParquetSink,
+    progress: _Progress,
+) -> set[str]:
+    """One Ray Data run over `todo`, `per_call` clips a call; the paths it wrote rows for (a call
+    whose actor died CRASH_RETRIES + 1 times is dropped: its clips are not among them, nor those
+    of the calls queued on that actor when it died). One clip a call: one call an actor at a
+    time, so that a dropped call is the clip that killed it."""
     import ray
     from ray.data import ActorPoolStrategy, DataContext
 
-    started = False
-    try:
-        started = _start_ray(job)
-        seen = ray.cluster_resources().get("GPU", 0)
-        if job.gpus > seen:  # an autoscaler may add them; a laptop would wait for ever
-            progress.log(
-                f"Ray sees {seen:g} GPUs; the {job.gpus} caption actors (one GPU each) wait "
-                "until the cluster has them (Ctrl-C and lower --gpus if it never will)"
-            )
-        with warnings.catch_warnings():  # creating it warns about its own deprecated fields
-            warnings.simplefilter("ignore", DeprecationWarning)
-            context = DataContext.get_current()
-        context.execution_options.preserve_order = job.ordered
-        per_call = max(job.clips_per_call, job.batch_size or 1)
-        blocks = math.ceil(len(todo) / per_call)
-        paths = ray.data.from_items([{"path": p} for p in todo], override_num_blocks=blocks)
-        resources: dict[str, Any] = {"num_gpus": 1} if job.gpus else {"num_cpus": 1}
+    with warnings.catch_warnings():  # creating it warns about its own deprecated fields
+        warnings.simplefilter("ignore", DeprecationWarning)
+        context = DataContext.get_current()
+    context.execution_options.preserve_order = job.ordered
+    context.max_errored_blocks = -1  # a dropped call: its clips are retried, then error rows
+    blocks = math.ceil(len(todo) / per_call)
+    paths = ray.data.from_items([{"path": p} for p in todo], override_num_blocks=blocks)
+    resources: dict[str, Any] = {"num_gpus": 1} if job.gpus else {"num_cpus": 1}
+    with warnings.catch_warnings():  # Ray 2.60 deprecates **ray_remote_args, the only way yet
+        warnings.simplefilter("ignore", DeprecationWarning)  # to bound these two
         captions = paths.map_batches(
             ClipCaptioner,
             fn_constructor_kwargs={
@@ -381,12 +359,53 @@ def _caption_on_ray(
             },
             batch_size=None,  # a call per block of at most `per_call` clips (16 would bundle)
             batch_format="pyarrow",
-            compute=ActorPoolStrategy(size=max(1, job.gpus)),
+            compute=ActorPoolStrategy(
+                size=max(1, job.gpus), max_tasks_in_flight_per_actor=1 if per_call == 1 else None
+            ),
+            # Ray's default retries a call whose actor died for ever: a clip that crashes the
+            # process would loop. Each call may kill an actor CRASH_RETRIES + 1 times at most.
+            max_task_retries=CRASH_RETRIES,
+            max_restarts=blocks * (CRASH_RETRIES + 1),
             **resources,
         )
-        table: Any  # a pyarrow.Table (batch_format="pyarrow")
-        for table in captions.iter_batches(batch_size=None, batch_format="pyarrow"):
-            rows = table.to_pylist()
+    written: set[str] = set()
+    table: Any  # a pyarrow.Table (batch_format="pyarrow")
+    for table in captions.iter_batches(batch_size=None, batch_format="pyarrow"):
+        rows = table.to_pylist()
+        sink.write(rows)
+        progress.add(rows)
+        written.update(r["path"] for r in rows)
+    return written
+
+
+def _caption_on_ray(
+    job: DatasetJob, todo: list[str], sink: JsonlSink | ParquetSink, progress: _Progress
+) -> None:
+    import ray
+
+    started = False
+    try:
+        started = _start_ray(job)
+        seen = ray.cluster_resources().get("GPU", 0)
+        if job.gpus > seen:  # an autoscaler may add them; a laptop would wait for ever
+            progress.log(
+                f"Ray sees {seen:g} GPUs; the {job.gpus} caption actors (one GPU each) wait "
+                "until the cluster has them (Ctrl-C and lower --gpus if it never will)"
+            )
+        per_call = max(job.clips_per_call, job.batch_size or 1)
+        written = _caption_pass(job, todo, per_call, sink, progress)
+        lost = [p for p in todo if p not in written]
+        if lost and per_call > 1:  # find the clip that killed its actor: one clip a call
+            progress.log(f"{len(lost)} clips were in calls whose actor died: retrying one a call")
+            written = _caption_pass(job, lost, 1, sink, progress)
+            lost = [p for p in lost if p not in written]
+        if lost:
+            crash = CaptionJobError(
+                f"the caption actor's process died captioning this clip alone, on each of "
+                f"{CRASH_RETRIES + 1} tries (a crash such as a segfault, or a kill for memory); "
+                "see the Ray worker logs"
+            )
+            rows = [_error_row(p, job.prompt, job.strategy, crash, 0.0) for p in lost]
             sink.write(rows)
             progress.add(rows)
     except Exception as exc:
@@ -399,27 +418,51 @@ def _caption_on_ray(
             ray.shutdown()
 
 
-def run_job(job: DatasetJob, log: Log = log_line) -> JobReport:
-    """Caption every clip of INPUT not yet in OUTPUT on Ray; OUTPUT gets one row per clip.
+def _not_utf8(shown: str) -> InputError:
+    return InputError(f"the file name {shown} is not UTF-8 text; rename the file to caption it")
 
-    InputError / SetupError before any work (bad output suffix, no clips, bad weights);
-    CaptionJobError if Ray could not run the job. Bad clips are rows with their error."""
+
+def job_settings(job: DatasetJob) -> dict[str, Any]:
+    """What OUTPUT's rows depend on, recorded beside it (a resume must match)."""
+    weights = job.weights
+    if weights and not is_url(weights) and not is_remote(weights):
+        weights = os.path.abspath(os.path.expanduser(weights))
+    return {"model": HF_REPO, "weights": weights, "prompt": job.prompt, "strategy": job.strategy,
+            "max_new_tokens": job.max_new_tokens}  # fmt: skip
+
+
+def run_job(job: DatasetJob, log: Log = log_line) -> JobReport:
+    """Caption every clip of INPUT without a captioned row in OUTPUT on Ray; OUTPUT gets one row
+    per clip (a clip whose row was an error is captioned again, its new row replacing it).
+
+    InputError / SetupError before OUTPUT is touched (bad output, no clips, bad weights, OUTPUT
+    made with other settings or being written by another job); CaptionJobError if Ray could not
+    run the job. Bad clips are rows with their error."""
     t0 = time.perf_counter()
     job = job.checked()
-    sink = open_sink(job.output)
-    if isinstance(sink, JsonlSink) and sink.dropped_torn_line:
-        log(f"{job.output}: dropped a line cut off by an earlier run")
+    check_output(job.output)
     paths = list_inputs(job.inputs)
     check_weights(job.weights)
-    todo = [p for p in paths if p not in sink.done]
-    log(
-        f"{len(paths)} clips in {clip(job.inputs)}: {len(paths) - len(todo)} already in "
-        f"{job.output}, {len(todo)} to caption"
-    )
-    progress = _Progress(len(todo), log)
-    if todo:
-        _caption_on_ray(job, todo, sink, progress)
-    sink.finish(paths if job.ordered else None)
+    with output_lock(job.output):
+        check_settings(job.output, job_settings(job))
+        sink = open_sink(job.output)
+        if isinstance(sink, JsonlSink) and sink.dropped_torn_line:
+            log(f"{job.output}: dropped a line cut off by an earlier run")
+        todo = [p for p in paths if shown_path(p) not in sink.done]
+        log(
+            f"{len(paths)} clips in {clip(job.inputs)}: {len(paths) - len(todo)} already in "
+            f"{job.output}, {len(todo)} to caption"
+        )
+        progress = _Progress(len(todo), log)
+        unnamed = [shown_path(p) for p in todo if shown_path(p) != p]  # not UTF-8: no row holds it
+        if unnamed:
+            rows = [_error_row(p, job.prompt, job.strategy, _not_utf8(p), 0.0) for p in unnamed]
+            sink.write(rows)
+            progress.add(rows)
+        named = [p for p in todo if shown_path(p) == p]
+        if named:
+            _caption_on_ray(job, named, sink, progress)
+        sink.finish([shown_path(p) for p in paths] if job.ordered else None)
     seconds = time.perf_counter() - t0
     log(f"{progress.line() if todo else 'nothing to caption'}; wrote {job.output}")
     skipped = len(paths) - len(todo)

@@ -164,7 +164,7 @@ def test_parquet_parts_survive_a_kill_and_merge_once_per_path(tmp_path):
     table = pq.read_table(out)
     assert table.schema == row_schema() and not again.parts.exists()
     assert table["path"].to_pylist() == ["d", "c", "b", "a"]
-    assert table["caption"].to_pylist()[1] == "first"  # the first row of a path is kept
+    assert table["caption"].to_pylist()[1] == "again"  # the newest row of a path is kept
     assert open_sink(out).done == {"a", "b", "c", "d"}
 
 
@@ -232,7 +232,11 @@ def test_parquet_resumes_from_parts_in_input_order(local_ray, data, tmp_path):
     _check_rows(table.to_pylist(), data)
     assert [r["path"] for r in table.to_pylist() if r["caption"] == "earlier run"] == done
     assert not out.with_name(out.name + ".parts").exists()
-    assert run_job(_job(data, data.listing, out)).captioned == 0  # no Ray job at all
+    again = run_job(_job(data, data.listing, out))  # only the error rows are tried again
+    assert (again.skipped, again.captioned, again.errors) == (21, 3, 3)
+    rows = pq.read_table(out).to_pylist()
+    assert len(rows) == len(data.clips)  # their new rows replaced the old ones
+    _check_rows(rows, data)
 
 
 @pytest.mark.e2e
