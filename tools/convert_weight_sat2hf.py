@@ -16,7 +16,7 @@ from pathlib import Path
 from cogvx.convert.sat import dtype_from_flags
 from cogvx.convert.sat_layout import FAMILIES
 from cogvx.convert.sat_pipeline import convert_pipeline
-from cogvx.lora.sat_format import SatConversionError
+from cogvx.errors import CogvxError
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -42,7 +42,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="folder with text_encoder/ + tokenizer/ (a diffusers CogVideoX folder) or a T5 folder",
     )  # fmt: skip
     p.add_argument("--output", required=True, type=Path, help="folder to write")
-    p.add_argument("--variant", choices=variants, help="override the detected variant")
+    p.add_argument(
+        "--variant",
+        choices=variants,
+        help="the variant (needed with --vae alone); refused when the weights say otherwise",
+    )
     p.add_argument(
         "--dtype", choices=["fp32", "bf16", "fp16"], help="transformer dtype (default: as stored)"
     )
@@ -60,14 +64,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--trust-pickle", action="store_true", help="allow pickled objects (trusted files only)"
     )
     p.add_argument(
-        "--overwrite", action="store_true", help="replace an existing output folder's parts"
+        "--overwrite",
+        action="store_true",
+        help="replace a non-empty output folder, whole, once the conversion succeeded",
     )
     p.add_argument("--tar", type=Path, help="also pack the folder into this tarball")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    """CLI entry point; returns the exit status (1 with a one-line error on bad input)."""
+    """CLI entry point; returns the exit status (2 with a one-line error on bad input or files)."""
     args = build_parser().parse_args(argv)
     try:
         dtype = dtype_from_flags(args.dtype, args.fp16, args.bf16)
@@ -90,9 +96,9 @@ def main(argv: list[str] | None = None) -> int:
             overwrite=args.overwrite,
             tar=args.tar,
         )
-    except (ValueError, SatConversionError) as e:
+    except (ValueError, CogvxError, OSError) as e:  # bad input or files; other bugs trace back
         print(f"error: {e}", file=sys.stderr)
-        return 1
+        return 2
     return 0
 
 

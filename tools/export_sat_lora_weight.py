@@ -13,11 +13,11 @@ import sys
 from pathlib import Path
 
 from cogvx.convert.sat_lora import export_lora
-from cogvx.lora.sat_format import SatConversionError
+from cogvx.errors import CogvxError
 
 
 def main(argv: list[str] | None = None) -> int:
-    """CLI entry point; returns the exit status (1 with a one-line error on bad input)."""
+    """CLI entry point; returns the exit status (2 with a one-line error on bad input or files)."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument(
         "--sat-pt", required=True, type=Path, help="SAT LoRA checkpoint .pt or its save folder"
@@ -37,9 +37,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         export_lora(args.sat_pt, args.output, args.alpha, args.dtype, args.trust_pickle)
-    except (ValueError, SatConversionError) as e:
+    except (ValueError, CogvxError, OSError) as e:  # bad input or files; other bugs trace back
         print(f"error: {e}", file=sys.stderr)
-        return 1
+        return 2
     return 0
 
 

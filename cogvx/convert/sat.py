@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import pickle
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import cast
 
@@ -174,7 +176,7 @@ def write_model_folder(
     check_plan(plan, expected, model_cls.__name__, source)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    model.save_config(out)
+    write_text_atomic(out / model.config_name, model.to_json_string())
     limit = parse_size(max_shard_size)
     shards: list[list[str]] = [[]]
     size = 0
@@ -190,16 +192,49 @@ def write_model_folder(
     weight_map, total = {}, 0
     for i, keys in enumerate(shards, 1):
         name = f"{stem}.safetensors" if n == 1 else f"{stem}-{i:05d}-of-{n:05d}.safetensors"
-        tensors = {k: plan[k].make().to(dtype).contiguous() for k in keys}
+        tensors: dict[str, torch.Tensor] = {}
+        for k in keys:
+            t = plan[k].make()
+            if tuple(t.shape) != expected[k]:
+                raise SatConversionError(
+                    f"{source}: {k} comes out of the checkpoint as {tuple(t.shape)}, but "
+                    f"{model_cls.__name__} expects {expected[k]}"
+                )
+            tensors[k] = t.to(dtype).contiguous()
         total += sum(t.numel() * t.element_size() for t in tensors.values())
-        save_file(tensors, out / name, metadata={"format": "pt"})
+        with atomic_path(out / name) as tmp:
+            save_file(tensors, tmp, metadata={"format": "pt"})
         del tensors
         weight_map.update(dict.fromkeys(keys, name))
         log(f"  wrote {out.name}/{name} ({len(keys)} tensors)")
     if n > 1:
         index = {"metadata": {"total_size": total}, "weight_map": weight_map}
-        (out / f"{stem}.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+        write_text_atomic(
+            out / f"{stem}.safetensors.index.json", json.dumps(index, indent=2) + "\n"
+        )
     return out
+
+
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """A temporary sibling of `path` to write; os.replace'd onto `path` when the block succeeds.
+
+    Readers see the old file or the whole new one, never a half-written file; a failed block
+    removes the temporary file.
+    """
+    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write `text` to `path` atomically (see `atomic_path`)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
 
 
 def dtype_from_flags(dtype: str | None, fp16: bool = False, bf16: bool = False) -> str | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -11,7 +12,13 @@ from typing import cast
 import torch
 
 from cogvx.convert.sat_layout import SatFamily, TransformerLayout
-from cogvx.lora.sat_format import SAT_PREFIX, SatConversionError, lora_deltas
+from cogvx.lora.sat_format import (
+    SAT_PREFIX,
+    LoraModule,
+    SatConversionError,
+    collect_lora,
+    lora_deltas,
+)
 
 # (SAT template, diffusers template(s), kind). {n} = layer, {p} = weight|bias.
 # kind "qkv": one SAT tensor -> q, k, v (chunk 3 on dim 0);
@@ -82,8 +89,60 @@ def _adaln_half(t: torch.Tensor, i: int) -> torch.Tensor:
     return torch.cat(c[3 * i : 3 * i + 3] + c[6 + 3 * i : 9 + 3 * i])
 
 
+def _check_fused(
+    key: str, t: torch.Tensor, parts: int, inner: int, what: str, path: str | Path
+) -> None:
+    """A fused SAT tensor must hold `parts` equal blocks of the model's inner dim on dim 0."""
+    if t.ndim == 0 or t.shape[0] != parts * inner:
+        raise SatConversionError(
+            f"{path}: {SAT_PREFIX}{key} has shape {tuple(t.shape)}; fused {what} need dim 0 = "
+            f"{parts} x {inner} (the hidden size) = {parts * inner}"
+        )
+
+
 def _add_delta(w: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
     return (w.float() + delta.float()).to(w.dtype)
+
+
+# The diffusers linears of SAT's LoRA partitions (the order of matrix_A.i / matrix_B.i).
+_LORA_TARGETS = {"query_key_value": ("to_q", "to_k", "to_v"), "dense": ("to_out.0",)}
+
+
+def check_lora_alpha(alpha: float, flag: str) -> None:
+    """SAT's lora_alpha must be finite and > 0 (the LoRA scale is alpha / rank); else ValueError."""
+    if isinstance(alpha, bool) or not isinstance(alpha, int | float) or not 0 < alpha < math.inf:
+        raise ValueError(
+            f"{flag} must be > 0 and finite (SAT's lora_alpha; the LoRA scale is alpha / rank), "
+            f"got {alpha!r}"
+        )
+
+
+def check_lora_ranks(modules: list[LoraModule], path: str | Path) -> None:
+    """SAT's LoraLinear needs rank r >= 1 (its scale is lora_alpha / r): refuse r = 0."""
+    for m in modules:
+        if m.rank < 1:
+            raise SatConversionError(
+                f"{path}: layer {m.layer} {m.module} has LoRA rank {m.rank} (matrix_A.0 "
+                f"{tuple(m.a[0].shape)}); the rank must be at least 1"
+            )
+
+
+def _delta_shapes(
+    loras: dict[str, torch.Tensor], path: str | Path
+) -> dict[str, tuple[tuple[int, int], str]]:
+    """Per diffusers weight: the shape of its LoRA delta B @ A and the SAT matrices behind it."""
+    modules = collect_lora(loras, path)
+    check_lora_ranks(modules, path)
+    out = {}
+    for m in modules:
+        for i, target in enumerate(_LORA_TARGETS[m.module]):
+            a, b = m.a[i], m.b[i]
+            src = f"{SAT_PREFIX}transformer.layers.{m.layer}.attention.{m.module}.matrix_"
+            out[f"transformer_blocks.{m.layer}.attn1.{target}.weight"] = (
+                (b.shape[0], a.shape[1]),
+                f"{src}B.{i} {tuple(b.shape)} @ {src}A.{i} {tuple(a.shape)}",
+            )
+    return out
 
 
 def plan_transformer(
@@ -116,6 +175,7 @@ def plan_transformer(
         drop.add("mixins.pos_embed.pos_embedding")
     plan: dict[str, Planned] = {}
     dropped, unexpected = [], []
+    inner = layout.config["num_attention_heads"] * layout.config["attention_head_dim"]
     for k, t in base.items():
         if k in drop:
             dropped.append(k)
@@ -128,10 +188,12 @@ def plan_transformer(
             if kind == "copy":
                 plan[names[0]] = Planned(tuple(t.shape), cast(_Make, lambda t=t: t))
             elif kind == "qkv":
+                _check_fused(k, t, 3, inner, "q, k and v", path)
                 shape = (t.shape[0] // 3, *t.shape[1:])
                 for i, name in enumerate(names):
                     plan[name] = Planned(shape, cast(_Make, lambda t=t, i=i: t.chunk(3, dim=0)[i]))
             else:  # adaln
+                _check_fused(k, t, 12, inner, "12 modulations", path)
                 shape = (t.shape[0] // 2, *t.shape[1:])
                 for i, name in enumerate(names):
                     plan[name] = Planned(shape, cast(_Make, lambda t=t, i=i: _adaln_half(t, i)))
@@ -145,10 +207,18 @@ def plan_transformer(
             + (f" (+{len(unexpected) - 10} more)" if len(unexpected) > 10 else "")
         )
     if loras and lora == "merge":
+        check_lora_alpha(lora_alpha, "--lora-alpha")
+        shapes = _delta_shapes(loras, path)
         for name, delta in lora_deltas(loras, lora_alpha, path).items():
             if name not in plan:
                 raise SatConversionError(f"{path}: LoRA targets {name}, which the model lacks")
             old = plan[name]
+            shape, source = shapes[name]
+            if shape != tuple(old.shape):
+                raise SatConversionError(
+                    f"{path}: the LoRA delta B @ A for {name} is {shape} ({source}), but the "
+                    f"base weight is {tuple(old.shape)}"
+                )
             plan[name] = Planned(
                 old.shape, cast(_Make, lambda old=old, d=delta: _add_delta(old.make(), d()))
             )

@@ -201,7 +201,8 @@ def detect_transformer(
 ) -> TransformerLayout:
     """Detect family and diffusers config from keys and shapes (prefix already stripped).
 
-    `variant` overrides the detected family; `sample_size` (latent h, w), `sample_frames` and
+    `variant` must name the detected family (else SatConversionError naming both): the weights
+    fix the position scheme. `sample_size` (latent h, w), `sample_frames` and
     `max_text_seq_length` override what the stored position tables or the published config say.
     """
     notes: list[str] = []
@@ -258,16 +259,19 @@ def detect_transformer(
         f"ofs_embed {'present' if 'ofs_embed.0.weight' in sd else 'absent'}"
     )
     if variant is not None:
+        # Generation, I2V and the position scheme are all read from the weights, and together they
+        # name exactly one family: a different --variant would convert with the wrong positions.
         chosen = get_family(variant)
-        if (chosen.generation, chosen.i2v) != (generation, i2v):
-            raise SatConversionError(
-                f"{path}: --variant {chosen.name} does not fit the weights, which are CogVideoX "
-                f"{generation} {'image' if i2v else 'text'}-to-video ({in_ch} input channels, "
-                f"{'Linear' if pt else 'Conv2d'} patch embed)"
-            )
         if chosen.name != name:
-            notes.append(f"--variant {chosen.name} overrides the detected {name}")
-        family = chosen
+            raise SatConversionError(
+                f"{path}: --variant {chosen.name} (CogVideoX {chosen.generation} "
+                f"{'image' if chosen.i2v else 'text'}-to-video, {chosen.positional} positions) "
+                f"does not fit the weights, detected as {name}: CogVideoX {generation} "
+                f"{'image' if i2v else 'text'}-to-video, {family.positional} positions "
+                f"({in_ch} input channels, {'Linear' if pt else 'Conv2d'} patch embed, "
+                f"pos_embedding {'present' if has_pos else 'absent'}); drop --variant or pass "
+                f"{name}"
+            )
 
     rope = family.positional != "sincos"
     learned = family.positional == "rope+learned" and has_pos

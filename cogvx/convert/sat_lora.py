@@ -7,9 +7,12 @@ loader ignores network alphas, so the scale is folded into `lora_B`.
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
 from cogvx.convert.sat import DTYPES, Log, load_state_dict, source_dtype
+from cogvx.convert.sat_keys import check_lora_alpha, check_lora_ranks
 from cogvx.lora.sat_format import (  # noqa: F401 (re-exported: the LoRA pieces of this tool)
     LoraModule,
     collect_lora,
@@ -31,12 +34,12 @@ def export_lora(
     """Export the SAT LoRA in `checkpoint` to `out_dir/pytorch_lora_weights.safetensors`."""
     from diffusers import CogVideoXPipeline
 
-    if alpha <= 0:
-        raise ValueError(f"--alpha must be > 0, got {alpha}")
+    check_lora_alpha(alpha, "--alpha")
     if dtype is not None and dtype not in DTYPES:
         raise ValueError(f"--dtype {dtype!r} is not allowed; choose one of {sorted(DTYPES)}")
     sd = load_state_dict(checkpoint, trust_pickle=trust_pickle)
     modules = collect_lora(sd, checkpoint)
+    check_lora_ranks(modules, checkpoint)
     ignored = sum(1 for k in sd if ".matrix_" not in k)
     ranks = sorted({m.rank for m in modules})
     layers = sorted({m.layer for m in modules})
@@ -52,10 +55,15 @@ def export_lora(
         log(f"ignored {ignored} non-LoRA tensors (base model weights)")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    CogVideoXPipeline.save_lora_weights(
-        out, transformer_lora_layers=state, weight_name=LORA_WEIGHT_NAME
-    )
     path = out / LORA_WEIGHT_NAME
+    work = out / f".{LORA_WEIGHT_NAME}.partial-{os.getpid()}"  # then renamed: never half a file
+    try:
+        CogVideoXPipeline.save_lora_weights(
+            work, transformer_lora_layers=state, weight_name=LORA_WEIGHT_NAME
+        )
+        os.replace(work / LORA_WEIGHT_NAME, path)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     log(f"wrote {path} ({len(state)} tensors, {str(out_dtype).removeprefix('torch.')}, "
         f"{path.stat().st_size / 1e6:.1f} MB)")  # fmt: skip
     return path

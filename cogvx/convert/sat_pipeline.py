@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import time
+import uuid
 from pathlib import Path
 
 from cogvx.convert.sat import (
@@ -15,10 +16,12 @@ from cogvx.convert.sat import (
     source_dtype,
     split_sat_model,
     write_model_folder,
+    write_text_atomic,
 )
-from cogvx.convert.sat_keys import plan_transformer
-from cogvx.convert.sat_layout import FAMILIES, detect_transformer, get_family
+from cogvx.convert.sat_keys import check_lora_alpha, plan_transformer
+from cogvx.convert.sat_layout import FAMILIES, SatFamily, detect_transformer, get_family
 from cogvx.convert.sat_vae import convert_vae
+from cogvx.errors import SetupError
 from cogvx.lora.sat_format import SatConversionError
 from cogvx.models import scheduler_config
 
@@ -104,14 +107,18 @@ def convert_pipeline(
     tar: str | Path | None = None,
     log: Log = print,
 ) -> Path:
-    """Convert SAT checkpoints into a diffusers pipeline folder (partial if pieces are missing)."""
-    from diffusers import CogVideoXTransformer3DModel
+    """Convert SAT checkpoints into a diffusers pipeline folder (partial if pieces are missing).
 
+    Everything is written into a temporary sibling of `output`, which replaces `output` only once
+    the conversion succeeded: a failure leaves `output` as it was (`overwrite` replaces it whole).
+    """
     t0 = time.perf_counter()
     out = Path(output)
     if transformer is None and vae is None:
         raise ValueError("nothing to convert: pass --transformer and/or --vae")
-    if out.exists() and any(out.iterdir()) and not overwrite:
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--output {out} is a file; pass a folder")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise ValueError(
             f"--output {out} exists and is not empty; pass --overwrite or pick a new folder"
         )
@@ -123,19 +130,80 @@ def convert_pipeline(
         )
     if lora not in (None, "merge", "drop"):
         raise ValueError(f"--lora {lora!r} is not allowed; choose merge or drop")
+    check_lora_alpha(lora_alpha, "--lora-alpha")
     if tar is not None:
         try:
             from cogvx.weights.pack import pack_folder
         except ImportError as e:
-            raise RuntimeError(
+            raise SetupError(
                 f"--tar needs cogvx.weights.pack_folder, unavailable here ({e})"
             ) from e
     family = get_family(variant) if variant else None
+    if transformer is None and vae is not None and family is None:
+        raise ValueError(
+            f"--vae alone cannot tell the latent scaling: pass --variant ({', '.join(FAMILIES)})"
+        )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = out.parent / f".{out.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    work.mkdir()
+    try:
+        _convert_into(
+            work, family, transformer, vae, text_encoder_path, variant, dtype, vae_dtype,
+            max_shard_size, sample_size, sample_frames, max_text_seq_length, lora, lora_alpha,
+            vae_norm_groups, trust_pickle, log,
+        )  # fmt: skip
+        _replace_folder(work, out)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    log(f"done: {out} ({_folder_size(out) / 1e6:.1f} MB) in {time.perf_counter() - t0:.1f}s")
+    if tar is not None:
+        pack_folder(out, Path(tar), log=log)
+    return out
+
+
+def _replace_folder(new: Path, out: Path) -> None:
+    """Put the finished folder `new` at `out` by renames; an existing `out` is removed after."""
+    if not out.exists():
+        os.rename(new, out)
+        return
+    old = out.parent / f".{out.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    os.rename(out, old)
+    try:
+        os.rename(new, out)
+    except BaseException:
+        os.rename(old, out)
+        raise
+    if old.is_symlink():  # --output was a link to a folder: the link is replaced, not its target
+        old.unlink()
+    else:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _convert_into(
+    out: Path,
+    family: SatFamily | None,
+    transformer: str | Path | None,
+    vae: str | Path | None,
+    text_encoder_path: str | Path | None,
+    variant: str | None,
+    dtype: str | None,
+    vae_dtype: str,
+    max_shard_size: str,
+    sample_size: tuple[int, int] | None,
+    sample_frames: int | None,
+    max_text_seq_length: int | None,
+    lora: str | None,
+    lora_alpha: float,
+    vae_norm_groups: int | None,
+    trust_pickle: bool,
+    log: Log,
+) -> None:
+    """The conversion of `convert_pipeline` (arguments checked) into the empty folder `out`."""
+    from diffusers import CogVideoXTransformer3DModel
+
     text_dim = None
     vae_sd, vae_src = None, vae
-    for f in out.glob("*"):
-        if overwrite and f.name in ("transformer", "vae", "scheduler", "text_encoder", "tokenizer"):
-            shutil.rmtree(f)
     if transformer is not None:
         sd = load_state_dict(transformer, trust_pickle)
         dit, embedded_vae, skipped = split_sat_model(sd, transformer)
@@ -159,18 +227,15 @@ def convert_pipeline(
             out / "transformer", CogVideoXTransformer3DModel, layout.config, plan, t_dtype,
             max_shard_size, transformer, log,
         )  # fmt: skip
-        family = layout.family if variant is None else family
+        family = layout.family  # = --variant, which detect_transformer checked
         text_dim = layout.config["text_embed_dim"]
         _write_native_size(out, layout)
         if embedded_vae and vae is None:
             vae_sd, vae_src = embedded_vae, f"{transformer} (first_stage_model.*)"
         del sd, dit
+    # a transformer gives its family; --vae alone without --variant was refused
+    assert family is not None
     if vae_src is not None:
-        if family is None:
-            raise ValueError(
-                "--vae alone cannot tell the latent scaling: pass --variant "
-                f"({', '.join(FAMILIES)})"
-            )
         if vae_sd is None:
             assert vae is not None  # no embedded VAE taken: vae_src is still vae
             vae_sd = load_state_dict(vae, trust_pickle)
@@ -181,8 +246,6 @@ def convert_pipeline(
             DTYPES[vae_dtype], vae_norm_groups, max_shard_size, vae_src, log,
         )  # fmt: skip
         del vae_sd
-    # a transformer gives its family; --vae alone without --variant was refused above
-    assert family is not None
     import diffusers
 
     sched_cls = getattr(diffusers, family.scheduler)
@@ -204,7 +267,7 @@ def convert_pipeline(
             "transformer": ["diffusers", "CogVideoXTransformer3DModel"],
             "vae": ["diffusers", "AutoencoderKLCogVideoX"],
         }
-        (out / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
+        write_text_atomic(out / "model_index.json", json.dumps(index, indent=2) + "\n")
         log(f"pipeline: {family.pipeline} (model_index.json written)")
     else:
         log(
@@ -212,10 +275,6 @@ def convert_pipeline(
             "load parts with e.g. "
             "CogVideoXTransformer3DModel.from_pretrained(OUT, subfolder='transformer')"
         )
-    log(f"done: {out} ({_folder_size(out) / 1e6:.1f} MB) in {time.perf_counter() - t0:.1f}s")
-    if tar is not None:
-        pack_folder(out, Path(tar), log=log)
-    return out
 
 
 def _write_native_size(out: Path, layout) -> None:
@@ -226,4 +285,4 @@ def _write_native_size(out: Path, layout) -> None:
     from cogvx.models import FOLDER_OVERRIDES
 
     size = {"height": c["sample_height"] * 8, "width": c["sample_width"] * 8}
-    (out / FOLDER_OVERRIDES).write_text(json.dumps(size) + "\n")
+    write_text_atomic(out / FOLDER_OVERRIDES, json.dumps(size) + "\n")

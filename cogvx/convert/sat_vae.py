@@ -93,12 +93,21 @@ def detect_vae(sd: dict[str, torch.Tensor], path: str | Path = "checkpoint") -> 
             f"(first keys: {list(sd)[:5]})"
         )
     n = _num_blocks(keys, r"encoder\.down", path)
-    channels = []
-    for i in range(n):
-        k = f"encoder.down.{i}.block.0.conv2.conv.weight"
-        if k not in sd:
-            raise SatConversionError(f"{path}: unknown VAE layout, {k} is missing")
-        channels.append(sd[k].shape[0])
+    convs = [f"encoder.down.{i}.block.0.conv2.conv.weight" for i in range(n)]
+    needed = [*convs, "encoder.conv_in.conv.weight", "encoder.conv_out.conv.weight"]
+    needed.append("decoder.conv_out.conv.weight")
+    missing = [k for k in needed if k not in sd]
+    if missing:
+        raise SatConversionError(
+            f"{path}: unknown VAE layout, {len(missing)} of the keys that give its sizes are "
+            f"missing: {missing[:5]}" + (f" (+{len(missing) - 5} more)" if len(missing) > 5 else "")
+        )
+    bad = [f"{k} {tuple(sd[k].shape)}" for k in needed if sd[k].ndim != 5]
+    if bad:
+        raise SatConversionError(
+            f"{path}: unknown VAE layout, expected 5-D Conv3d weights: {bad[:5]}"
+        )
+    channels = [sd[k].shape[0] for k in convs]
     per_block = len({k.split(".")[4] for k in keys if k.startswith("encoder.down.0.block.")})
     config: dict[str, Any] = dict(VAE_DEFAULTS)
     config.update(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import tarfile
 from pathlib import Path
 
@@ -10,9 +11,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from cogvx.convert.sat import load_state_dict
+from cogvx.convert.sat import atomic_path, load_state_dict, write_model_folder
+from cogvx.convert.sat_keys import Planned
 from cogvx.convert.sat_layout import FAMILIES, detect_transformer
 from cogvx.convert.sat_pipeline import convert_pipeline
+from cogvx.convert.sat_vae import detect_vae, plan_vae
 from cogvx.dev.sat_synth import sat_transformer_state, sat_vae_state, tiny_transformer, tiny_vae
 from cogvx.dev.tiny import save_tiny_t5
 from cogvx.lora.sat_format import SAT_PREFIX, SatConversionError
@@ -21,6 +24,7 @@ from tools.convert_weight_sat2hf import main as convert_main
 
 FIXTURES = fixture_dir("sat")
 QUIET = {"log": lambda _msg: None}
+HIDDEN = 32  # tiny_transformer: 2 heads x 16
 
 
 @pytest.fixture(scope="module")
@@ -327,13 +331,82 @@ def test_cli_errors(tmp_path, capsys):
     rc = convert_main(
         ["--transformer", "x.pt", "--output", str(tmp_path / "o"), "--dtype", "fp32", "--bf16"]
     )
-    assert rc == 1 and "conflicting dtype flags" in capsys.readouterr().err
+    assert rc == 2 and "conflicting dtype flags" in capsys.readouterr().err
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "file").write_text("x")
     rc = convert_main(["--transformer", "x.pt", "--output", str(tmp_path / "busy")])
-    assert rc == 1 and "not empty" in capsys.readouterr().err
+    assert rc == 2 and "not empty" in capsys.readouterr().err
     rc = convert_main(["--output", str(tmp_path / "o")])
-    assert rc == 1 and "nothing to convert" in capsys.readouterr().err
+    assert rc == 2 and "nothing to convert" in capsys.readouterr().err
+    rc = convert_main(["--vae", "x.pt", "--output", str(tmp_path / "o"), "--lora-alpha", "nan"])
+    assert rc == 2 and "--lora-alpha must be > 0 and finite" in capsys.readouterr().err
+
+
+def test_cli_expected_failures_exit_2_without_traceback(tmp_path, capsys, sat_vae):
+    """Unreadable input, missing keys and OS errors: one line on stderr and exit status 2."""
+    src = str(FIXTURES / "5b" / "mp_rank_00_model_states.pt")
+    (tmp_path / "file").write_text("x")
+    rc = convert_main(["--transformer", src, "--output", str(tmp_path / "file" / "out")])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("error: ") and str(tmp_path / "file") in err
+    assert "Traceback" not in err
+    sd = torch.load(sat_vae[0], weights_only=True)["state_dict"]
+    del sd["encoder.conv_in.conv.weight"]
+    torch.save({"state_dict": sd}, tmp_path / "vae.pt")
+    args = ["--vae", str(tmp_path / "vae.pt"), "--variant", "5b", "--output", str(tmp_path / "v")]
+    rc = convert_main(args)
+    err = capsys.readouterr().err
+    assert rc == 2 and "'encoder.conv_in.conv.weight'" in err
+    (tmp_path / "empty").mkdir()
+    rc = convert_main(["--transformer", str(tmp_path / "empty"), "--output", str(tmp_path / "o")])
+    assert rc == 2 and "without a SAT checkpoint" in capsys.readouterr().err
+
+
+def test_vae_missing_size_keys_are_listed(tmp_path, sat_vae):
+    sd = torch.load(sat_vae[0], weights_only=True)["state_dict"]
+    gone = ["encoder.conv_out.conv.weight", "decoder.conv_out.conv.weight"]
+    sd = {k: v for k, v in sd.items() if k not in gone}
+    with pytest.raises(
+        SatConversionError,
+        match=r"x\.pt: unknown VAE layout, 2 of the keys that give its sizes are missing: "
+        r"\['encoder\.conv_out\.conv\.weight', 'decoder\.conv_out\.conv\.weight'\]",
+    ):
+        detect_vae(sd, "x.pt")
+
+
+def test_overwrite_replaces_the_folder_only_on_success(tmp_path, t5_dir, sat_vae):
+    """--overwrite: a failed conversion leaves the old folder as it was; a good one leaves no stale
+    file (model_index.json, cogvx.json, vae/) and no temporary folder behind."""
+    out = tmp_path / "out"
+    first = dict(vae=sat_vae[0], text_encoder_path=t5_dir, vae_norm_groups=4, **QUIET)
+    convert_pipeline(out, transformer=FIXTURES / "5b" / "mp_rank_00_model_states.pt", **first)
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert Path("model_index.json") in before and Path("cogvx.json") in before
+    bad = tmp_path / "bad.pt"
+    src = (FIXTURES / "5b" / "mp_rank_00_model_states.pt").read_bytes()
+    bad.write_bytes(src[: len(src) // 2])
+    with pytest.raises(SatConversionError, match="truncated or corrupt"):
+        convert_pipeline(out, transformer=bad, overwrite=True, **QUIET)
+    after = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert after == before
+    family = FAMILIES["t2v-1.5"]
+    sd = sat_transformer_state(tiny_transformer(family, sample=(8, 12, 17)), family)
+    convert_pipeline(out, transformer=_save_sat(tmp_path, sd), overwrite=True, **QUIET)
+    assert sorted(p.name for p in out.iterdir()) == ["scheduler", "transformer"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.pt", "ckpt.pt", "out"]
+
+
+def test_atomic_path_keeps_the_old_file_until_the_new_one_is_whole(tmp_path):
+    target = tmp_path / "config.json"
+    target.write_text("old")
+    with pytest.raises(OSError, match="disk full"), atomic_path(target) as tmp:
+        tmp.write_text("half")
+        raise OSError("disk full")
+    assert target.read_text() == "old" and list(tmp_path.iterdir()) == [target]
+    with atomic_path(target) as tmp:
+        tmp.write_text("new")
+        assert target.read_text() == "old"
+    assert target.read_text() == "new" and list(tmp_path.iterdir()) == [target]
 
 
 def test_variant_override_and_size_conflict(tmp_path):
@@ -344,16 +417,35 @@ def test_variant_override_and_size_conflict(tmp_path):
             tiny_transformer(family, sample=(8, 12, 17)), family
         ).items()
     }
-    layout = detect_transformer(dit, variant="2b")
-    assert layout.family.name == "t2v-2b"
-    assert layout.config["use_rotary_positional_embeddings"] is False
-    assert any("overrides the detected t2v-5b" in n for n in layout.notes)
+    assert detect_transformer(dit, variant="5b").family.name == "t2v-5b"  # an alias of detected
+    # RoPE weights forced to 2b would be converted with sincos positions: refused, naming both
+    with pytest.raises(
+        SatConversionError,
+        match=r"--variant t2v-2b .*sincos positions\) does not fit the weights, detected as "
+        r"t2v-5b: CogVideoX 1.0 text-to-video, rope positions .*pos_embedding absent",
+    ):
+        detect_transformer(dit, variant="2b")
     with pytest.raises(SatConversionError, match="does not fit the weights.*1.0 text-to-video"):
         detect_transformer(dit, variant="i2v-5b")
     with pytest.raises(SatConversionError, match="conflicts with the position table"):
         detect_transformer(dit, sample_size=(60, 90))
     with pytest.raises(ValueError, match="variant 'xl' is unknown"):
         detect_transformer(dit, variant="xl")
+
+
+def test_variant_contradicting_the_position_scheme_is_refused(tmp_path):
+    """A 2b (sincos) checkpoint forced to 5b (RoPE) fails before anything is written."""
+    family = FAMILIES["t2v-2b"]
+    sd = sat_transformer_state(tiny_transformer(family, sample=(8, 12, 17), text_len=7), family)
+    path = _save_sat(tmp_path, sd)
+    with pytest.raises(
+        SatConversionError, match=r"--variant t2v-5b .*detected as t2v-2b.*pos_embedding present"
+    ):
+        convert_pipeline(tmp_path / "out", transformer=path, variant="5b", **QUIET)
+    assert not (tmp_path / "out").exists()
+    out = convert_pipeline(tmp_path / "ok", transformer=path, variant="t2v-2b", **QUIET)
+    sched = json.loads((out / "scheduler" / "scheduler_config.json").read_text())
+    assert sched["snr_shift_scale"] == 3.0
 
 
 def test_2b_sincos_table_reveals_sizes_and_interpolation():
@@ -385,3 +477,48 @@ def test_tar(tmp_path):
         names = set(tf.getnames())
     assert any(n.endswith("transformer/diffusion_pytorch_model.safetensors") for n in names)
     assert any(n.endswith("scheduler/scheduler_config.json") for n in names)
+
+
+@pytest.mark.parametrize(
+    ("name", "parts"),
+    [
+        ("transformer.layers.1.attention.query_key_value.weight", 3),
+        ("transformer.layers.0.attention.query_key_value.bias", 3),
+        ("mixins.adaln_layer.adaLN_modulations.1.1.weight", 12),
+    ],
+)
+@pytest.mark.parametrize("extra_rows", [1, -1, 3, 12])
+def test_fused_tensors_must_split_evenly(tmp_path, name, parts, extra_rows):
+    """A fused qkv / adaLN tensor whose dim 0 is not parts x hidden is refused, naming it."""
+    family = FAMILIES["t2v-5b"]
+    sd = sat_transformer_state(tiny_transformer(family), family)
+    key = SAT_PREFIX + name
+    rows = parts * HIDDEN + extra_rows
+    bad = dict(sd, **{key: torch.zeros(rows, *sd[key].shape[1:])})
+    shape = re.escape(str((rows, *sd[key].shape[1:])))
+    with pytest.raises(
+        SatConversionError, match=rf"{re.escape(key)} has shape {shape}.*{parts} x {HIDDEN}"
+    ):
+        convert_pipeline(tmp_path / "o", transformer=_save_sat(tmp_path, bad), **QUIET)
+    assert not (tmp_path / "o").exists()
+
+
+def test_written_tensors_are_checked_against_the_model(tmp_path, sat_vae):
+    """A tensor that comes out of its plan in another shape than planned is an error, not a file."""
+    from diffusers import AutoencoderKLCogVideoX
+
+    sd = torch.load(sat_vae[0], weights_only=True)["state_dict"]
+    config = dict(detect_vae(sd), norm_num_groups=4)
+    plan, _ = plan_vae(sd)
+    key = "decoder.conv_out.conv.weight"
+    good = plan[key]
+    plan[key] = Planned(good.shape, lambda: good.make()[:1])
+    with pytest.raises(
+        SatConversionError,
+        match=rf"vae\.pt: {re.escape(key)} comes out of the checkpoint as \(1, .*"
+        r"AutoencoderKLCogVideoX expects \(3, ",
+    ):
+        write_model_folder(
+            tmp_path / "vae", AutoencoderKLCogVideoX, config, plan, torch.float32,
+            source="vae.pt", **QUIET,
+        )  # fmt: skip

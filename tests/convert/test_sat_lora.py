@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -147,3 +148,79 @@ def test_lora_dtype(tmp_path):
     assert torch.equal(tensors[key], (src.float() / 4).bfloat16())
     path = export_lora(tmp_path / "bf16.pt", tmp_path / "b", dtype="fp32", **QUIET)
     assert {t.dtype for t in load_file(str(path)).values()} == {torch.float32}
+
+
+@pytest.mark.parametrize(
+    ("matrix", "shape", "delta"),
+    [
+        ("query_key_value.matrix_B.1", (1, 4), (1, HIDDEN)),  # would broadcast over every row
+        ("dense.matrix_A.0", (4, 2 * HIDDEN), (HIDDEN, 2 * HIDDEN)),
+    ],
+)
+def test_lora_merge_checks_delta_shapes(tmp_path, matrix, shape, delta):
+    """--lora merge refuses a B @ A whose shape is not the base weight's, naming the key."""
+    family = FAMILIES["t2v-5b"]
+    base = sat_transformer_state(tiny_transformer(family), family)
+    lora = sat_lora_state(2, HIDDEN, 4)
+    key = f"{SAT_PREFIX}transformer.layers.1.attention.{matrix}"
+    lora[key] = torch.ones(shape)
+    torch.save({"module": _sat_lora_checkpoint(base, lora)}, tmp_path / "lora.pt")
+    target = "to_k" if "query_key_value" in matrix else "to_out.0"
+    with pytest.raises(
+        SatConversionError,
+        match=rf"delta B @ A for transformer_blocks\.1\.attn1\.{re.escape(target)}\.weight is "
+        rf"{re.escape(str(delta))} \(.*{re.escape(key)} {re.escape(str(shape))}.*\), but the "
+        rf"base weight is \({HIDDEN}, {HIDDEN}\)",
+    ):
+        convert_pipeline(tmp_path / "o", transformer=tmp_path / "lora.pt", lora="merge", **QUIET)
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("alpha", [0.0, -1.0, float("nan"), float("inf")])
+def test_lora_alpha_must_be_finite_and_positive(tmp_path, capsys, alpha):
+    lora = sat_lora_state(2, HIDDEN, 4)
+    torch.save({"module": lora}, tmp_path / "lora.pt")
+    want = rf"must be > 0 and finite .*got {re.escape(repr(alpha))}"
+    with pytest.raises(ValueError, match=rf"--alpha {want}"):
+        export_lora(tmp_path / "lora.pt", tmp_path / "o", alpha=alpha, **QUIET)
+    rc = export_main(["--sat-pt", str(tmp_path / "lora.pt"), "--output", str(tmp_path / "o"),
+                      "--alpha", str(alpha)])  # fmt: skip
+    assert rc == 2 and re.search(want, capsys.readouterr().err)
+    family = FAMILIES["t2v-5b"]
+    base = sat_transformer_state(tiny_transformer(family), family)
+    torch.save({"module": _sat_lora_checkpoint(base, lora)}, tmp_path / "ckpt.pt")
+    with pytest.raises(ValueError, match=rf"--lora-alpha {want}"):
+        convert_pipeline(
+            tmp_path / "m", transformer=tmp_path / "ckpt.pt", lora="merge", lora_alpha=alpha,
+            **QUIET,
+        )  # fmt: skip
+    assert not (tmp_path / "o").exists() and not (tmp_path / "m").exists()
+
+
+def test_lora_rank_zero_is_refused(tmp_path):
+    """SAT's scale is alpha / r: a rank-0 LoRA is an error naming the module, not a crash."""
+    lora = {
+        k: (v[:0] if ".matrix_A." in k else v[:, :0])
+        for k, v in sat_lora_state(2, HIDDEN, 4).items()
+    }
+    torch.save({"module": lora}, tmp_path / "lora.pt")
+    with pytest.raises(SatConversionError, match=r"layer 0 dense has LoRA rank 0"):
+        export_lora(tmp_path / "lora.pt", tmp_path / "o", **QUIET)
+    family = FAMILIES["t2v-5b"]
+    base = sat_transformer_state(tiny_transformer(family), family)
+    torch.save({"module": _sat_lora_checkpoint(base, lora)}, tmp_path / "ckpt.pt")
+    with pytest.raises(SatConversionError, match=r"LoRA rank 0.*at least 1"):
+        convert_pipeline(tmp_path / "m", transformer=tmp_path / "ckpt.pt", lora="merge", **QUIET)
+
+
+def test_lora_export_replaces_the_file_whole(tmp_path):
+    """A second export replaces the first by a rename and leaves no temporary file behind."""
+    from safetensors.torch import load_file
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "pytorch_lora_weights.safetensors").write_bytes(b"old")
+    torch.save({"module": sat_lora_state(2, HIDDEN, 4)}, tmp_path / "lora.pt")
+    path = export_lora(tmp_path / "lora.pt", out, **QUIET)
+    assert [p.name for p in out.iterdir()] == ["pytorch_lora_weights.safetensors"]
+    assert len(load_file(str(path))) == 16
