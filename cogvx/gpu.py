@@ -40,12 +40,13 @@ def plan_memory(
 
     Pure function: the caller measures the card. Offload and `.to("cuda")` are exclusive.
     """
+    if forced and forced not in OFFLOAD_MODES:  # checked with or without a GPU
+        raise ValueError(f"{OFFLOAD_ENV}={forced!r} is not allowed; use one of {OFFLOAD_MODES}")
     if free_gb is None:
-        return MemoryPlan("cpu", "cpu", False, False, "no CUDA device: running on CPU")
+        why = f" ({OFFLOAD_ENV}={forced} applies on a GPU only)" if forced else ""
+        return MemoryPlan("cpu", "cpu", False, False, f"no CUDA device: running on CPU{why}")
     card = f"{free_gb:.1f} GiB free" + (f" of {total_gb:.1f} GiB" if total_gb else "")
     if forced:
-        if forced not in OFFLOAD_MODES:
-            raise ValueError(f"{OFFLOAD_ENV}={forced!r} is not allowed; use one of {OFFLOAD_MODES}")
         return MemoryPlan("cuda", forced, True, True, f"{card}; offload forced by {OFFLOAD_ENV}")
     steps = [
         ("none", need.no_offload),
@@ -95,10 +96,8 @@ def measure_gpu() -> tuple[float, float] | None:
 
 def current_plan(need: MemoryNeed) -> MemoryPlan:
     """Measure the card and plan; honours the COGVX_OFFLOAD override."""
-    measured = measure_gpu()
-    if measured is None:
-        return plan_memory(need, None)
-    return plan_memory(need, *measured, forced=settings.offload_mode())
+    free_gb, total_gb = measure_gpu() or (None, None)
+    return plan_memory(need, free_gb, total_gb, forced=settings.offload_mode())
 
 
 def apply_plan(pipe: Any, plan: MemoryPlan, log: Callable[[str], None] = log_line) -> None:

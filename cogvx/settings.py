@@ -29,6 +29,17 @@ ALLOW_PRIVATE_ENV = "COGVX_ALLOW_PRIVATE_URLS"  # user URLs: 1 | 0 | host[:port]
 SOURCE_DATE_ENV = "SOURCE_DATE_EPOCH"  # reproducible-builds.org: packed tarballs' member mtime
 HF_ENDPOINT_ENV = "HF_ENDPOINT"  # huggingface_hub's variable: a mirror of huggingface.co
 
+# GNU tar's own variables: TAR_OPTIONS adds options to every run (an --exclude would drop
+# weight files), TAPE names a default archive, POSIXLY_CORRECT changes option parsing, and
+# VERSION_CONTROL / SIMPLE_BACKUP_SUFFIX set backups. None reaches the weights extractor's tar.
+TAR_ENV_DROPPED = (
+    "TAR_OPTIONS",
+    "TAPE",
+    "POSIXLY_CORRECT",
+    "VERSION_CONTROL",
+    "SIMPLE_BACKUP_SUFFIX",
+)
+
 DEFAULT_OUTPUT_ROOT = "/tmp/cogvx-outputs"
 DEFAULT_LORA_MIN_FREE = 10 << 30
 DEFAULT_LORA_MAX_BYTES = 2 << 30  # rank 256 on every attention layer of a 5B model is ~0.5 GB
@@ -105,8 +116,18 @@ def source_date_epoch() -> int:
 
 def fake_free_bytes() -> int | None:
     """Tests only: the free disk space to pretend (COGVX_FAKE_FREE_BYTES), None when unset."""
-    fake = os.environ.get(FAKE_FREE_ENV)
-    return int(fake) if fake else None
+    fake = os.environ.get(FAKE_FREE_ENV, "").strip()
+    if not fake:
+        return None
+    try:
+        return int(fake)
+    except ValueError:
+        raise ValueError(f"{FAKE_FREE_ENV}={fake!r}: expected a whole number of bytes") from None
+
+
+def tar_environment() -> dict[str, str]:
+    """The environment for GNU tar: this process's, without `TAR_ENV_DROPPED`."""
+    return {k: v for k, v in os.environ.items() if k not in TAR_ENV_DROPPED}
 
 
 def lora_cache_dir() -> Path:

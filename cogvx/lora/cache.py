@@ -20,11 +20,13 @@ from cogvx.lora.sources import hf_endpoint, parse_source, pick_repo_file
 from cogvx.net.http import content_range, open_first
 from cogvx.net.urls import UrlPolicy, fetch_failed, safe_url, user_url_policy
 from cogvx.settings import LORA_MAX_BYTES_ENV
+from cogvx.weights.tensors import safetensors_header
 
 Log = Callable[[str], None]
 
 STALL_TIMEOUT = 60.0
 MAX_LISTING = 4 << 20  # bytes of a Hugging Face file listing read at most
+STALE_PARTIAL_S = 3600.0  # a partial download untouched this long belongs to a dead fetch
 
 
 class LoraCache:
@@ -78,23 +80,48 @@ class LoraCache:
         path = self.path_for(url)
         label = clip(safe_url(url))
         if path.is_file():
-            os.utime(path)
-            self.hits += 1
-            self.log(f"lora: cache hit for {label}")
-            return path
+            if _complete(path):
+                os.utime(path)
+                self.hits += 1
+                self.log(f"lora: cache hit for {label}")
+                return path
+            path.unlink(missing_ok=True)  # truncated or corrupt: a miss, downloaded again
+            self.log(
+                f"lora: cached file for {label} is not a complete safetensors file; refetching"
+            )
         self.root.mkdir(parents=True, exist_ok=True)
+        self.clean_stale_partials()
         tmp = path.with_name(f".{path.stem}.{os.getpid()}.partial")
         try:
             t0 = time.monotonic()
             size = self._download(url, tmp, label, keep=path)
             room = functools.partial(self.make_room, keep=path)
             extract_safetensors(tmp, label, self.max_bytes, room=room)
+            # only a whole file enters the cache (a header naming data past the end is refused)
+            safetensors_header(tmp, f"lora_url {label}", LoraError)
             os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
         self.downloads += 1
         self.log(f"lora: downloaded {label} ({size / 1e6:.1f} MB) in {time.monotonic() - t0:.1f}s")
         return path
+
+    def clean_stale_partials(self, older_than: float = STALE_PARTIAL_S) -> int:
+        """Delete partial downloads (and extracted tar members) untouched for `older_than`
+        seconds: a crashed or killed fetch leaves them; a live one writes to its file at least
+        every STALL_TIMEOUT. Returns how many were removed."""
+        removed = 0
+        cutoff = time.time() - older_than
+        for old in [*self.root.glob(".*.partial"), *self.root.glob(".*.partial.member")]:
+            try:
+                if old.stat().st_mtime < cutoff:
+                    old.unlink()
+                    removed += 1
+            except FileNotFoundError:  # another process cleaned it or finished with it
+                continue
+        if removed:
+            self.log(f"lora: removed {removed} stale partial download(s) from {self.root}")
+        return removed
 
     def find_repo_file(self, repo: str, rev: str) -> str:
         """The download URL of a Hugging Face repo's LoRA file, from the Hub's file listing:
@@ -185,6 +212,16 @@ class LoraCache:
             f"lora_url {label}: the file is {'over ' if at_least else ''}{size / 1e6:.0f} MB; "
             f"LoRAs up to {self.max_bytes / 1e6:.0f} MB are accepted ({LORA_MAX_BYTES_ENV})"
         )
+
+
+def _complete(path: Path) -> bool:
+    """Whether `path` is a whole safetensors file: its header parses and its tensors' data
+    offsets cover the file exactly (safetensors checks both when opening it)."""
+    try:
+        safetensors_header(path, error=LoraError)
+    except LoraError:
+        return False
+    return True
 
 
 def _read(resp: http.client.HTTPResponse, failed: LoraError) -> bytes:

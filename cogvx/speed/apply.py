@@ -1,8 +1,9 @@
 """Apply the speed plan to a CogVideoX pipeline at setup, and warm the compiled blocks up.
 
 `apply_speedups` measures the device, makes the three choices (`cogvx.speed.select`), logs one
-line each and, on CUDA only, applies them in this order: the attention processor, torchao
-quantization of the transformer blocks' linear layers, regional compilation of the blocks.
+line each and, on CUDA, applies them in this order: the attention processor, torchao
+quantization of the transformer blocks' linear layers, regional compilation of the blocks. The
+warm-up's fallback undoes them in the reverse order (`fallback_steps`).
 """
 
 from __future__ import annotations
@@ -44,7 +45,8 @@ def apply_speedups(
     device: Device | None = None,
     installed: Collection[str] | None = None,
 ) -> SpeedPlan:
-    """Choose (from the device, packages and COGVX_* settings), log and, on CUDA, apply."""
+    """Choose (from the device, packages and COGVX_* settings), log and, on CUDA, apply; on a
+    CPU only a forced CPU attention backend applies (compile and quantization need CUDA)."""
     device = measure_device() if device is None else device
     installed = installed_packages() if installed is None else installed
     plan = plan_speedups(
@@ -59,6 +61,8 @@ def apply_speedups(
         log(line)
     if device.cuda:
         apply_plan(pipe, plan, device, log)
+    elif plan.attention.value != "native":  # a CPU backend forced by COGVX_ATTENTION: it runs
+        install_attention(pipe, plan.attention.value, log)
     return plan
 
 
@@ -68,6 +72,7 @@ def apply_plan(
     """Apply a plan made for `device` (CUDA): attention, then quantization, then compile."""
     install_attention(pipe, plan.attention.value, log)
     if plan.quantize.value != "none":
+        keep_unquantized(pipe.transformer)  # the warm-up's fallback puts these back
         quantize_transformer(pipe.transformer, plan.quantize.value, device.capability, log)
     if plan.compile.value:
         compile_transformer(pipe.transformer, log)
@@ -88,6 +93,40 @@ def quantized_linear(module: torch.nn.Module, fqn: str) -> bool:
         and fqn.startswith("transformer_blocks.")
         and ".norm" not in fqn
     )
+
+
+def keep_unquantized(transformer: Any) -> int:
+    """Keep CPU copies of the linear weights `quantize_transformer` replaces (on the card they
+    would cost memory), for `restore_unquantized`; returns how many were kept."""
+    transformer._cogvx_unquantized = {
+        name: module.weight.detach().to("cpu", copy=True)
+        for name, module in transformer.named_modules()
+        if quantized_linear(module, name)
+    }
+    return len(transformer._cogvx_unquantized)
+
+
+def restore_unquantized(transformer: Any) -> int:
+    """Put `keep_unquantized`'s copies back (undoes torchao's `quantize_`, also one that failed
+    half-way) and drop them; returns how many linears got their plain weights back.
+    SetupError when none were kept: the weights cannot be put back."""
+    saved = getattr(transformer, "_cogvx_unquantized", None)
+    if saved is None:
+        raise SetupError("the transformer's unquantized weights were not kept (keep_unquantized)")
+    modules = dict(transformer.named_modules())
+    for name, weight in saved.items():
+        module = modules[name]
+        module.weight = torch.nn.Parameter(weight.to(module.weight.device), requires_grad=False)
+        module.__dict__.pop("extra_repr", None)  # torchao's, describing the quantized weight
+    forget_unquantized(transformer)
+    torch._dynamo.reset()  # graphs traced for the quantized weights
+    return len(saved)
+
+
+def forget_unquantized(transformer: Any) -> None:
+    """Drop `keep_unquantized`'s copies (the quantized model warmed up: no fallback needs them)."""
+    if hasattr(transformer, "_cogvx_unquantized"):
+        del transformer._cogvx_unquantized
 
 
 def quantize_transformer(
@@ -186,10 +225,29 @@ def uncompile(transformer: Any) -> int:
     return undone
 
 
+# What each rung of the warm-up's fallback ladder undoes, in order: the last speed-up applied
+# (`apply_plan`: attention, then quantization, then compile) is the first one undone
+WITHOUT_COMPILE = "without compile"
+WITHOUT_QUANTIZE = "without quantization"
+ON_NATIVE = "on native attention"
+
+
+def fallback_steps(plan: SpeedPlan) -> list[str]:
+    """The warm-up's tries for `plan`, in order (pure): as planned, then without compile, then
+    on bf16 weights (fp8/int8 undone), then on native attention, each only when the plan has it."""
+    steps = ["as planned"]
+    if plan.compile.value:
+        steps.append(WITHOUT_COMPILE)
+    if plan.quantize.value != "none":
+        steps.append(WITHOUT_QUANTIZE)
+    if plan.attention.value != "native":
+        steps.append(ON_NATIVE)
+    return steps
+
+
 def fallback_ladder(pipe: Any, plan: SpeedPlan) -> list[tuple[str, Callable[[], SpeedPlan]]]:
-    """The warm-up's tries in order: as planned, then without compile, then on native attention
-    (each only when the plan has it). Each step undoes one speed-up on `pipe`, on top of the
-    steps before it, and returns the plan that is then in force."""
+    """`fallback_steps(plan)` with what each does: each step undoes one speed-up on `pipe`, on
+    top of the steps before it, and returns the plan that is then in force."""
     current = plan
 
     def as_planned() -> SpeedPlan:
@@ -201,6 +259,13 @@ def fallback_ladder(pipe: Any, plan: SpeedPlan) -> list[tuple[str, Callable[[], 
         current = replace(current, compile=Choice(False, "compiled warm-up failed: eager blocks"))
         return current
 
+    def drop_quantize() -> SpeedPlan:
+        nonlocal current
+        restore_unquantized(pipe.transformer)
+        was = current.quantize.value
+        current = replace(current, quantize=Choice("none", f"{was} failed at warm-up: bf16"))
+        return current
+
     def drop_attention() -> SpeedPlan:
         nonlocal current
         use_native_attention(pipe.transformer)
@@ -208,12 +273,12 @@ def fallback_ladder(pipe: Any, plan: SpeedPlan) -> list[tuple[str, Callable[[], 
         current = replace(current, attention=Choice("native", f"{was} failed at warm-up"))
         return current
 
-    ladder: list[tuple[str, Callable[[], SpeedPlan]]] = [("as planned", as_planned)]
-    if plan.compile.value:
-        ladder.append(("without compile", drop_compile))
-    if plan.attention.value != "native":
-        ladder.append(("on native attention", drop_attention))
-    return ladder
+    undo = {
+        WITHOUT_COMPILE: drop_compile,
+        WITHOUT_QUANTIZE: drop_quantize,
+        ON_NATIVE: drop_attention,
+    }
+    return [(step, undo.get(step, as_planned)) for step in fallback_steps(plan)]
 
 
 class WarmUpFailed(SetupError):
@@ -232,9 +297,10 @@ def warm_up_or_fall_back(
     run: Callable[..., float] | None = None,
     rung: int | None = None,
 ) -> SpeedPlan:
-    """Warm up at `size` (frames, height, width); if that fails, undo compile, then the attention
-    backend, each logged, and try again, so a kernel that fails on this card costs speed rather
-    than the deployment. Returns the plan that ran; raises SetupError if even eager bf16 fails.
+    """Warm up at `size` (frames, height, width); if that fails, undo compile, then quantization
+    (the unquantized weights put back), then the attention backend, each logged, and try again,
+    so a kernel that fails on this card costs speed rather than the deployment. Returns the plan
+    that ran (the unquantized copies are dropped then); raises SetupError if even eager bf16 fails.
 
     `rung=k` (multi-GPU ranks, which must all run the same plan) applies the ladder's first k+1
     steps and tries once; a failure raises WarmUpFailed, and the caller restarts every rank at k+1.
@@ -249,12 +315,14 @@ def warm_up_or_fall_back(
         error = _try_warm_up(pipe, size, ladder[rung][0], run, log)
         if error:
             raise WarmUpFailed(error, more=rung + 1 < len(ladder))
+        forget_unquantized(pipe.transformer)
         return plan
     errors = []
     for what, make in ladder:
         plan = make()
         error = _try_warm_up(pipe, size, what, run, log)
         if error is None:
+            forget_unquantized(pipe.transformer)
             return plan
         errors.append(error)
     raise SetupError("the transformer fails even eagerly on this card: " + "; ".join(errors))

@@ -16,7 +16,7 @@ from diffusers.models.attention_processor import CogVideoXAttnProcessor2_0
 from diffusers.models.embeddings import apply_rotary_emb
 
 from cogvx.errors import SetupError
-from cogvx.speed.select import BACKENDS
+from cogvx.speed.select import BACKENDS, installed_packages, package_missing
 
 
 def backend_member(backend: str) -> AttentionBackendName:
@@ -31,6 +31,11 @@ def backend_member(backend: str) -> AttentionBackendName:
 def check_backend_usable(backend: str) -> None:
     """Raise SetupError when diffusers cannot run `backend` here (missing or too old package)."""
     from diffusers.models import attention_dispatch
+
+    package = BACKENDS[backend_member(backend).value].package
+    why_not = package and package_missing(installed_packages((package,)), package)
+    if why_not:  # the rule the plan was made with (`cogvx.speed.select`)
+        raise SetupError(f"attention backend {backend!r} is not usable: {package} {why_not}")
 
     check = getattr(attention_dispatch, "_check_attention_backend_requirements", None)
     if check is None:  # a diffusers without the (private) check: the first call will tell

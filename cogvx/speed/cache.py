@@ -114,10 +114,16 @@ class FastModeSlot:
         key = None if mode == "off" else (mode, guided, id(pipe), FBC_THRESHOLD)
         config = cache_config(mode, pipe, guidance_scale)
         if key != self.key:
+            self.key = None  # no hooks until the new ones are in: a failure leaves `off`
             if self.transformer.is_cache_enabled:
                 self.transformer.disable_cache()
             if config is not None:
-                self.transformer.enable_cache(config)
+                try:
+                    self.transformer.enable_cache(config)
+                except BaseException:
+                    if self.transformer.is_cache_enabled:  # hooks put on half-way: off
+                        self.transformer.disable_cache()
+                    raise
             self.key = key
         if config is not None:
             self.transformer._reset_stateful_cache()  # a cancelled run leaves state behind

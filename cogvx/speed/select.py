@@ -1,10 +1,11 @@
 """What to speed up and how, as pure functions of the device, the installed packages and the
 deployment settings (the caller measures the device; nothing here touches CUDA).
 
-- Attention (`COGVX_ATTENTION`): auto picks SageAttention, else FlashAttention 3 on Hopper, else
-  FlashAttention 2, else torch's own SDPA (which picks flash / cuDNN / efficient kernels itself).
-  A package older than diffusers accepts counts as missing (PyPI's `sageattention` is 1.0.6;
-  diffusers' backend needs 2.1.1+).
+- Attention (`COGVX_ATTENTION`): auto picks SageAttention (on the cards its kernels cover), else
+  FlashAttention 3 on Hopper, else FlashAttention 2, else torch's own SDPA (which picks flash /
+  cuDNN / efficient kernels itself). A package older than diffusers accepts, or one whose
+  metadata gives no version, counts as missing (PyPI's `sageattention` is 1.0.6; diffusers'
+  backend needs 2.1.1+).
 - Compile (`COGVX_COMPILE`): regional `torch.compile` of the transformer blocks on CUDA, except
   with sequential offload (accelerate's per-layer hooks break full graphs).
 - Quantize (`COGVX_QUANTIZE`, the video models' meaning): fp8 (torchao dynamic fp8 activations
@@ -67,13 +68,15 @@ class Backend:
     majors: tuple[int, ...] | None = None  # only these compute-capability majors (FA3: Hopper)
     what: str = ""
     min_version: str | None = None  # the oldest package version diffusers' backend accepts
+    capabilities: tuple[tuple[int, int], ...] | None = None  # only these exact (major, minor)
 
     def missing(self, device: Device, installed: Collection[str]) -> str | None:
         """Why this backend cannot run here, None when it can."""
         if self.cuda and not device.cuda:
             return f"{self.what} needs a CUDA device"
-        if self.package and self.package not in installed:
-            return f"{self.what} needs the {self.package} package, which is not installed"
+        why_not = self.package and package_missing(installed, self.package)
+        if why_not:
+            return f"{self.what} needs the {self.package} package, which {why_not}"
         if self.package and self.min_version and isinstance(installed, Mapping):
             have = installed[self.package]
             if too_old(have, self.min_version):
@@ -83,8 +86,16 @@ class Backend:
             return f"{self.what} needs compute capability {need}+, {device.describe()} has less"
         if device.cuda and self.majors and device.capability[0] not in self.majors:
             return f"{self.what} runs on Hopper (sm 9.x) only, not on {device.describe()}"
+        if device.cuda and self.capabilities and device.capability not in self.capabilities:
+            cards = ", ".join(f"{major}.{minor}" for major, minor in self.capabilities)
+            return f"{self.what} runs on sm {cards} only, not on {device.describe()}"
         return None
 
+
+# sageattention 2.x's `sageattn` dispatches on the card's arch and has kernels for sm80, sm86,
+# sm89, sm90 and sm120 only; any other card (sm 8.7 Orin, 10.0 B200, 12.1 GB10...) raises
+# "Unsupported CUDA architecture" at the first call (thu-ml/SageAttention, sageattention/core.py)
+SAGE_CAPABILITIES = ((8, 0), (8, 6), (8, 9), (9, 0), (12, 0))
 
 # The diffusers backends that fit CogVideoX's joint attention (no mask, no varlen packing) and need
 # no kernel download at run time (the *_hub backends fetch theirs from the Hub).
@@ -110,6 +121,7 @@ BACKENDS = {
             min_capability=(8, 0),
             what="SageAttention",
             min_version="2.1.1",
+            capabilities=SAGE_CAPABILITIES,
         ),
         Backend("xformers", "xformers", what="xFormers", min_version="0.0.29"),
     )
@@ -124,7 +136,8 @@ FP8_CAPABILITY = (8, 9)  # Ada / Hopper and newer have fp8 tensor cores
 
 def installed_packages(names: tuple[str, ...] = PACKAGES) -> dict[str, str]:
     """The packages among `names` that import-resolve (find_spec only: nothing is imported),
-    each with its installed version ('' when its metadata does not say)."""
+    each with its installed version ('' when its metadata does not say: `package_missing` counts
+    such a package as missing)."""
     found = {}
     for name in names:
         try:
@@ -137,6 +150,20 @@ def installed_packages(names: tuple[str, ...] = PACKAGES) -> dict[str, str]:
         except importlib.metadata.PackageNotFoundError:
             found[name] = ""
     return found
+
+
+def package_missing(installed: Collection[str], name: str) -> str | None:
+    """Why package `name` counts as missing ('is not installed', 'gives no version in its
+    metadata'), None when it is installed.
+
+    The one rule (`Backend.missing`, the quantize choice, `cogvx.speed.attention`): diffusers
+    reads each backend's package version from its metadata and treats a package without one as
+    missing, so a '' version in a name -> version mapping is missing here too."""
+    if name not in installed:
+        return "is not installed"
+    if isinstance(installed, Mapping) and not installed[name]:
+        return "gives no version in its metadata"
+    return None
 
 
 def too_old(have: str, need: str) -> bool:
@@ -228,8 +255,8 @@ def choose_quantize(
         why_not = NO_CUDA
     elif offload == "sequential":
         why_not = "sequential offload keeps the weights on the CPU"
-    elif "torchao" not in installed:
-        why_not = "the torchao package is not installed"
+    elif torchao_missing := package_missing(installed, "torchao"):
+        why_not = f"the torchao package {torchao_missing}"
     elif value in (AUTO, "fp8") and device.capability < FP8_CAPABILITY:
         why_not = f"fp8 needs compute capability 8.9+, {device.describe()} has less"
         fallback = f"bf16 (int8 weight-only saves memory, not time: {QUANTIZE_ENV}=int8)"

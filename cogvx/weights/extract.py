@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from cogvx import settings
 from cogvx.errors import WeightsError
 from cogvx.weights.tarcheck import _BLOCK, TarChecker, describe_head, looks_like_tar
 
@@ -116,7 +117,11 @@ def extract_stream(
         cmd += ["--no-same-owner", "--no-same-permissions"]  # tar's defaults for non-root users
         try:
             proc = subprocess.Popen(
-                cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+                cmd,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                env=settings.tar_environment(),  # no TAR_OPTIONS & co: only the options above
             )
         except FileNotFoundError as e:
             raise WeightsError(f"cannot extract {label}: GNU tar is not on PATH") from e

@@ -6,6 +6,7 @@ import hashlib
 import io
 import json
 import os
+import secrets
 import tarfile
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -30,6 +31,7 @@ def pack_folder(src: str | os.PathLike, out_tar: str | os.PathLike, log: Log = p
     if not root.is_dir():
         raise ValueError(f"pack_folder: source {root} is not a folder")
     skip = {out.resolve(), out.with_name(out.name + ".partial").resolve()}
+    partials = (out.parent.resolve(), f".{out.name}.", ".partial")  # any packer's temp file
     rels = []
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
         dirnames.sort()
@@ -37,6 +39,8 @@ def pack_folder(src: str | os.PathLike, out_tar: str | os.PathLike, log: Log = p
             full = Path(dirpath) / name
             rel = full.relative_to(root).as_posix()
             if rel in (MANIFEST_NAME, MARKER_NAME) or full.resolve() in skip:
+                continue
+            if _is_partial(full, *partials):
                 continue
             if not full.is_file():
                 raise ValueError(f"pack_folder: {full} is not a regular file (broken link?)")
@@ -51,11 +55,13 @@ def pack_folder(src: str | os.PathLike, out_tar: str | os.PathLike, log: Log = p
     data = json.dumps(manifest, indent=1, sort_keys=True).encode()
     mtime = settings.source_date_epoch()
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".partial")
+    # a name of this packer's own, next to `out` (same file system: os.replace is atomic), so
+    # two packers writing the same tarball never write into one another's file
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.{secrets.token_hex(4)}.partial")
     try:
-        # typeshed's tarfile.open lacks TarFile's copybufsize keyword
+        # typeshed's tarfile.open lacks TarFile's copybufsize keyword; "x": never an existing file
         with tarfile.open(  # type: ignore[call-overload]
-            tmp, "w", format=tarfile.PAX_FORMAT, copybufsize=8 << 20
+            tmp, "x", format=tarfile.PAX_FORMAT, copybufsize=8 << 20
         ) as tf:
             tf.addfile(_tarinfo(MANIFEST_NAME, len(data), mtime, 0o644), io.BytesIO(data))
             for rel in rels:
@@ -72,6 +78,12 @@ def pack_folder(src: str | os.PathLike, out_tar: str | os.PathLike, log: Log = p
     total = sum(sizes.values())
     log(f"packed {len(rels)} files ({total / 1e9:.2f} GB) from {root} into {out}")
     return out
+
+
+def _is_partial(path: Path, folder: Path, prefix: str, suffix: str) -> bool:
+    """Whether `path` is a packer's temp file for the tarball (`.NAME.PID.RANDOM.partial`)."""
+    name = path.name
+    return name.startswith(prefix) and name.endswith(suffix) and path.parent.resolve() == folder
 
 
 def _tarinfo(name: str, size: int, mtime: int, mode: int) -> tarfile.TarInfo:

@@ -99,13 +99,13 @@ def iter_safetensors(
     path: str | os.PathLike, device: str = "cpu", error: type[WeightsFileError] = WeightsFileError
 ) -> Iterator[tuple[str, Any]]:
     """(key, tensor) of one safetensors file, one tensor at a time, on `device`."""
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
     try:
         with safe_open(str(path), framework="pt", device=device) as f:
             for key in f.keys():
                 yield key, f.get_tensor(key)
-    except (OSError, RuntimeError, ValueError) as exc:
+    except (SafetensorError, OSError, RuntimeError, ValueError) as exc:  # corrupt, truncated...
         if isinstance(exc, WeightsFileError):
             raise
         raise error(f"{path}: cannot read safetensors ({exc})") from exc

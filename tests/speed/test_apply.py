@@ -80,6 +80,19 @@ def test_no_cuda_logs_three_reasons_and_changes_nothing(device, monkeypatch):
     assert np.array_equal(_run(pipe), before)
 
 
+def test_a_forced_cpu_attention_backend_is_installed_as_logged(monkeypatch):
+    """COGVX_ATTENTION=_native_math on a CPU: the plan says it, and it is what runs."""
+    monkeypatch.setenv("COGVX_ATTENTION", "_native_math")
+    pipe, logs = build_tiny_pipeline("t2v-5b"), []
+    plan = apply_speedups(pipe, "cpu", log=logs.append, device=CPU)
+    assert plan.attention.value == "_native_math"
+    processors = list(pipe.transformer.attn_processors.values())
+    assert all(isinstance(p, DispatchCogVideoXAttnProcessor) for p in processors)
+    assert {p.backend.value for p in processors} == {"_native_math"}
+    n = len(pipe.transformer.transformer_blocks)
+    assert logs[-1] == f"speed: {n} attention layers on the _native_math backend"
+
+
 def test_bad_setting_is_refused_at_setup(monkeypatch):
     monkeypatch.setenv("COGVX_COMPILE", "yes")
     with pytest.raises(SetupError, match="COGVX_COMPILE='yes' is not allowed"):

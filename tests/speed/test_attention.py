@@ -113,3 +113,18 @@ def test_a_backend_whose_package_is_missing_is_refused_at_install():
     pipe = build_tiny_pipeline("t2v-2b")
     with pytest.raises(SetupError, match="'sage' is not usable.*sageattention"):
         use_dispatch_processor(pipe.transformer, "sage")
+
+
+def test_a_backend_package_without_version_metadata_is_refused_by_the_plans_rule(
+    tmp_path, monkeypatch
+):
+    """The same rule as the plan (`package_missing`): the package resolves but its metadata gives
+    no version, so installing the backend says so (the plan would not have picked it)."""
+    if importlib.util.find_spec("sageattention") is not None:
+        pytest.skip("sageattention is installed")
+    (tmp_path / "sageattention").mkdir()
+    (tmp_path / "sageattention" / "__init__.py").write_text("")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    pipe = build_tiny_pipeline("t2v-2b")
+    with pytest.raises(SetupError, match="'sage' is not usable: sageattention gives no version"):
+        use_dispatch_processor(pipe.transformer, "sage")

@@ -201,3 +201,24 @@ def test_after_the_warm_up_the_default_mode_compiles_nothing_new(tmp_path):
         assert counters["stats"]["unique_graphs"] == after_warm_up
     finally:
         torch._dynamo.reset()
+
+
+def test_a_failed_enable_leaves_no_hooks_and_the_next_request_puts_them_on(monkeypatch):
+    """enable_cache raising (e.g. out of memory) must not leave the slot believing the old
+    hooks are in place: the next request of that mode installs them again."""
+    pipe = build_tiny_pipeline("t2v-5b")
+    transformer = pipe.transformer
+    slot = cache.FastModeSlot(transformer, lambda _: None)
+    assert slot.apply("balanced", pipe, 6.0) == "FasterCache"
+    real = transformer.enable_cache
+
+    def fails_once(config):
+        monkeypatch.setattr(transformer, "enable_cache", real)
+        raise RuntimeError("enable failed")
+
+    monkeypatch.setattr(transformer, "enable_cache", fails_once)
+    with pytest.raises(RuntimeError, match="enable failed"):
+        slot.apply("fast", pipe, 6.0)
+    assert slot.key is None and not transformer.is_cache_enabled
+    assert slot.apply("balanced", pipe, 6.0) == "FasterCache"
+    assert transformer.is_cache_enabled and slot.key is not None

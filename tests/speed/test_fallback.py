@@ -11,12 +11,15 @@ from cogvx.dev.tiny import TINY_HEIGHT, TINY_WIDTH, build_tiny_pipeline
 from cogvx.errors import SetupError
 from cogvx.speed.apply import (
     WarmUpFailed,
+    apply_plan,
     compile_transformer,
+    fallback_steps,
     uncompile,
     warm_up_or_fall_back,
 )
 from cogvx.speed.attention import DispatchCogVideoXAttnProcessor, use_dispatch_processor
-from cogvx.speed.select import Choice, SpeedPlan
+from cogvx.speed.select import Choice, Device, SpeedPlan
+from tests.support.tiny_inputs import bf16_transformer_inputs
 
 SIZE = (9, TINY_HEIGHT, TINY_WIDTH)
 
@@ -145,3 +148,67 @@ def test_one_rung_applies_the_steps_before_it_and_tries_once():
     assert plan.compile.value is False and plan.attention.value == "native"
     with pytest.raises(SetupError, match="rung 3 does not exist"):
         warm_up_or_fall_back(pipe, _plan("sage"), SIZE, lambda _: None, run=run, rung=3)
+
+
+@pytest.mark.parametrize(
+    ("attention", "compiled", "quantize", "steps"),
+    [
+        ("sage", True, "fp8", ["as planned", "without compile", "without quantization",
+                               "on native attention"]),
+        ("sage", False, "fp8", ["as planned", "without quantization", "on native attention"]),
+        ("native", True, "int8", ["as planned", "without compile", "without quantization"]),
+        ("flash", True, "none", ["as planned", "without compile", "on native attention"]),
+        ("native", False, "none", ["as planned"]),
+    ],
+)  # fmt: skip
+def test_the_ladder_undoes_the_last_applied_speed_up_first(attention, compiled, quantize, steps):
+    """apply_plan applies attention, then quantization, then compile: undone in reverse."""
+    plan = SpeedPlan(Choice(attention, "t"), Choice(compiled, "t"), Choice(quantize, "t"))
+    assert fallback_steps(plan) == steps
+
+
+def _plain_weights(transformer) -> bool:
+    return all(
+        type(m.weight) is torch.nn.Parameter
+        for m in transformer.modules()
+        if isinstance(m, torch.nn.Linear)
+    )
+
+
+def test_a_quantized_warm_up_failure_puts_the_unquantized_weights_back():
+    """Real torchao int8 on the CPU through apply_plan: a kernel failure on the quantized weights
+    (at every rung with them) falls back to the very bf16 weights, keeping the attention backend."""
+    pipe = build_tiny_pipeline("t2v-5b")
+    transformer = pipe.transformer.to(torch.bfloat16)
+    kwargs = bf16_transformer_inputs(pipe, 9)
+    use_dispatch_processor(transformer, "_native_math")  # the reference on the same kernel
+    with torch.no_grad():
+        reference = transformer(**kwargs)[0]
+    plan = SpeedPlan(Choice("_native_math", "t"), Choice(False, "t"), Choice("int8", "t"))
+    apply_plan(pipe, plan, Device(True, (8, 0), "card"), lambda _: None)
+    assert not _plain_weights(transformer) and _dispatch(pipe)
+    tries = []
+
+    def run(p, h, w, n, log):
+        tries.append(_plain_weights(p.transformer))
+        if not _plain_weights(p.transformer):
+            raise RuntimeError("int8 mm: no kernel for this card")
+        return 0.0
+
+    done = warm_up_or_fall_back(pipe, plan, SIZE, lambda _: None, run=run)
+    assert tries == [False, True]
+    assert done.quantize == Choice("none", "int8 failed at warm-up: bf16")
+    assert done.attention.value == "_native_math" and _dispatch(pipe)  # attention kept
+    with torch.no_grad():
+        assert torch.equal(transformer(**kwargs)[0], reference)  # the bf16 weights, bit for bit
+    assert not hasattr(transformer, "_cogvx_unquantized")  # the copies are dropped
+
+
+def test_a_working_quantized_warm_up_drops_the_kept_copies():
+    pipe = build_tiny_pipeline("t2v-5b")
+    pipe.transformer.to(torch.bfloat16)
+    plan = SpeedPlan(Choice("native", "t"), Choice(False, "t"), Choice("int8", "t"))
+    apply_plan(pipe, plan, Device(True, (8, 0), "card"), lambda _: None)
+    assert pipe.transformer._cogvx_unquantized
+    assert warm_up_or_fall_back(pipe, plan, SIZE, lambda _: None, run=lambda *a: 0.0) is plan
+    assert not hasattr(pipe.transformer, "_cogvx_unquantized")

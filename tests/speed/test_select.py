@@ -16,6 +16,7 @@ from cogvx.speed.select import (
     choose_compile,
     choose_quantize,
     installed_packages,
+    package_missing,
     plan_speedups,
 )
 
@@ -300,8 +301,10 @@ VERSIONED = [
     ({"sageattention": "1.0.6", "flash_attn": "2.8.3"}, "flash", None, None),
     ({"flash_attn": "2.5.9"}, "native", "flash", "needs flash_attn>=2.6.3, 2.5.9 is"),
     ({"flash_attn": "2.6.3"}, "flash", None, None),
-    ({"flash_attn_3": ""}, "_flash_3", None, None),  # FA3 wheels carry no version floor
-    ({"sageattention": ""}, "sage", None, None),  # metadata without a version: not refused
+    ({"flash_attn_3": "3.0.0b1"}, "_flash_3", None, None),  # FA3 wheels carry no version floor
+    # metadata without a version: diffusers refuses the backend, so it counts as missing
+    ({"flash_attn_3": ""}, "native", "_flash_3", "flash_attn_3 package, which gives no version"),
+    ({"sageattention": ""}, "native", "sage", "sageattention package, which gives no version"),
     ({"sageattention": "2.x-custom"}, "sage", None, None),  # unparsable: not refused
 ]
 
@@ -321,3 +324,51 @@ def test_min_versions_are_the_ones_diffusers_checks():
     assert BACKENDS["sage"].min_version == dispatch._REQUIRED_SAGE_VERSION
     assert BACKENDS["flash"].min_version == dispatch._REQUIRED_FLASH_VERSION
     assert BACKENDS["xformers"].min_version == dispatch._REQUIRED_XFORMERS_VERSION
+
+
+# SageAttention's kernels exist for these cards only (sageattention's `sageattn` raises
+# "Unsupported CUDA architecture" on any other)
+SAGE_CARDS = [
+    ((8, 0), True),
+    ((8, 6), True),
+    ((8, 7), False),  # Jetson AGX Orin
+    ((8, 9), True),
+    ((9, 0), True),
+    ((10, 0), False),  # B200
+    ((12, 0), True),
+    ((12, 1), False),  # GB10
+]
+
+
+@pytest.mark.parametrize(("capability", "supported"), SAGE_CARDS)
+def test_sage_runs_only_on_the_cards_sageattention_has_kernels_for(capability, supported):
+    card = Device(True, capability, "card")
+    installed = {"sageattention": "2.2.0", "flash_attn": "2.8.3"}
+    assert choose_attention(card, installed, None).value == ("sage" if supported else "flash")
+    if supported:
+        assert choose_attention(card, installed, "sage").value == "sage"
+    else:
+        with pytest.raises(SetupError, match=r"SageAttention runs on sm 8.0, 8.6, 8.9, 9.0, 12.0"):
+            choose_attention(card, installed, "sage")
+
+
+def test_a_package_without_version_metadata_is_missing_for_quantize_too():
+    assert choose_quantize(H100, {"torchao": ""}, "none", None).value == "none"
+    with pytest.raises(SetupError, match="torchao package gives no version in its metadata"):
+        choose_quantize(H100, {"torchao": ""}, "none", "fp8")
+    assert choose_quantize(H100, {"torchao": "0.18.0"}, "none", "fp8").value == "fp8"
+
+
+def test_installed_packages_reports_a_package_without_metadata_and_the_plan_skips_it(
+    tmp_path, monkeypatch
+):
+    """A folder on sys.path with no dist-info: it resolves, diffusers would refuse it."""
+    if installed_packages(("sageattention",)):
+        pytest.skip("sageattention is installed")
+    (tmp_path / "sageattention").mkdir()
+    (tmp_path / "sageattention" / "__init__.py").write_text("")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    found = installed_packages(("sageattention",))
+    assert found == {"sageattention": ""}
+    assert package_missing(found, "sageattention") == "gives no version in its metadata"
+    assert choose_attention(H100, found, None).value == "native"

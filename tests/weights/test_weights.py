@@ -640,3 +640,87 @@ def test_manifest_that_is_not_the_first_member_is_still_checked(tmp_path):
             tf.addfile(info, io.BytesIO(data))
     with pytest.raises(WeightsError, match="sha256 mismatch for a.bin"):
         install_weights(tar, tmp_path / "w", log=lambda _: None)
+
+
+def test_iter_safetensors_words_a_corrupt_file_as_a_weights_error(tmp_path):
+    """safetensors raises its own SafetensorError (not OSError/ValueError) for a bad header or a
+    file cut short: the caller still gets the project's error naming the file."""
+    import torch
+    from safetensors.torch import save_file
+
+    from cogvx.errors import WeightsFileError
+    from cogvx.weights.tensors import iter_safetensors
+
+    good = tmp_path / "good.safetensors"
+    save_file({"a": torch.zeros(4, 4)}, str(good))
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes(good.read_bytes()[:-10])
+    with pytest.raises(WeightsFileError, match=r"cut\.safetensors: cannot read safetensors"):
+        list(iter_safetensors(cut))
+    assert [key for key, _ in iter_safetensors(good)] == ["a"]
+
+
+def test_two_packers_of_one_tarball_never_write_into_each_others_file(tmp_path, monkeypatch):
+    """Packer B runs to the end while packer A is half-way (its manifest written): each writes a
+    temp file of its own, so both finish and the tarball is A's (the last one), whole."""
+    for name, body in (("a", b"A" * 300_000), ("b", b"B" * 200_000)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "model.bin").write_bytes(body)
+    out = tmp_path / "out" / "w.tar"
+    real_addfile = tarfile.TarFile.addfile
+    state = {"b_done": False}
+
+    def addfile(self, tarinfo, fileobj=None):
+        if not state["b_done"] and str(tmp_path / "a") in str(getattr(fileobj, "name", "")):
+            state["b_done"] = True  # A is about to write its first file: B packs meanwhile
+            pack_folder(tmp_path / "b", out, log=lambda _: None)
+        return real_addfile(self, tarinfo, fileobj)
+
+    monkeypatch.setattr(tarfile.TarFile, "addfile", addfile)
+    pack_folder(tmp_path / "a", out, log=lambda _: None)
+    monkeypatch.undo()
+    assert state["b_done"]
+    dest = install_weights(out, tmp_path / "dest", log=lambda _: None)
+    assert (dest / "model.bin").read_bytes() == b"A" * 300_000
+    assert [p.name for p in out.parent.iterdir()] == ["w.tar"]  # no temp file left
+
+
+def test_a_folder_holding_its_tarball_skips_every_packers_temp_file(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "model.bin").write_bytes(b"x" * 1000)
+    (src / ".w.tar.4242.0a1b2c3d.partial").write_bytes(b"another packer's half tarball")
+    pack_folder(src, src / "w.tar", log=lambda _: None)
+    with tarfile.open(src / "w.tar") as tf:
+        assert sorted(tf.getnames()) == [MANIFEST_NAME, "model.bin"]
+
+
+def test_a_fake_free_bytes_that_is_not_a_number_names_the_variable(monkeypatch):
+    from cogvx import settings
+
+    monkeypatch.setenv("COGVX_FAKE_FREE_BYTES", "10GB")
+    with pytest.raises(ValueError, match=r"COGVX_FAKE_FREE_BYTES='10GB': expected a whole number"):
+        settings.fake_free_bytes()
+    monkeypatch.setenv("COGVX_FAKE_FREE_BYTES", " 12345 ")
+    assert settings.fake_free_bytes() == 12345
+
+
+@pytest.mark.parametrize("tarball", ["plain", "packed"])
+def test_tar_options_in_the_environment_do_not_reach_tar(tmp_path, monkeypatch, tarball):
+    """GNU tar reads TAR_OPTIONS on every run: an --exclude there would drop weight files (a
+    tarball without a manifest would install incomplete without a word)."""
+    src = tmp_path / "src"
+    (src / "vae").mkdir(parents=True)
+    (src / "vae" / "model.bin").write_bytes(b"1" * 5000)
+    (src / "config.json").write_text("{}")
+    tar = tmp_path / f"{tarball}.tar"
+    if tarball == "plain":  # no manifest
+        with tarfile.open(tar, "w") as tf:
+            tf.add(src / "config.json", "config.json")
+            tf.add(src / "vae" / "model.bin", "vae/model.bin")
+    else:
+        pack_folder(src, tar, log=lambda _: None)
+    monkeypatch.setenv("TAR_OPTIONS", "--exclude=*.bin")
+    monkeypatch.setenv("POSIXLY_CORRECT", "1")
+    dest = install_weights(tar, tmp_path / "dest", log=lambda _: None)
+    assert (dest / "vae" / "model.bin").read_bytes() == b"1" * 5000
