@@ -8,6 +8,8 @@ import urllib.request
 
 import pytest
 from PIL import Image
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
+from playwright.sync_api import expect
 
 from cogvx.dev.tiny import TINY_HEIGHT, TINY_WIDTH
 from cogvx.webui.client import CogClient, ServerError, save_data_uri
@@ -34,11 +36,15 @@ def _set_number(page, name: str, value: int) -> None:
 
 def _status(page, pattern: str, timeout_s: float = 180.0) -> str:
     """Wait until the status line matches `pattern`; return it."""
-    page.wait_for_function(
-        "([sel, pat]) => new RegExp(pat).test(document.querySelector(sel).innerText)",
-        arg=["#status", pattern],
-        timeout=timeout_s * 1000,
-    )
+    try:
+        page.wait_for_function(
+            "([sel, pat]) => new RegExp(pat).test(document.querySelector(sel).innerText)",
+            arg=["#status", pattern],
+            timeout=timeout_s * 1000,
+        )
+    except PlaywrightTimeout:
+        status = page.locator("#status").inner_text()
+        raise AssertionError(f"status {status!r} after {timeout_s:.0f} s: no /{pattern}/") from None
     return page.locator("#status").inner_text()
 
 
@@ -118,14 +124,19 @@ def test_page_on_a_running_server_animates_an_uploaded_image_and_shows_errors(i2
             page.goto(web.url, wait_until="domcontentloaded")
             page.locator(f"#input-prompt {TEXT}").fill("a cat turns its head")
             _set_number(page, "num_inference_steps", 2)
+            # opened well before it is typed in: a box filled while the accordion first renders
+            # can lose its text (the request then went out without it, once in about five runs)
+            page.get_by_text("Advanced", exact=True).click()
+            lora = page.locator(f"#input-lora_url {TEXT}")
+            lora.wait_for(state="visible", timeout=30_000)
             page.locator("#generate").click()  # no image yet: the page says what is missing
             assert "image: required" in _status(page, r"Not sent")
 
             page.locator("#input-image input[type=file]").set_input_files(str(image))
             page.locator("#input-image img").wait_for(timeout=30_000)
-            page.get_by_text("Advanced", exact=True).click()
-            lora = page.locator(f"#input-lora_url {TEXT}")
-            lora.fill("http://127.0.0.1:1/style.safetensors")  # an internal address
+            internal = "http://127.0.0.1:1/style.safetensors"  # an internal address
+            lora.fill(internal)
+            expect(lora).to_have_value(internal)
             page.locator("#generate").click()
             failed = _status(page, r"failed")
             assert "lora_url" in failed, failed
