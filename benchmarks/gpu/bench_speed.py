@@ -272,28 +272,6 @@ def decode_seconds(pipe: Any, latents: Any, cuda: bool) -> float:
     return time.perf_counter() - t0
 
 
-def block_weights(transformer: Any) -> dict[str, torch.Tensor]:
-    """CPU copies of the blocks' linear weights, which quantization replaces (on the card the
-    copy would count in the next rows' peak memory)."""
-    from cogvx.speed.apply import quantized_linear
-
-    return {
-        name: module.weight.detach().to("cpu", copy=True)
-        for name, module in transformer.named_modules()
-        if quantized_linear(module, name)
-    }
-
-
-def restore_weights(transformer: Any, saved: dict[str, torch.Tensor]) -> None:
-    """Put `block_weights`' copies back: the linears hold plain weights again (undoes
-    torchao's `quantize_`, also one that failed half-way)."""
-    modules = dict(transformer.named_modules())
-    for name, weight in saved.items():
-        module = modules[name]
-        module.weight = torch.nn.Parameter(weight.to(module.weight.device), requires_grad=False)
-        module.__dict__.pop("extra_repr", None)  # torchao's, describing the quantized weight
-
-
 def _failure(exc: BaseException) -> str:
     """One line for a table cell: the exception's type and the start of its message."""
     text = " ".join(str(exc).split())
@@ -326,6 +304,7 @@ def bench_model(
     A setting that fails (a kernel this card or torch refuses, out of memory) becomes a `failed`
     row and the run goes on without it, so one bad lever cannot cost the device time of the
     rest; each row is printed as soon as it is measured (`--out` also writes it as JSON)."""
+    from cogvx.errors import SetupError
     from cogvx.speed import apply as speed
     from cogvx.speed.attention import restore_default_processor
     from cogvx.speed.cache import FastModeSlot, counting
@@ -469,18 +448,18 @@ def bench_model(
         speed.uncompile(pipe.transformer)
         compiled = False
 
-    saved: dict[str, torch.Tensor] = {}
-
     def fp8() -> None:
         nonlocal pending
         torch._dynamo.reset()  # the graphs were compiled for bf16 weights
         pending = True
-        saved.update(block_weights(pipe.transformer))
+        speed.keep_unquantized(pipe.transformer)  # CPU copies of the bf16 weights, for fp8_off
         speed.quantize_transformer(pipe.transformer, "fp8", device.capability, print)
 
     def fp8_off() -> None:  # later rows run on the bf16 weights, not a (half) quantized model
-        restore_weights(pipe.transformer, saved)
-        saved.clear()
+        try:
+            speed.restore_unquantized(pipe.transformer)
+        except SetupError:  # fp8() failed before keeping them: the weights are untouched
+            pass
         torch._dynamo.reset()
 
     if "eager" in chosen:

@@ -13,6 +13,7 @@ import torch
 
 from cogvx.convert.sat_layout import SatFamily, TransformerLayout
 from cogvx.lora.sat_format import (
+    LORA_TARGETS,
     SAT_PREFIX,
     LoraModule,
     SatConversionError,
@@ -104,10 +105,6 @@ def _add_delta(w: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
     return (w.float() + delta.float()).to(w.dtype)
 
 
-# The diffusers linears of SAT's LoRA partitions (the order of matrix_A.i / matrix_B.i).
-_LORA_TARGETS = {"query_key_value": ("to_q", "to_k", "to_v"), "dense": ("to_out.0",)}
-
-
 def check_lora_alpha(alpha: float, flag: str) -> None:
     """SAT's lora_alpha must be finite and > 0 (the LoRA scale is alpha / rank); else ValueError."""
     if isinstance(alpha, bool) or not isinstance(alpha, int | float) or not 0 < alpha < math.inf:
@@ -135,7 +132,7 @@ def _delta_shapes(
     check_lora_ranks(modules, path)
     out = {}
     for m in modules:
-        for i, target in enumerate(_LORA_TARGETS[m.module]):
+        for i, target in enumerate(LORA_TARGETS[m.module]):
             a, b = m.a[i], m.b[i]
             src = f"{SAT_PREFIX}transformer.layers.{m.layer}.attention.{m.module}.matrix_"
             out[f"transformer_blocks.{m.layer}.attn1.{target}.weight"] = (

@@ -30,7 +30,8 @@ _KEY = re.compile(
     r"transformer\.layers\.(?P<n>\d+)\.attention\.(?P<mod>query_key_value|dense)"
     r"\.matrix_(?P<ab>[AB])\.(?P<i>\d+)$"
 )
-_TARGETS = {"query_key_value": ("to_q", "to_k", "to_v"), "dense": ("to_out.0",)}
+# The diffusers linears of SAT's LoRA partitions (the order of matrix_A.i / matrix_B.i).
+LORA_TARGETS = {"query_key_value": ("to_q", "to_k", "to_v"), "dense": ("to_out.0",)}
 
 
 @dataclass
@@ -51,6 +52,7 @@ class LoraModule:
 def collect_lora(sd: dict[str, torch.Tensor], path: str | Path = "checkpoint") -> list[LoraModule]:
     """Group SAT LoRA matrices (keys with or without the SAT prefix) by module; strict checks."""
     mods: dict[tuple[int, str], LoraModule] = {}
+    names: dict[tuple[int, str, str, int], str] = {}  # (layer, module, A|B, i) -> the file's key
     unknown = []
     for k, t in sd.items():
         name = k[len(SAT_PREFIX) :] if k.startswith(SAT_PREFIX) else k
@@ -63,6 +65,7 @@ def collect_lora(sd: dict[str, torch.Tensor], path: str | Path = "checkpoint") -
         key = (int(m["n"]), m["mod"])
         mod = mods.setdefault(key, LoraModule(key[0], key[1], {}, {}))
         (mod.a if m["ab"] == "A" else mod.b)[int(m["i"])] = t
+        names[(*key, m["ab"], int(m["i"]))] = k
     if unknown:
         raise SatConversionError(
             f"{path}: LoRA matrices this exporter does not know: "
@@ -74,8 +77,8 @@ def collect_lora(sd: dict[str, torch.Tensor], path: str | Path = "checkpoint") -
             f"{path} holds no SAT LoRA matrices (keys like {SAT_PREFIX}transformer.layers.0."
             "attention.query_key_value.matrix_A.0)"
         )
-    for mod in mods.values():
-        parts = len(_TARGETS[mod.module])
+    for mod in (mods[k] for k in sorted(mods)):
+        parts = len(LORA_TARGETS[mod.module])
         where = f"{path}: layer {mod.layer} {mod.module}"
         if sorted(mod.a) != list(range(parts)) or sorted(mod.b) != list(range(parts)):
             raise SatConversionError(
@@ -84,6 +87,13 @@ def collect_lora(sd: dict[str, torch.Tensor], path: str | Path = "checkpoint") -
             )
         for i in range(parts):
             a, b = mod.a[i], mod.b[i]
+            for ab, t, r in (("A", a, 0), ("B", b, 1)):  # r: the dim holding the rank
+                if t.ndim == 2 and 0 in t.shape:  # rank 0 (SAT's scale alpha / r): refused
+                    what = "LoRA rank 0" if t.shape[r] == 0 else "an empty matrix"
+                    raise SatConversionError(
+                        f"{where} has {what}: {names[(mod.layer, mod.module, ab, i)]} has shape "
+                        f"{tuple(t.shape)}; the rank and both dimensions must be at least 1"
+                    )
             if a.ndim != 2 or b.ndim != 2 or a.shape[0] != b.shape[1] or a.shape[0] != mod.rank:
                 raise SatConversionError(
                     f"{where}: matrix_A.{i} {tuple(a.shape)} and matrix_B.{i} {tuple(b.shape)} "
@@ -101,7 +111,7 @@ def lora_to_diffusers(
     out = {}
     for mod in modules:
         scale = alpha / mod.rank
-        for i, target in enumerate(_TARGETS[mod.module]):
+        for i, target in enumerate(LORA_TARGETS[mod.module]):
             base = f"transformer_blocks.{mod.layer}.attn1.{target}"
             a, b = mod.a[i], mod.b[i]
             dt = dtype or a.dtype
@@ -117,7 +127,7 @@ def lora_deltas(
     out: dict[str, Callable[[], torch.Tensor]] = {}
     for mod in collect_lora(sd, path):
         scale = alpha / mod.rank
-        for i, target in enumerate(_TARGETS[mod.module]):
+        for i, target in enumerate(LORA_TARGETS[mod.module]):
             a, b = mod.a[i], mod.b[i]
             key = f"transformer_blocks.{mod.layer}.attn1.{target}.weight"
             out[key] = cast(

@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 from typing import IO
 
@@ -51,7 +52,19 @@ class LocalServer:
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout: float = SETUP_TIMEOUT_S) -> CogClient:
-        """Start the server and wait until its setup() finished; raise with its log if it failed."""
+        """Start the server and wait until its setup() finished; raise with its log if it failed.
+
+        Only from the main thread (tools/web.py's main() calls it before the page runs; Gradio's
+        callbacks never do): the server dies with the page through PR_SET_PDEATHSIG, which Linux
+        fires when the *thread* that started the child exits. The main thread lives as long as
+        the process; a short-lived thread would take the server down with it. (The multi-GPU
+        ranks' `exit_with_parent` needs a `multiprocessing` child; this one is coglet.)"""
+        if threading.current_thread() is not threading.main_thread():
+            raise RuntimeError(
+                f"LocalServer.start called from thread {threading.current_thread().name!r}; call "
+                "it from the main thread (PR_SET_PDEATHSIG stops the server when the thread that "
+                "started it exits)"
+            )
         cmd = [self.python, str(SERVE), str(self.config), "--host", "127.0.0.1"]
         cmd += ["--port", str(self.port), "--workdir", str(self._tmp)]
         if self.weights:
@@ -63,7 +76,7 @@ class LocalServer:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,  # its own process group: stop() ends coglet's worker too
-            preexec_fn=die_with_parent,
+            preexec_fn=die_with_parent,  # SIGTERM when this (the main) thread exits
         )
         try:
             health = self.client.wait_ready(timeout, alive=lambda: self.proc.poll() is None)

@@ -213,6 +213,28 @@ def test_lora_rank_zero_is_refused(tmp_path):
         convert_pipeline(tmp_path / "m", transformer=tmp_path / "ckpt.pt", lora="merge", **QUIET)
 
 
+@pytest.mark.parametrize(
+    ("matrix", "shape", "want"),
+    [
+        ("matrix_A", (0, HIDDEN), r"LoRA rank 0"),  # A [r, in] with r = 0
+        ("matrix_A", (4, 0), r"an empty matrix"),  # in = 0
+        ("matrix_B", (0, 4), r"an empty matrix"),  # out = 0
+        ("matrix_B", (HIDDEN, 0), r"LoRA rank 0"),  # B [out, r] with r = 0
+    ],
+)
+def test_empty_lora_matrices_are_refused_by_the_cli(tmp_path, capsys, matrix, shape, want):
+    """The exporter CLI exits 2 naming the file's own key of a LoRA matrix with a zero dim."""
+    lora = sat_lora_state(2, HIDDEN, 4)
+    key = f"{SAT_PREFIX}transformer.layers.1.attention.query_key_value.{matrix}.2"
+    lora[key] = torch.zeros(shape)
+    torch.save({"module": lora}, tmp_path / "lora.pt")
+    rc = export_main(["--sat-pt", str(tmp_path / "lora.pt"), "--output", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert rc == 2 and re.search(rf"layer 1 query_key_value has {want}: ", err), err
+    assert f"{key} has shape {shape}" in err
+    assert not (tmp_path / "o").exists()
+
+
 def test_lora_export_replaces_the_file_whole(tmp_path):
     """A second export replaces the first by a rename and leaves no temporary file behind."""
     from safetensors.torch import load_file

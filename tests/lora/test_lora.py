@@ -374,6 +374,16 @@ def test_malformed_lora_files_are_lora_errors(tmp_path, pipe, tensors, metadata,
     assert len(str(err.value)) < 1000  # a key of 100 kB is quoted clipped
 
 
+def test_a_rank_zero_sat_lora_is_a_lora_error():
+    """A user LoRA in SAT's layout with rank 0 is a LoraError naming the key (not 1/0)."""
+    from cogvx.lora.files import normalize_lora
+
+    key = "transformer.layers.0.attention.dense.matrix_{}.0"
+    sd = {key.format("A"): torch.zeros(0, 32), key.format("B"): torch.zeros(32, 0)}
+    with pytest.raises(LoraError, match=r"layer 0 dense has LoRA rank 0: .*\.matrix_A\.0 has"):
+        normalize_lora(sd, label="sat.safetensors")
+
+
 def test_a_failed_replacement_keeps_the_slot_consistent(tmp_path, pipe, server, lora_files):
     base = _out(pipe.transformer)
     slot = LoraSlot(pipe, "t2v-5b", LoraCache(tmp_path, min_free_bytes=0), log=lambda _: None)

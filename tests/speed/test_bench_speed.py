@@ -135,10 +135,12 @@ def test_compile_clock_adds_up_compile_time():
 
 
 def test_restoring_the_saved_weights_undoes_quantization():
-    """The fp8 row's undo: a quantized (here: int8, which runs on the CPU) transformer is bf16
-    again, computing exactly what it did before, so later rows do not run quantized."""
+    """The fp8 row's undo (cogvx.speed.apply's keep / restore_unquantized): a quantized (here:
+    int8, which runs on the CPU) transformer is bf16 again, computing exactly what it did
+    before, so later rows do not run quantized."""
     from cogvx.dev.tiny import build_tiny_pipeline
-    from cogvx.speed.apply import quantize_transformer
+    from cogvx.errors import SetupError
+    from cogvx.speed.apply import keep_unquantized, quantize_transformer, restore_unquantized
     from tests.support.tiny_inputs import bf16_transformer_inputs
 
     pipe = build_tiny_pipeline("t2v-5b")
@@ -146,15 +148,16 @@ def test_restoring_the_saved_weights_undoes_quantization():
     kwargs = bf16_transformer_inputs(pipe, 9)
     with torch.no_grad():
         reference = transformer(**kwargs)[0]
-        saved = bench_speed.block_weights(transformer)
+        kept = keep_unquantized(transformer)
         quantize_transformer(transformer, "int8", (8, 0), lambda _: None)
         assert not torch.equal(transformer(**kwargs)[0], reference)
-        bench_speed.restore_weights(transformer, saved)
+        assert restore_unquantized(transformer) == kept > 0
         restored = transformer(**kwargs)[0]
     assert torch.equal(restored, reference)
     kinds = {type(m.weight) for m in transformer.modules() if isinstance(m, torch.nn.Linear)}
     assert kinds == {torch.nn.Parameter}
-    assert all(w.device.type == "cpu" for w in saved.values())
+    with pytest.raises(SetupError, match="were not kept"):  # the copies went with the restore
+        restore_unquantized(transformer)
 
 
 def test_per_model_values():
