@@ -1,5 +1,6 @@
-"""Model weights: install a tarball or folder into the cache (`install`), pack one (`pack`),
-check a tar stream while it arrives (`tarcheck`, `extract`), read tensor files (`tensors`).
+"""Model weights: install a tarball or folder into the cache (`install`; `pget`, `space` and the
+versioned folders with their locks in `folders`), pack one (`pack`), check a tar stream while it
+arrives (`tarcheck`, `extract`), read tensor files (`tensors`).
 
 `install_weights` and `pack_folder` are the public entry points (scripts outside the package use
 them); `install_model` installs a model's weights under its cache folder and finds its root.

@@ -8,32 +8,30 @@ go through the same fetcher with `cogvx.net.urls`' address policy (see `cogvx.lo
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import http.client
 import json
 import os
-import shutil
 import socket
 import stat
-import subprocess
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from cogvx import settings
 from cogvx.errors import MissingWeightsError, SetupError, WeightsError
 from cogvx.net.chunks import RangeReader, file_chunks, first_span, stream_chunks
 from cogvx.net.http import content_range_total, is_url, open_first
 from cogvx.net.urls import safe_url
+from cogvx.weights import folders
 from cogvx.weights.extract import extract_stream
+from cogvx.weights.folders import install_lock, remove
 from cogvx.weights.pack import hash_files
+from cogvx.weights.pget import find_pget, run_pget
+from cogvx.weights.space import check_space, space_guard
 from cogvx.weights.tarcheck import MANIFEST_NAME, MARKER_NAME, TarChecker, parse_manifest
 
 Log = Callable[[str], None]
-SPACE_MARGIN = 64 << 20  # free space kept on top of 1.05 x the tarball
 
 
 def install_weights(
@@ -48,7 +46,9 @@ def install_weights(
 ) -> Path:
     """Install the tarball at `source` (URL or .tar) into `dest` once; a folder is returned as-is.
 
-    Returns the installed folder. A marker inside `dest` makes later calls skip the download.
+    Returns the installed folder: `dest` is a symlink to it, swapped atomically by a reinstall,
+    and the returned folder stays as it is while this process runs (see `folders`). A marker
+    inside it makes later calls skip the download.
     Members are filtered like tarfile's `data` filter: no absolute paths, `..`, links out of the
     folder or device files; no owner; no setuid/setgid/sticky bits or group/other write.
     """
@@ -71,21 +71,26 @@ def install_weights(
             )
     label = safe_url(src) if remote else str(Path(src).resolve())
     identity = source_identity(src, remote)
-    pget = _find_pget(use_pget) if remote else None
+    pget = find_pget(use_pget) if remote else None
     dest = Path(dest).absolute()
     dest.parent.mkdir(parents=True, exist_ok=True)
-    with _install_lock(dest, log):
-        if _marker_ok(dest, label, identity, log):
+    with install_lock(dest, log):
+        folder = folders.current(dest)
+        if folder is not None and _marker_ok(folder, label, identity, log):
+            folders.hold(dest, folder)
+            folders.retire(dest, folder, log)  # versions that the last processes left
             log(f"weights: {dest} already holds {label}; skipping download")
-            return dest
-        _remove(dest)
-        for stale in dest.parent.glob(f".{dest.name}.partial-*"):
-            _remove(stale)
+            return folder
+        folders.release(dest)
+        folders.retire(dest, None, log)
+        for pattern in (".{}.partial-*", ".{}.link-*"):  # left by crashed installs
+            for stale in dest.parent.glob(pattern.format(dest.name)):
+                remove(stale)
         tmp = dest.parent / f".{dest.name}.partial-{os.getpid()}"
         t0 = time.monotonic()
         try:
             if pget is not None:
-                _run_pget(pget, src, tmp, label, log)
+                run_pget(pget, src, tmp, label, stall_timeout, log)
                 checker = None
             elif remote:
                 checker = _download(
@@ -98,10 +103,11 @@ def install_weights(
                 os.chmod(tmp, 0o755)  # extract_stream made it private while tar ran
             verified = _verify(tmp, files, checker, label)
             _write_marker(tmp, label, identity, files, verified, log)
-            os.rename(tmp, dest)
+            folder = folders.commit(tmp, dest)
+            folders.hold(dest, folder)
         except BaseException:
             try:
-                _remove(tmp)
+                remove(tmp)
             except OSError as e:  # keep the install's own error; the next install retries
                 log(f"weights: could not remove {tmp} ({e})")
             raise
@@ -112,60 +118,7 @@ def install_weights(
         f"{seconds:.1f} s ({size / 1e6 / max(seconds, 1e-9):.0f} MB/s)"
         + (", sha256 verified" if verified else ", no manifest (sizes only)")
     )
-    return dest
-
-
-def _free_bytes(path: Path) -> int:
-    """Free bytes on the filesystem of `path` (COGVX_FAKE_FREE_BYTES overrides, for tests)."""
-    fake = settings.fake_free_bytes()
-    if fake is not None:
-        return fake
-    return shutil.disk_usage(path).free
-
-
-def _space_guard(where: Path, label: str, checked: bool) -> Callable[[TarChecker], None]:
-    """Per chunk: check the manifest's total once (when no size was known), keep the floor free."""
-    state = {"checked": checked}
-
-    def guard(checker: TarChecker) -> None:
-        if not state["checked"] and checker.manifest is not None:
-            state["checked"] = True
-            files = checker.manifest["files"].values()
-            _check_space(sum(info["size"] for info in files), where, label)
-        free = _free_bytes(where)
-        if free < SPACE_MARGIN:
-            raise WeightsError(
-                f"not enough disk space to install {label} into {where}: stopped after "
-                f"{checker.offset / 1e6:.0f} MB with {free / 1e6:.0f} MB free "
-                f"({SPACE_MARGIN >> 20} MB are kept free)"
-            )
-
-    return guard
-
-
-def _check_space(total: int, where: Path, label: str) -> None:
-    need = int(total * 1.05) + SPACE_MARGIN
-    free = _free_bytes(where)
-    if need > free:
-        raise WeightsError(
-            f"not enough disk space to install {label} into {where}: "
-            f"{need / 1e9:.2f} GB needed, {free / 1e9:.2f} GB free"
-        )
-
-
-@contextlib.contextmanager
-def _install_lock(dest: Path, log: Log) -> Iterator[None]:
-    lock_path = dest.with_name(dest.name + ".lock")
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log(f"weights: waiting for another process installing {dest} (lock {lock_path})")
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
+    return folder
 
 
 def source_identity(src: str, remote: bool) -> str:
@@ -210,34 +163,6 @@ def _marker_ok(dest: Path, label: str, identity: str, log: Log) -> bool:
     return True
 
 
-def _remove(path: Path) -> None:
-    if path.is_symlink() or path.is_file():
-        path.unlink()
-    elif path.is_dir():
-        shutil.rmtree(path, onerror=_writable_and_retry)
-
-
-def _writable_and_retry(func: Callable[..., Any], target: str, exc: Any) -> None:
-    """rmtree's error handler: a read-only folder (a tarball's 0555 dir) is made writable."""
-    parent = os.path.dirname(target)
-    try:
-        os.chmod(parent, stat.S_IMODE(os.lstat(parent).st_mode) | stat.S_IRWXU)
-        if func is not os.unlink and os.path.isdir(target) and not os.path.islink(target):
-            os.chmod(target, stat.S_IRWXU)
-        func(target)
-    except OSError:
-        raise exc[1] from None
-
-
-def _find_pget(use_pget: bool | None) -> str | None:
-    if use_pget is False:
-        return None
-    found = shutil.which("pget")
-    if use_pget and found is None:
-        raise WeightsError("use_pget=True but pget is not on PATH")
-    return found
-
-
 def _download(
     url: str,
     tmp: Path,
@@ -255,7 +180,7 @@ def _download(
     try:
         if resp.status == 206:
             total = content_range_total(resp, label)
-            _check_space(total, tmp.parent, label)
+            check_space(total, tmp.parent, label)
             chunks = RangeReader(
                 target,
                 total,
@@ -271,7 +196,7 @@ def _download(
         else:
             total = resp.length  # http.client's parse of Content-Length (None: not sent)
             if total is not None:
-                _check_space(total, tmp.parent, label)
+                check_space(total, tmp.parent, label)
             log(f"weights: {label} ignores Range requests; streaming it over one connection")
             chunks = stream_chunks(
                 resp.readinto,
@@ -284,7 +209,7 @@ def _download(
     except BaseException:
         conn.close()
         raise
-    guard = _space_guard(tmp.parent, label, checked=total is not None)
+    guard = space_guard(tmp.parent, label, checked=total is not None)
     try:
         return extract_stream(chunks, tmp, label=label, total=total, log=log, guard=guard)
     finally:
@@ -298,51 +223,12 @@ def _shutdown(conn: http.client.HTTPConnection) -> None:
 
 def _extract_local(path: Path, tmp: Path, label: str, chunk_size: int, log: Log) -> TarChecker:
     size = path.stat().st_size
-    _check_space(size, tmp.parent, label)
+    check_space(size, tmp.parent, label)
     log(f"weights: extracting {label} ({size / 1e6:.0f} MB) into {tmp.parent}")
     with open(path, "rb", buffering=0) as f:
         chunks = file_chunks(f, chunk_size=chunk_size, label=label)
-        guard = _space_guard(tmp.parent, label, checked=True)
+        guard = space_guard(tmp.parent, label, checked=True)
         return extract_stream(chunks, tmp, label=label, total=size, log=log, guard=guard)
-
-
-def _run_pget(pget: str, url: str, tmp: Path, label: str, log: Log) -> None:
-    query = urlsplit(url).query
-
-    def redact(line: str) -> str:
-        line = line.replace(url, label)
-        return line.replace(query, "<redacted>") if query else line
-
-    pid_file = tmp.parent / f"{tmp.name}.pget.pid"
-    log(f"weights: pget -x {label} {tmp}")
-    rc, tail = _run_logged([pget, "-x", "--pid-file", str(pid_file), url, str(tmp)], redact, log)
-    if rc != 0 and any("pid-file" in line and "unknown" in line for line in tail):
-        log("weights: this pget has no --pid-file option; retrying without it")
-        _remove(tmp)
-        rc, tail = _run_logged([pget, "-x", url, str(tmp)], redact, log)
-    pid_file.unlink(missing_ok=True)
-    if rc != 0:
-        raise WeightsError(f"pget failed downloading {label} (exit {rc}): {'; '.join(tail[-5:])}")
-    if not tmp.exists():
-        raise WeightsError(f"pget reported success for {label} but created nothing at {tmp}")
-
-
-def _run_logged(cmd: list[str], redact: Callable[[str], str], log: Log) -> tuple[int, list[str]]:
-    tail: list[str] = []
-    with subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace"
-    ) as proc:
-        assert proc.stdout is not None
-        try:
-            for raw in proc.stdout:
-                line = redact(raw.rstrip())
-                log(f"pget: {line}")
-                tail = (tail + [line])[-20:]
-        except BaseException:  # interrupted: pget must not outlive the install lock
-            proc.kill()
-            proc.wait()
-            raise
-    return proc.returncode, tail
 
 
 def data_mode(mode: int, is_dir: bool) -> int:

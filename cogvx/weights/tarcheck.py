@@ -57,6 +57,8 @@ def _pax_records(data: bytes) -> dict[str, str]:
     pos = 0
     while pos < len(data):
         space = data.index(b" ", pos)
+        if not data[pos:space].isdigit():  # int() would also take "+1", " 1" and "1_0"
+            raise ValueError("bad pax record length")
         length = int(data[pos:space])
         if length <= 0:
             raise ValueError("bad pax record length")
@@ -168,8 +170,12 @@ class TarChecker:
                 "to later members (repack without one, e.g. with tools/pack_weights.py)"
             )
         if kind in (b"L", b"K", b"x"):
-            if size > _META_LIMIT:
-                raise WeightsError(f"{self.label}: oversized tar extension header at byte {at}")
+            if size > _META_LIMIT:  # held in memory until its member: refused before reading
+                what = {b"L": "GNU long name", b"K": "GNU long link name"}.get(kind, "pax extended")
+                raise WeightsError(
+                    f"{self.label}: refusing the {what} header at byte {at}: it declares "
+                    f"{size} bytes, at most {_META_LIMIT} are allowed (corrupt or hostile tarball)"
+                )
             self._start_data(size, bytearray(), kind.decode(), "<extension header>")
             return
         pending, self._pending = self._pending, {}
@@ -273,6 +279,11 @@ class TarChecker:
                 if key in records:
                     self._pending[key] = records[key]
             if "size" in records:
+                if not (records["size"].isascii() and records["size"].isdigit()):
+                    raise WeightsError(
+                        f"{self.label}: corrupt pax header near byte {self.offset}: "
+                        "its size record is not a decimal number"
+                    )
                 self._pending["size"] = int(records["size"])
             if any(k.startswith("GNU.sparse") for k in records):
                 raise self._fail(records.get("path", "?"), "sparse files are not supported")

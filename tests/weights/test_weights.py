@@ -77,7 +77,7 @@ def test_ranges_install_verifies_marks_and_then_skips(packed, tmp_path):
     logs: list[str] = []
     with WeightsServer({"/w.tar": data}) as srv:
         out = fetch(srv.url("/w.tar?token=secret"), dest, logs)
-        assert out == dest
+        assert dest.is_symlink() and out == dest.resolve()  # a version folder behind dest
         assert srv.count("/w.tar") == n_chunks(data)  # each range exactly once
         assert all(r and r.startswith("bytes=") for _, r in srv.requests)
         same_tree(src, dest)
@@ -90,7 +90,7 @@ def test_ranges_install_verifies_marks_and_then_skips(packed, tmp_path):
         assert not any("secret" in line for line in logs)
 
         logs.clear()
-        assert fetch(srv.url("/w.tar?token=other"), dest, logs) == dest
+        assert fetch(srv.url("/w.tar?token=other"), dest, logs) == out
         assert srv.count("/w.tar") == n_chunks(data)  # no request at all
         assert "skipping download" in logs[-1]
 
@@ -396,9 +396,8 @@ elif mode == "escape":
 """
 
 
-@pytest.mark.parametrize("mode", ["", "corrupt", "escape"])
-def test_pget_on_path_is_used_then_verified(packed, tmp_path, monkeypatch, mode):
-    src, _, data = packed
+def put_fake_pget(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: str = "") -> Path:
+    """FAKE_PGET as `pget` on PATH; returns the file it appends its arguments to."""
     bindir = tmp_path / "bin"
     bindir.mkdir()
     pget = bindir / "pget"
@@ -407,6 +406,13 @@ def test_pget_on_path_is_used_then_verified(packed, tmp_path, monkeypatch, mode)
     monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.setenv("FAKE_PGET_ARGS", str(tmp_path / "args.jsonl"))
     monkeypatch.setenv("FAKE_PGET_MODE", mode)
+    return tmp_path / "args.jsonl"
+
+
+@pytest.mark.parametrize("mode", ["", "corrupt", "escape"])
+def test_pget_on_path_is_used_then_verified(packed, tmp_path, monkeypatch, mode):
+    src, _, data = packed
+    put_fake_pget(tmp_path, monkeypatch, mode)
     dest = tmp_path / "w"
     logs: list[str] = []
     with WeightsServer({"/w.tar": data}) as srv:
@@ -428,6 +434,33 @@ def test_pget_on_path_is_used_then_verified(packed, tmp_path, monkeypatch, mode)
     else:
         same_tree(src, dest)
         assert json.loads((dest / MARKER_NAME).read_text())["sha256_verified"]
+
+
+def test_pget_is_not_started_without_room_for_the_tarball(packed, tmp_path, monkeypatch):
+    """The size comes from a one-byte range request, so the refusal comes before pget runs."""
+    _, _, data = packed
+    ran = put_fake_pget(tmp_path, monkeypatch)
+    monkeypatch.setenv("COGVX_FAKE_FREE_BYTES", "1000")
+    with WeightsServer({"/w.tar": data}) as srv:
+        with pytest.raises(WeightsError) as err:
+            install_weights(srv.url("/w.tar?token=secret"), tmp_path / "w", log=print)
+    msg = str(err.value)
+    assert "GB needed, 0.00 GB free" in msg and srv.url("/w.tar") in msg, msg
+    assert "secret" not in msg
+    assert not ran.exists()  # the fake pget never started
+    no_leftovers(tmp_path / "w")
+
+
+def test_pget_of_a_tarball_of_unknown_size_is_checked_after_it_ran(packed, tmp_path, monkeypatch):
+    _, _, data = packed
+    ran = put_fake_pget(tmp_path, monkeypatch)
+    monkeypatch.setenv("COGVX_FAKE_FREE_BYTES", str(10 << 20))
+    logs: list[str] = []
+    with WeightsServer({"/w.tar": data}, no_length=True) as srv:  # no size, no ranges
+        with pytest.raises(WeightsError, match=r"stopped after 2 MB with 10 MB free \(64 MB"):
+            install_weights(srv.url("/w.tar"), tmp_path / "w", log=logs.append)
+    assert ran.exists()
+    no_leftovers(tmp_path / "w")
 
 
 def test_pack_folder_manifest_first_sorted_links_dereferenced(tmp_path):
@@ -724,3 +757,107 @@ def test_tar_options_in_the_environment_do_not_reach_tar(tmp_path, monkeypatch, 
     monkeypatch.setenv("POSIXLY_CORRECT", "1")
     dest = install_weights(tar, tmp_path / "dest", log=lambda _: None)
     assert (dest / "vae" / "model.bin").read_bytes() == b"1" * 5000
+
+
+READER = """import sys
+from cogvx.weights import install_weights
+folder = install_weights(sys.argv[1], sys.argv[2], log=lambda _: None)
+print(folder, flush=True)
+sys.stdin.readline()  # the test reinstalls meanwhile
+print((folder / "a.bin").read_text() + " " + (folder / "b.bin").read_text(), flush=True)
+"""
+
+
+def two_versions(tmp_path: Path) -> tuple[Path, Path]:
+    """Two packed tarballs of the same two files with other contents (v1 and v2)."""
+    tars = []
+    for v in ("v1", "v2"):
+        (tmp_path / v).mkdir()
+        for name in ("a.bin", "b.bin"):
+            (tmp_path / v / name).write_text(f"{v}-{name}")
+        tars.append(pack_folder(tmp_path / v, tmp_path / f"{v}.tar", log=lambda _: None))
+    return tars[0], tars[1]
+
+
+@pytest.mark.parametrize("layout", ["versioned", "plain"])
+def test_a_reinstall_never_replaces_the_folder_another_process_is_loading(tmp_path, layout):
+    """Process A loads v1 while this process installs v2 into the same dest: A keeps reading v1
+    (versioned: v2 goes into a new folder; a plain folder of an older install: refused)."""
+    v1, v2 = two_versions(tmp_path)
+    dest = tmp_path / "w"
+    if layout == "plain":  # the layout before versioned folders: files right in dest
+        version = install_weights(v1, dest, log=lambda _: None)
+        dest.unlink()
+        version.rename(dest)
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    reader = subprocess.Popen(
+        [sys.executable, "-c", READER, str(v1), str(dest)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    assert reader.stdin is not None and reader.stdout is not None
+    held = Path(reader.stdout.readline().strip())
+    logs: list[str] = []
+    if layout == "versioned":
+        assert install_weights(v2, dest, log=logs.append) == dest.resolve() != held
+        assert any(f"keeping {held}: another process still uses it" in line for line in logs)
+        assert (dest / "a.bin").read_text() == "v2-a.bin"
+    else:
+        assert held == dest
+        with pytest.raises(WeightsError, match=f"cannot reinstall weights into {dest}: another"):
+            install_weights(v2, dest, log=logs.append)
+    out, _ = reader.communicate("go\n", timeout=60)
+    assert reader.returncode == 0 and out.strip() == "v1-a.bin v1-b.bin"
+    install_weights(v2, dest, log=lambda _: None)  # A has exited: its folder is removed now
+    assert dest.is_symlink() and (dest / "b.bin").read_text() == "v2-b.bin"
+    assert held == dest or not held.exists()
+    assert not (tmp_path / "w.readers").exists()
+    assert [p for p in tmp_path.glob(".w.*") if p.is_dir()] == [dest.resolve()]
+
+
+def pax_tarball(path: Path, records: bytes, declared: int | None = None) -> Path:
+    """A pax extended header (its `declared` size, else its records' length), then a.bin."""
+    info = tarfile.TarInfo("PaxHeaders/a.bin")
+    info.type = tarfile.XHDTYPE
+    info.size = len(records) if declared is None else declared
+    out = info.tobuf(tarfile.GNU_FORMAT)  # base-256 size fields: gigabytes fit
+    if declared is None:
+        out += records + bytes(-len(records) % 512)
+    member = tarfile.TarInfo("a.bin")
+    member.size = 4
+    out += member.tobuf(tarfile.GNU_FORMAT) + b"data" + bytes(508) + bytes(1024)
+    path.write_bytes(out)
+    return path
+
+
+def pax_record(key: str, value: str) -> bytes:
+    body = f" {key}={value}\n"
+    n = len(body) + len(str(len(body) + 2))
+    return f"{n}{body}".encode()
+
+
+def test_an_oversized_pax_header_is_refused_before_it_is_read(tmp_path):
+    """8 GiB declared, nothing after the header: reading it would end in 'truncated'."""
+    tar = pax_tarball(tmp_path / "huge.tar", b"", declared=8 << 30)
+    with pytest.raises(WeightsError) as err:
+        install_weights(tar, tmp_path / "w", log=lambda _: None)
+    assert (
+        "huge.tar: refusing the pax extended header at byte 0: it declares 8589934592 bytes, "
+        "at most 1048576 are allowed"
+    ) in str(err.value)
+    no_leftovers(tmp_path / "w")
+
+
+@pytest.mark.parametrize("size", ["abc", "1_0", "+4", "-5"])
+def test_a_pax_size_record_that_is_not_a_decimal_number_is_refused(tmp_path, size):
+    """int() takes "1_0" and "+4", tar does not: the checker and tar must see the same sizes."""
+    tar = pax_tarball(tmp_path / "pax.tar", pax_record("size", size))
+    with pytest.raises(WeightsError, match="pax.tar: corrupt pax header .*not a decimal number"):
+        install_weights(tar, tmp_path / "w", log=lambda _: None)
+    no_leftovers(tmp_path / "w")
+    good = pax_tarball(tmp_path / "good.tar", pax_record("size", "4"))
+    assert (install_weights(good, tmp_path / "ok", log=lambda _: None) / "a.bin").read_bytes() == (
+        b"data"
+    )
