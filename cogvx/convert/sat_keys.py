@@ -15,7 +15,6 @@ from cogvx.convert.sat_layout import SatFamily, TransformerLayout
 from cogvx.lora.sat_format import (
     LORA_TARGETS,
     SAT_PREFIX,
-    LoraModule,
     SatConversionError,
     collect_lora,
     lora_deltas,
@@ -114,22 +113,11 @@ def check_lora_alpha(alpha: float, flag: str) -> None:
         )
 
 
-def check_lora_ranks(modules: list[LoraModule], path: str | Path) -> None:
-    """SAT's LoraLinear needs rank r >= 1 (its scale is lora_alpha / r): refuse r = 0."""
-    for m in modules:
-        if m.rank < 1:
-            raise SatConversionError(
-                f"{path}: layer {m.layer} {m.module} has LoRA rank {m.rank} (matrix_A.0 "
-                f"{tuple(m.a[0].shape)}); the rank must be at least 1"
-            )
-
-
 def _delta_shapes(
     loras: dict[str, torch.Tensor], path: str | Path
 ) -> dict[str, tuple[tuple[int, int], str]]:
     """Per diffusers weight: the shape of its LoRA delta B @ A and the SAT matrices behind it."""
-    modules = collect_lora(loras, path)
-    check_lora_ranks(modules, path)
+    modules = collect_lora(loras, path)  # refuses rank 0 and mismatched pairs
     out = {}
     for m in modules:
         for i, target in enumerate(LORA_TARGETS[m.module]):

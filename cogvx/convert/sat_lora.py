@@ -12,7 +12,7 @@ import shutil
 from pathlib import Path
 
 from cogvx.convert.sat import DTYPES, Log, load_state_dict, source_dtype
-from cogvx.convert.sat_keys import check_lora_alpha, check_lora_ranks
+from cogvx.convert.sat_keys import check_lora_alpha
 from cogvx.lora.sat_format import (  # noqa: F401 (re-exported: the LoRA pieces of this tool)
     LoraModule,
     collect_lora,
@@ -38,8 +38,7 @@ def export_lora(
     if dtype is not None and dtype not in DTYPES:
         raise ValueError(f"--dtype {dtype!r} is not allowed; choose one of {sorted(DTYPES)}")
     sd = load_state_dict(checkpoint, trust_pickle=trust_pickle)
-    modules = collect_lora(sd, checkpoint)
-    check_lora_ranks(modules, checkpoint)
+    modules = collect_lora(sd, checkpoint)  # refuses rank 0 and mismatched pairs
     ignored = sum(1 for k in sd if ".matrix_" not in k)
     ranks = sorted({m.rank for m in modules})
     layers = sorted({m.layer for m in modules})
