@@ -1,10 +1,15 @@
 """Installed weight folders: the install lock, versions behind a symlink, readers' locks.
 
-A tarball installs into a new folder `.<name>.v-<pid>-<ns>` next to `dest`, and `dest` becomes a
-symlink to it through one atomic rename. A process that uses a version (`hold`) keeps a shared
-flock on `<version>.readers` until it exits; an install only removes old versions that no
-process holds, so a reinstall (a changed URL, a file that no longer matches) never replaces the
-files a running process is loading. Every step here runs under the install lock.
+A tarball installs into a temporary folder `.<name>.partial-<pid>-<ns>` next to `dest`, which
+becomes a version folder `.<name>.v-<pid>-<ns>`; `dest` becomes a symlink to it through one
+atomic rename. Each of these folders (and a plain `dest` of older releases) has a lock file
+`<folder>.readers`: a process using the folder (`hold`, an install writing it) keeps a shared
+flock on it until it exits or moves on; a remover takes it exclusively, removes the folder, then
+unlinks the lock file. So a reinstall never replaces files a running process is loading, and
+what crashed or killed processes left (old versions, temporary folders, lock files) goes at the
+next install or load. Every step here runs under the install lock; the lock files are safe
+without it too: after each flock the path must still name the locked file (a remover may unlink
+it between open and flock), else it is opened again.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import re
 import shutil
 import stat
 import time
@@ -23,6 +29,7 @@ from cogvx.errors import WeightsError
 
 Log = Callable[[str], None]
 _HELD: dict[str, int] = {}  # folder -> fd of its readers' lock, held (LOCK_SH) until exit
+_LOCK_SUFFIXES = (".readers", ".pget.pid")  # files beside a folder (pget's pid file: temps)
 
 
 @contextlib.contextmanager
@@ -41,30 +48,70 @@ def install_lock(dest: Path, log: Log) -> Iterator[None]:
         os.close(fd)
 
 
+def _patterns(dest: Path) -> dict[str, re.Pattern[str]]:
+    """The names of `dest`'s version, temporary and link entries (older temps lack `-<ns>`)."""
+    name = re.escape(dest.name)
+    return {
+        "version": re.compile(rf"\.{name}\.v-\d+-[0-9a-f]+"),
+        "temp": re.compile(rf"\.{name}\.partial-\d+(?:-[0-9a-f]+)?"),
+        "link": re.compile(rf"\.{name}\.link-\d+"),
+    }
+
+
 def current(dest: Path) -> Path | None:
     """The folder `dest` stands for now: its symlink's target, `dest` itself, or None."""
     if dest.is_symlink():
         name = os.readlink(dest)
-        ours = "/" not in name and name.startswith(f".{dest.name}.v-")
+        ours = _patterns(dest)["version"].fullmatch(name) is not None
         folder = dest.with_name(name) if ours else dest.resolve()  # a version may be a link
         return folder if folder.is_dir() else None
     return dest if dest.is_dir() else None
 
 
-def _versions(dest: Path) -> list[Path]:
-    """`dest`'s version folders (or links to folders: pget may hand back one)."""
-    return [p for p in dest.parent.glob(f".{dest.name}.v-*") if p.is_dir() or p.is_symlink()]
-
-
 def _ours(dest: Path, folder: Path) -> bool:
     """True for the folders an install may remove: `dest` itself and its version folders."""
     return folder == dest or (
-        folder.parent == dest.parent and folder.name.startswith(f".{dest.name}.v-")
+        folder.parent == dest.parent
+        and _patterns(dest)["version"].fullmatch(folder.name) is not None
     )
 
 
 def _readers(folder: Path) -> Path:
     return folder.with_name(folder.name + ".readers")
+
+
+def _lock(path: Path, how: int) -> int | None:
+    """An fd of the file at `path` (created if absent) locked `how`; None when LOCK_NB failed.
+
+    The classic flock + unlink race: a remover may unlink the file between our open and flock,
+    leaving us a lock on a file nobody else can find. So the path must still name the locked
+    file (same device and inode), else it is opened again."""
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, how)
+            if os.path.samestat(os.fstat(fd), os.stat(path)):
+                return fd
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        except FileNotFoundError:
+            pass  # unlinked after we locked it: try the file that is there now
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
+
+
+def _lock_shared(path: Path) -> int:
+    fd = _lock(path, fcntl.LOCK_SH)  # blocks only while a remover holds it (never for long)
+    assert fd is not None
+    return fd
+
+
+def _unused(folder: Path) -> int | None:
+    """An fd holding `folder`'s readers' lock exclusively, or None when a process uses it."""
+    return _lock(_readers(folder), fcntl.LOCK_EX | fcntl.LOCK_NB)
 
 
 def hold(dest: Path, folder: Path) -> None:
@@ -73,9 +120,7 @@ def hold(dest: Path, folder: Path) -> None:
     release(dest, keep=folder)
     if not _ours(dest, folder) or str(folder) in _HELD:
         return  # a folder of the user's own, behind their symlink: never removed here
-    fd = os.open(_readers(folder), os.O_RDWR | os.O_CREAT, 0o644)
-    fcntl.flock(fd, fcntl.LOCK_SH)  # never blocks: removers hold LOCK_EX only under the lock
-    _HELD[str(folder)] = fd
+    _HELD[str(folder)] = _lock_shared(_readers(folder))
 
 
 def release(dest: Path, keep: Path | None = None) -> None:
@@ -84,50 +129,112 @@ def release(dest: Path, keep: Path | None = None) -> None:
         os.close(_HELD.pop(name))
 
 
-def _unused(folder: Path) -> int | None:
-    """An fd holding `folder`'s readers' lock exclusively, or None when a process uses it."""
-    fd = os.open(_readers(folder), os.O_RDWR | os.O_CREAT, 0o644)
+def new_temp(dest: Path) -> Path:
+    """A fresh temporary install folder's path next to `dest` (not created), held by this
+    process until `commit` turns it into a version or `discard` removes it."""
+    tmp = dest.with_name(f".{dest.name}.partial-{os.getpid()}-{time.time_ns():x}")
+    _HELD[str(tmp)] = _lock_shared(_readers(tmp))
+    return tmp
+
+
+def held_fd(folder: Path) -> int | None:
+    """The fd of this process's lock on `folder` (a child given it holds the folder too)."""
+    return _HELD.get(str(folder))
+
+
+def discard(tmp: Path) -> None:
+    """Remove this process's temporary folder `tmp` and its lock file (an install failed)."""
+    fd = _HELD.pop(str(tmp), None)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        remove(tmp)
+        if fd is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # ours alone: it can be unlinked
+            _readers(tmp).unlink(missing_ok=True)
     except BlockingIOError:
-        os.close(fd)
-        return None
-    return fd
+        pass  # another process shares the lock: the next install removes the file
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
+def _leftovers(dest: Path) -> dict[Path, str]:
+    """`dest`'s version and temporary folders and links (folder -> kind), also those of which
+    only a lock file is left."""
+    found: dict[Path, str] = {}
+    patterns = _patterns(dest)
+    for entry in os.scandir(dest.parent):
+        base = entry.name
+        if patterns["link"].fullmatch(base):
+            found[dest.parent / base] = "link"
+            continue
+        base = next((base[: -len(s)] for s in _LOCK_SUFFIXES if base.endswith(s)), base)
+        for kind in ("version", "temp"):
+            if patterns[kind].fullmatch(base):
+                found[dest.parent / base] = kind
+    return found
 
 
 def retire(dest: Path, keep: Path | None, log: Log) -> None:
-    """Remove `dest`'s folders other than `keep` that no process uses (a plain `dest` folder
-    in use cannot be replaced: that raises)."""
-    if not dest.is_symlink() and dest.is_dir() and dest != keep:
+    """Remove `dest`'s folders other than `keep` that no process uses, with their lock files,
+    and lock files whose folder is gone (a plain `dest` folder in use cannot be replaced:
+    that raises). Call it under the install lock."""
+    if not dest.is_symlink() and dest.is_dir():
+        if dest != keep:
+            fd = _unused(dest)
+            if fd is None:
+                raise WeightsError(
+                    f"cannot reinstall weights into {dest}: another process is using the folder "
+                    "(installed by an older version); stop it and retry"
+                )
+            _remove_locked(dest, fd)
+    elif _readers(dest).exists():  # the lock of a plain folder that was replaced or deleted
         fd = _unused(dest)
-        if fd is None:
-            raise WeightsError(
-                f"cannot reinstall weights into {dest}: another process is using the folder "
-                "(installed by an older version); stop it and retry"
-            )
-        _remove_locked(dest, fd)
-    for old in _versions(dest):
+        if fd is not None:
+            _unlink_lock(_readers(dest), fd)
+    for old, kind in sorted(_leftovers(dest).items()):
         if old == keep:
+            continue
+        if kind == "link":  # commit's new symlink, left by a crash before the swap
+            remove(old)
             continue
         fd = _unused(old)
         if fd is None:
-            log(f"weights: keeping {old}: another process still uses it")
+            if old.is_dir() and kind == "version":
+                log(f"weights: keeping {old}: another process still uses it")
+            elif old.is_dir():
+                log(f"weights: keeping {old}: another process is still writing it")
             continue
         _remove_locked(old, fd)
 
 
 def _remove_locked(folder: Path, fd: int) -> None:
+    """Remove `folder`, then the files beside it, the readers' lock (held in `fd`) last."""
     try:
         remove(folder)
-        _readers(folder).unlink(missing_ok=True)
+        folder.with_name(folder.name + ".pget.pid").unlink(missing_ok=True)
+    except BaseException:
+        os.close(fd)
+        raise
+    _unlink_lock(_readers(folder), fd)
+
+
+def _unlink_lock(lock: Path, fd: int) -> None:
+    """Unlink the lock file `lock`, which `fd` holds exclusively, then let go of it."""
+    try:
+        lock.unlink(missing_ok=True)
     finally:
         os.close(fd)
 
 
 def commit(tmp: Path, dest: Path) -> Path:
-    """Move the finished `tmp` to a new version folder and point `dest` at it atomically."""
+    """Move the finished `tmp` to a new version folder and point `dest` at it atomically; this
+    process's hold on `tmp` becomes its hold on the version."""
     version = dest.with_name(f".{dest.name}.v-{os.getpid()}-{time.time_ns():x}")
     os.rename(tmp, version)
+    fd = _HELD.pop(str(tmp), None)
+    if fd is not None:  # the lock file moves with the folder: the version is never unheld
+        os.rename(_readers(tmp), _readers(version))
+        _HELD[str(version)] = fd
     link = dest.with_name(f".{dest.name}.link-{os.getpid()}")
     link.unlink(missing_ok=True)
     os.symlink(version.name, link)

@@ -25,7 +25,7 @@ from cogvx.net.http import content_range_total, is_url, open_first
 from cogvx.net.urls import safe_url
 from cogvx.weights import folders
 from cogvx.weights.extract import extract_stream
-from cogvx.weights.folders import install_lock, remove
+from cogvx.weights.folders import install_lock
 from cogvx.weights.pack import hash_files
 from cogvx.weights.pget import find_pget, run_pget
 from cogvx.weights.space import check_space, space_guard
@@ -78,19 +78,16 @@ def install_weights(
         folder = folders.current(dest)
         if folder is not None and _marker_ok(folder, label, identity, log):
             folders.hold(dest, folder)
-            folders.retire(dest, folder, log)  # versions that the last processes left
+            folders.retire(dest, folder, log)  # what the last processes left (see folders)
             log(f"weights: {dest} already holds {label}; skipping download")
             return folder
         folders.release(dest)
-        folders.retire(dest, None, log)
-        for pattern in (".{}.partial-*", ".{}.link-*"):  # left by crashed installs
-            for stale in dest.parent.glob(pattern.format(dest.name)):
-                remove(stale)
-        tmp = dest.parent / f".{dest.name}.partial-{os.getpid()}"
+        folders.retire(dest, None, log)  # the stale version too, and what crashes left
+        tmp = folders.new_temp(dest)
         t0 = time.monotonic()
         try:
             if pget is not None:
-                run_pget(pget, src, tmp, label, stall_timeout, log)
+                run_pget(pget, src, tmp, label, stall_timeout, log, folders.held_fd(tmp))
                 checker = None
             elif remote:
                 checker = _download(
@@ -107,7 +104,7 @@ def install_weights(
             folders.hold(dest, folder)
         except BaseException:
             try:
-                remove(tmp)
+                folders.discard(tmp)
             except OSError as e:  # keep the install's own error; the next install retries
                 log(f"weights: could not remove {tmp} ({e})")
             raise

@@ -41,8 +41,13 @@ def remote_size(url: str, label: str, timeout: float, log: Log) -> int | None:
         conn.close()
 
 
-def run_pget(pget: str, url: str, tmp: Path, label: str, timeout: float, log: Log) -> None:
-    """`pget -x url tmp`, refused first when the free space next to `tmp` is too small."""
+def run_pget(
+    pget: str, url: str, tmp: Path, label: str, timeout: float, log: Log, lock_fd: int | None = None
+) -> None:
+    """`pget -x url tmp`, refused first when the free space next to `tmp` is too small.
+
+    pget inherits `lock_fd` (the temporary folder's lock): if this process is killed while
+    pget still writes, the next install sees the folder in use and leaves it alone."""
     size = remote_size(url, label, timeout, log)
     if size is not None:
         check_space(size, tmp.parent, label)
@@ -54,11 +59,13 @@ def run_pget(pget: str, url: str, tmp: Path, label: str, timeout: float, log: Lo
 
     pid_file = tmp.parent / f"{tmp.name}.pget.pid"
     log(f"weights: pget -x {label} {tmp}")
-    rc, tail = _run_logged([pget, "-x", "--pid-file", str(pid_file), url, str(tmp)], redact, log)
+    fds = () if lock_fd is None else (lock_fd,)
+    cmd = [pget, "-x", "--pid-file", str(pid_file), url, str(tmp)]
+    rc, tail = _run_logged(cmd, redact, log, fds)
     if rc != 0 and any("pid-file" in line and "unknown" in line for line in tail):
         log("weights: this pget has no --pid-file option; retrying without it")
         remove(tmp)
-        rc, tail = _run_logged([pget, "-x", url, str(tmp)], redact, log)
+        rc, tail = _run_logged([pget, "-x", url, str(tmp)], redact, log, fds)
     pid_file.unlink(missing_ok=True)
     if rc != 0:
         raise WeightsError(f"pget failed downloading {label} (exit {rc}): {'; '.join(tail[-5:])}")
@@ -72,10 +79,17 @@ def _files(root: Path) -> list[Path]:
     return [p for p in root.rglob("*") if p.is_file() and not p.is_symlink()]
 
 
-def _run_logged(cmd: list[str], redact: Callable[[str], str], log: Log) -> tuple[int, list[str]]:
+def _run_logged(
+    cmd: list[str], redact: Callable[[str], str], log: Log, pass_fds: tuple[int, ...]
+) -> tuple[int, list[str]]:
     tail: list[str] = []
     with subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace"
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        errors="replace",
+        pass_fds=pass_fds,
     ) as proc:
         assert proc.stdout is not None
         try:
