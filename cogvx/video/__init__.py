@@ -1,10 +1,12 @@
 """Video files: `write` (frames → MP4/WebM/GIF, byte-reproducible), `read` (probe + decode with
-PyAV, a container whitelist), `output` (the per-prediction output file, its log and metrics)."""
+PyAV, container and codec allow-lists), `output` (the per-prediction output file, its log and
+metrics)."""
 
 from cogvx.video.output import fresh_output_path, save_video
 from cogvx.video.read import (
     ACCEPTED,
     DEMUXERS,
+    VIDEO_CODECS,
     VideoInfo,
     VideoReadError,
     probe_video,
@@ -23,6 +25,7 @@ __all__ = [
     "ACCEPTED",
     "DEMUXERS",
     "OUTPUT_FORMATS",
+    "VIDEO_CODECS",
     "VideoInfo",
     "VideoReadError",
     "bitexact_scaling",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -61,25 +62,58 @@ class VideoInfo:
 # Only containers that cannot name other files or URLs are opened, and only through the `file`
 # protocol: an HLS playlist (.m3u8), a concat script, a DASH manifest or an image sequence is
 # refused before its demuxer reads anything. MOV's external data references stay off.
-DEMUXERS = ("mov", "matroska", "avi", "mpegts", "gif")  # mov = mp4/m4v/3gp; matroska = mkv/webm
-READ_OPTIONS = {
-    "format_whitelist": ",".join(DEMUXERS),
-    "protocol_whitelist": "file",
-    "enable_drefs": "0",
-}
-ACCEPTED = "an MP4, MOV, MKV, WebM, AVI, MPEG-TS or GIF file (H.264, HEVC, VP9 or AV1)"
+# mov = mp4/m4v/3gp; matroska = mkv/webm; mpeg = MPEG-PS (.mpg, .vob)
+DEMUXERS = ("mov", "matroska", "avi", "mpegts", "mpeg", "gif")
+ACCEPTED = "an MP4, MOV, MKV, WebM, AVI, MPEG-TS, MPEG-PS or GIF file (H.264, HEVC, VP9 or AV1)"
+# The video codecs decoded (libavcodec's names, ffprobe's codec_name): what cameras, phones,
+# editors and this project write. FFmpeg's other decoders (hundreds, rarely used, a long CVE
+# history) never see user bytes: a stream in another codec is refused before anything decodes.
+# FFmpeg's `codec_whitelist` keeps the probe in av.open (avformat_find_stream_info, which decodes
+# a few frames of every stream) from opening any other decoder, audio and subtitle ones included,
+# and read_frames holds its decoder to the same list.
+VIDEO_CODECS = frozenset(
+    ("h264", "hevc", "vp8", "vp9", "av1", "mpeg4", "mjpeg", "prores", "png", "gif", "mpeg1video",
+     "mpeg2video")
+)  # fmt: skip
+
+
+@functools.cache
+def _decoders() -> str:
+    """`codec_whitelist`: this FFmpeg's software decoders (by name) of the VIDEO_CODECS."""
+    import av
+    from av.codec.codec import Capabilities, UnknownCodecError
+
+    device_only = Capabilities.hardware | Capabilities.hybrid  # cuvid, qsv, amf, v4l2m2m
+    names = set()
+    for name in av.codecs_available:
+        try:
+            codec = av.Codec(name, "r")
+        except UnknownCodecError:  # an encoder only
+            continue
+        if codec.canonical_name in VIDEO_CODECS and not codec.capabilities & device_only:
+            names.add(codec.name)  # e.g. libdav1d, which PyAV picks for AV1
+    return ",".join(sorted(names))
+
+
+def _read_options() -> dict[str, str]:
+    return {
+        "format_whitelist": ",".join(DEMUXERS),
+        "protocol_whitelist": "file",
+        "enable_drefs": "0",
+        "codec_whitelist": _decoders(),
+    }
 
 
 def _open(path: Path) -> Any:
-    """Open a local video file for reading with the container and protocol whitelists."""
+    """Open a local video file for reading with the container, protocol and codec whitelists."""
     import av
 
     if not path.is_file():
         raise VideoReadError(f"video {path}: no such file")
     if path.stat().st_size == 0:
         raise VideoReadError(f"video {path.name}: the file is empty (0 bytes)")
-    try:
-        return av.open(str(path), container_options=READ_OPTIONS, metadata_errors="ignore")
+    try:  # container_options: AVFormatContext's, given to avformat_open_input
+        return av.open(str(path), container_options=_read_options(), metadata_errors="ignore")
     except av.error.EOFError as exc:
         raise VideoReadError(
             f"video {path.name}: the file ends before its first frame (zero-length or truncated)"
@@ -109,12 +143,18 @@ def _video_stream(container: Any, path: Path) -> Any:
     stream = container.streams.video[0]
     try:
         ctx = stream.codec_context
-        codec = ctx.codec.name
+        codec = ctx.codec.canonical_name
     except (av.FFmpegError, AttributeError) as exc:
         raise VideoReadError(
             f"video {path.name}: no decoder for its video codec ({exc}); re-encode it to "
             "H.264, HEVC, VP9 or AV1"
         ) from exc
+    if codec not in VIDEO_CODECS:
+        raise VideoReadError(
+            f"video {path.name}: its video codec is {codec} ({ctx.codec.long_name}), which this "
+            f"server does not decode; allowed codecs: {', '.join(sorted(VIDEO_CODECS))}. "
+            "Re-encode it, e.g. to H.264"
+        )
     if not ctx.width or not ctx.height:
         raise VideoReadError(f"video {path.name}: the {codec} stream states no frame size")
     return stream
@@ -232,7 +272,10 @@ def read_frames(
     position = -1
     with _open(path) as container:
         stream = _video_stream(container, path)
-        stream.codec_context.options = {"max_pixels": str(_decode_pixels(info))}
+        stream.codec_context.options = {
+            "max_pixels": str(_decode_pixels(info)),
+            "codec_whitelist": _decoders(),  # the stream's codec was checked; its decoder too
+        }
         stream.thread_type = "AUTO"
         try:
             for frame in container.decode(stream):
