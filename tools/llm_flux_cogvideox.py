@@ -5,9 +5,10 @@ python tools/llm_flux_cogvideox.py --llm-weights W --flux-weights W --video-weig
 python tools/llm_flux_cogvideox.py --prompts prompts.txt --flux-weights W --video-weights W \\
     --out DIR
 
-Each W is a folder or a tarball URL (like COG_WEIGHTS). DIR gets NNNN.png, NNNN.mp4 and
-manifest.json (prompt, image, video, seeds, seconds per stage); a rerun with the same settings
-skips finished items (other settings are refused: they would mix two batches).
+Each W is a folder or a tarball URL (like COG_WEIGHTS). DIR gets NNNN.png, NNNN.mp4,
+manifest.json (settings; each item's prompt, image, video, seeds: the same run writes the same
+bytes) and timings.json (seconds per stage); a rerun with the same settings skips finished items
+(other settings, --size included, are refused: they would mix two batches).
 """
 
 from __future__ import annotations
@@ -53,13 +54,13 @@ def main(argv: list[str] | None = None) -> int:
     settings = Settings(
         num_videos=args.num_videos, topic=args.topic, prompts=prompts, words=args.words,
         seed=args.seed, image_steps=args.image_steps, video_steps=args.video_steps,
+        size=(int(w), int(h)),
     )  # fmt: skip
     t0 = time.perf_counter()
     try:
         items = run_batch(
-            settings, args.out, args.llm_weights, args.flux_weights, args.video_weights,
-            size=(int(w), int(h)),
-        )  # fmt: skip
+            settings, args.out, args.llm_weights, args.flux_weights, args.video_weights
+        )
     except (ValueError, CogvxError) as exc:
         print(f"llm_flux_cogvideox.py: {exc}", file=sys.stderr)
         return 2

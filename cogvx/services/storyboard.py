@@ -2,8 +2,10 @@
 
 Stages run one model at a time (each freed before the next loads, as the seed's script does):
 all prompts, then all first frames, then all videos. `manifest.json` in the output folder
-records every finished item's prompt, image, video, seeds and seconds, rewritten after each
-step, so a rerun skips what is done (a file that is missing is made again).
+records the settings and every finished item's prompt, image, video and seeds, rewritten after
+each step, so a rerun skips what is done (a file that is missing is made again). It holds only
+what the seed and inputs decide (the same run writes the same bytes); the seconds each stage
+took go to `timings.json` beside it.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from cogvx.log import log as log_line
 Log = Callable[[str], None]
 
 MANIFEST = "manifest.json"
+TIMINGS = "timings.json"
 IDEA_PROMPT = (
     "Write one prompt for a text-to-video model about this topic: {topic}. Idea number {n}: make "
     "it different from a generic take. One paragraph of at most {words} words describing what a "
@@ -33,7 +36,7 @@ IDEA_PROMPT = (
 
 @dataclass
 class Item:
-    """One video of the batch (a manifest entry)."""
+    """One video of the batch (a manifest entry; `seconds` is kept in timings.json)."""
 
     index: int
     prompt: str = ""
@@ -59,6 +62,11 @@ class Settings:
     video_steps: int = 50
     video_model: str = "i2v-5b"
     fps: int = 8
+    size: tuple[int, int] = (720, 480)  # first frames (width, height)
+
+
+# Settings the CLI takes as an option of the same name; messages name those as the option.
+_OPTIONS = {"topic", "prompts", "words", "seed", "image_steps", "video_steps", "size"}
 
 
 def load_manifest(out: Path) -> dict[int, Item]:
@@ -67,25 +75,90 @@ def load_manifest(out: Path) -> dict[int, Item]:
     if not path.is_file():
         return {}
     data = json.loads(path.read_text())
-    return {int(d["index"]): Item(**d) for d in data["items"]}
+    timings = json.loads((out / TIMINGS).read_text()) if (out / TIMINGS).is_file() else {}
+    seconds = timings.get("seconds", {})
+    items = {}
+    for d in data["items"]:
+        d = dict(d)
+        old = d.pop("seconds", {})  # manifests before timings.json kept them per item
+        try:
+            items[int(d["index"])] = Item(**d, seconds=seconds.get(str(d["index"]), old))
+        except (KeyError, TypeError, ValueError) as e:  # a hand edit or a newer release's file
+            raise ValueError(
+                f"{path}: an item this release cannot read ({type(e).__name__}: {e}); move the "
+                "folder aside or choose a new output folder"
+            ) from e
+    return items
 
 
 def changed_settings(out: Path, settings: Settings) -> list[str]:
-    """The settings (other than num_videos) that differ from those `out`'s manifest recorded."""
+    """How the settings (other than num_videos) differ from those `out`'s manifest recorded.
+
+    One line per setting, e.g. `--size: 720x480 in its manifest, 1360x768 now`.
+    """
     path = out / MANIFEST
     if not path.is_file():
         return []
-    saved = json.loads(path.read_text()).get("settings", {})
+    body = json.loads(path.read_text())
+    saved = dict(body.get("settings", {}))
     now = json.loads(json.dumps(asdict(settings)))  # as the manifest stores them
-    return sorted(k for k in now if k != "num_videos" and saved.get(k) != now[k])
+    where = {k: "in its manifest" for k in now}
+    if "size" not in saved:  # a manifest from before size was recorded: its first frames tell
+        saved["size"] = _frame_size(out, body.get("items", [])) or now["size"]
+        where["size"] = "in its first frames"
+    return [
+        _difference(k, saved.get(k), now[k], where[k])
+        for k in sorted(now)
+        if k != "num_videos" and saved.get(k) != now[k]
+    ]
+
+
+def _frame_size(out: Path, items: list[dict[str, Any]]) -> list[int] | None:
+    """(width, height) of the first of the manifest `items`' frames on disk (None: no frame)."""
+    from PIL import Image
+
+    for d in items:
+        if _has(out, d.get("image")):
+            with Image.open(out / d["image"]) as image:
+                return list(image.size)
+    return None
+
+
+def _difference(key: str, saved: Any, now: Any, where: str) -> str:
+    """`name: saved <where>, now now`, values shown short (prompts by count or line)."""
+    name = "--" + key.replace("_", "-") if key in _OPTIONS else key
+    if key == "prompts" and isinstance(saved, list) and isinstance(now, list):
+        if len(saved) != len(now):
+            return f"{name}: {len(saved)} prompts {where}, {len(now)} now"
+        line = next(i for i, (a, b) in enumerate(zip(saved, now, strict=True)) if a != b)
+        saved, now = saved[line], now[line]
+        name = f"{name} (prompt {line + 1})"
+    return f"{name}: {_show(key, saved)} {where}, {_show(key, now)} now"
+
+
+def _show(key: str, value: Any) -> str:
+    if key == "size" and isinstance(value, list) and len(value) == 2:
+        return f"{value[0]}x{value[1]}"
+    if key == "prompts" and value is None:
+        return "none (the LLM writes them)"
+    if key == "prompts" and isinstance(value, list):
+        return f"{len(value)} prompts"
+    text = str(value) if isinstance(value, int | float) else repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def save_manifest(out: Path, items: dict[int, Item], settings: Settings) -> None:
-    """Write the manifest atomically (a kill leaves the old one or the new one)."""
-    body = {"settings": asdict(settings), "items": [asdict(items[i]) for i in sorted(items)]}
-    tmp = out / (MANIFEST + ".tmp")
+    """Write the manifest and timings.json, each atomically (a kill leaves old or new)."""
+    rows = [asdict(items[i]) for i in sorted(items)]
+    seconds = {str(d["index"]): d.pop("seconds") for d in rows}
+    _write_json(out / TIMINGS, {"seconds": seconds})
+    _write_json(out / MANIFEST, {"settings": asdict(settings), "items": rows})
+
+
+def _write_json(path: Path, body: dict[str, Any]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(body, indent=1, ensure_ascii=False))
-    os.replace(tmp, out / MANIFEST)
+    os.replace(tmp, path)
 
 
 def _has(out: Path, name: str | None) -> bool:
@@ -140,10 +213,10 @@ def write_prompts(
 
 
 def paint_frames(
-    items: dict[int, Item], s: Settings, out: Path, flux_weights: str, size: tuple[int, int],
-    log: Log, save: Callable[[], None],
+    items: dict[int, Item], s: Settings, out: Path, flux_weights: str, log: Log,
+    save: Callable[[], None],
 ) -> None:  # fmt: skip
-    """Stage 2: FLUX paints each item's first frame at `size` (width, height)."""
+    """Stage 2: FLUX paints each item's first frame at `s.size` (width, height)."""
     todo = [i for i in sorted(items) if not _has(out, items[i].image)]
     if not todo:
         return
@@ -157,7 +230,7 @@ def paint_frames(
     dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
     pipe = FluxPipeline.from_pretrained(folder, dtype=dtype, use_safetensors=True).to(_device())
     pipe.set_progress_bar_config(disable=True)
-    w, h = size
+    w, h = s.size
     for i in _progress(todo, "first frames"):
         t0 = time.perf_counter()
         items[i].image_seed = s.seed + 1000 + i
@@ -221,7 +294,6 @@ def run_batch(
     llm_weights: str | None,
     flux_weights: str,
     video_weights: str | None,
-    size: tuple[int, int] = (720, 480),
     log: Log = log_line,
 ) -> dict[int, Item]:
     """All three stages over `s.num_videos` items in `out`; resumes from its manifest."""
@@ -229,8 +301,9 @@ def run_batch(
     changed = changed_settings(out, s)
     if changed:  # its items were made with those: resuming would mix two batches
         raise ValueError(
-            f"{out} holds a batch made with other {', '.join(changed)}: run with the same "
-            "settings to resume it (num_videos may change), or choose a new output folder"
+            f"{out} holds a batch made with other settings ({'; '.join(changed)}): run with "
+            "the same settings to resume it (--num-videos may change), or choose a new output "
+            "folder"
         )
     items = {i: it for i, it in load_manifest(out).items() if i < s.num_videos}
     done = sum(1 for it in items.values() if _has(out, it.video))
@@ -242,7 +315,7 @@ def run_batch(
 
     write_prompts(items, s, llm_weights, log, save)
     save()
-    paint_frames(items, s, out, flux_weights, size, log, save)
+    paint_frames(items, s, out, flux_weights, log, save)
     animate(items, s, out, video_weights, log, save)
     save()
     return items
