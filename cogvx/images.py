@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from cogvx.log import clip
+
 FIT_MODES = ("crop", "pad", "stretch")
 MAX_PIXELS = 80_000_000  # 80 MP: a 48 MP phone photo passes, a decompression bomb does not
 PAD_COLOR = (0, 0, 0)
@@ -43,7 +45,10 @@ def load_image(path: str | Path, log: Log = print, name: str = "image") -> Image
                 raise ValueError(f"{what} has zero size ({w}x{h})")
             frames = getattr(img, "n_frames", 1)
             if frames > 1:
-                log(f"{name}: {path.name} is animated ({frames} frames); using its first frame")
+                log(
+                    f"{name}: {clip(path.name)} is animated ({frames} frames); "
+                    "using its first frame"
+                )
                 img.seek(0)
             img.load()
     except ValueError:

@@ -1,8 +1,10 @@
 """One log function: a line on stdout, flushed at once (coglet attributes lines as they arrive).
 
-User text that a log line or message quotes (a URL, a value) goes through `clip`, and
-`bound_library_logs` clips what diffusers / transformers print (diffusers echoes the part of a
-prompt it truncates, a megabyte for a megabyte prompt).
+User text that a log line or message quotes (a URL, a value, a file or tar member name) goes
+through `clip`: one printable line (control characters escaped, so a name holding a newline or
+an ANSI escape cannot forge a log line), bounded. `bound_library_logs` clips what diffusers /
+transformers print (diffusers echoes the part of a prompt it truncates, a megabyte for a
+megabyte prompt).
 """
 
 from __future__ import annotations
@@ -19,12 +21,35 @@ def log(message: str) -> None:
     print(message, flush=True)
 
 
+def printable(text: str) -> str:
+    """`text` with each non-printable character written as its Python escape: newline, CR, tab,
+    ESC and the other C0/C1 controls, U+2028/U+2029, bidi overrides, lone surrogates (\\n, \\x1b,
+    \\u2028, ...). Printable text, spaces included, is unchanged."""
+    return "".join(c if c.isprintable() else _escape(c) for c in text)
+
+
+def _escape(c: str) -> str:
+    return repr(c)[1:-1]  # repr escapes exactly what str.isprintable refuses
+
+
 def clip(text: str, limit: int = TEXT_LIMIT) -> str:
-    """`text` if at most `limit` characters, else its first `limit` plus "… (N chars)"."""
+    """`text` as one printable line (see `printable`) of at most `limit` characters; if longer,
+    its first `limit` escaped characters (an escape is never cut) plus "… (N chars)", N the
+    length of the original text. Only for messages and logs, never for data."""
     text = str(text)
     if len(text) <= limit:
-        return text
-    return f"{text[:limit]}… ({len(text)} chars)"
+        shown = printable(text)
+        if len(shown) <= limit:
+            return shown
+    parts: list[str] = []
+    used = 0
+    for c in text[:limit]:  # escapes only lengthen: the first `limit` characters suffice
+        piece = c if c.isprintable() else _escape(c)
+        if used + len(piece) > limit:
+            break
+        parts.append(piece)
+        used += len(piece)
+    return f"{''.join(parts)}… ({len(text)} chars)"
 
 
 class ClipFilter(logging.Filter):

@@ -58,8 +58,8 @@ def parse_source(source: str) -> Source:
     src = source.strip()
     if len(src) > MAX_SOURCE_CHARS:
         raise LoraError(
-            f"lora_url={clip(src)!r} is {len(src)} characters; at most {MAX_SOURCE_CHARS} "
-            "are accepted"
+            f"lora_url={safe_url(src)} is {len(src)} characters; at most {MAX_SOURCE_CHARS} "
+            "are accepted"  # safe_url: no query (a signed URL's token), fragment or credentials
         )
     if "://" not in src and src.split("/", 1)[0].lower() in _SCHEMELESS_HOSTS:
         src = "https://" + src  # huggingface.co/o/r, replicate.com/o/m pasted without a scheme
@@ -89,7 +89,7 @@ def parse_source(source: str) -> Source:
         return Source(src)
     if "://" not in src and (m := _HF_REPO.match(src)):
         if m["file"] and ".." in m["file"].split("/"):
-            raise LoraError(f"lora_url={clip(src)!r}: '..' is not allowed in a file path")
+            raise LoraError(f"lora_url={clip(repr(src))}: '..' is not allowed in a file path")
         if m["file"]:
             return Source(f"{hf_endpoint()}/{m['repo']}/resolve/main/{m['file']}")
         return _repo(m["repo"], "main")

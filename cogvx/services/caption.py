@@ -21,7 +21,7 @@ from cogvx.gpu import (
     releasing_openmp_pool,
     resolve_seed,
 )
-from cogvx.log import bound_library_logs
+from cogvx.log import bound_library_logs, clip
 from cogvx.log import log as log_line
 from cogvx.models import get_deployment
 from cogvx.settings import QUANTIZE_ENV
@@ -166,7 +166,7 @@ def load_clip(
     checks.choice("strategy", strategy, STRATEGIES)
     t0 = time.perf_counter()
     info = probe_video(path, scan_seconds=read_seconds)
-    name = info.path.name
+    name = clip(info.path.name)  # for messages: a URL's file name may hold a newline
     w, h = info.width, info.height
     refuse_larger_frames(info, MAX_SOURCE_PIXELS)
     if max(w, h) / min(w, h) > MAX_ASPECT:

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from cogvx import checks
+from cogvx.log import clip
 from cogvx.venhancer.schedule import SOLVER_MODES
 from cogvx.video import OUTPUT_FORMATS, VideoInfo, probe_video, refuse_larger_frames
 
@@ -87,7 +88,7 @@ def check_request(req: Request) -> Request:
 def probe_input(path: str | Path) -> VideoInfo:
     """Probe the input video and refuse sizes and lengths outside the caps."""
     info = probe_video(path, max_frames=MAX_INPUT_FRAMES)  # a longer file is not read to its end
-    name = info.path.name
+    name = clip(info.path.name)
     if min(info.width, info.height) < MIN_SIDE:
         raise ValueError(
             f"video {name} is {info.width}x{info.height}; both sides must be >= {MIN_SIDE} pixels"

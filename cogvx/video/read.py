@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from cogvx.errors import InputError
+from cogvx.log import clip
 from cogvx.video.write import bitexact_scaling
 
 # (cheap) to learn each frame's timestamp; a single decoding pass then converts just the frames
@@ -104,19 +105,24 @@ def _read_options() -> dict[str, str]:
     }
 
 
+def _name(path: Path) -> str:
+    """The file's name for messages: one printable line (user file names can hold anything)."""
+    return clip(path.name)
+
+
 def _open(path: Path) -> Any:
     """Open a local video file for reading with the container, protocol and codec whitelists."""
     import av
 
     if not path.is_file():
-        raise VideoReadError(f"video {path}: no such file")
+        raise VideoReadError(f"video {clip(str(path))}: no such file")
     if path.stat().st_size == 0:
-        raise VideoReadError(f"video {path.name}: the file is empty (0 bytes)")
+        raise VideoReadError(f"video {_name(path)}: the file is empty (0 bytes)")
     try:  # container_options: AVFormatContext's, given to avformat_open_input
         return av.open(str(path), container_options=_read_options(), metadata_errors="ignore")
     except av.error.EOFError as exc:
         raise VideoReadError(
-            f"video {path.name}: the file ends before its first frame (zero-length or truncated)"
+            f"video {_name(path)}: the file ends before its first frame (zero-length or truncated)"
         ) from exc
     except (av.FFmpegError, OSError, UnicodeDecodeError) as exc:
         if isinstance(exc, av.error.ArgumentError):  # what a format off the whitelist gives
@@ -124,7 +130,7 @@ def _open(path: Path) -> Any:
         else:
             reason = getattr(exc, "strerror", None) or exc  # without the server-side path
         raise VideoReadError(
-            f"video {path.name}: not a video file FFmpeg can read ({reason}); send {ACCEPTED}. "
+            f"video {_name(path)}: not a video file FFmpeg can read ({reason}); send {ACCEPTED}. "
             "Playlists (.m3u8), concat scripts and other files that point to further files or "
             "URLs are refused"
         ) from exc
@@ -136,9 +142,10 @@ def _video_stream(container: Any, path: Path) -> Any:
     if not container.streams.video:
         found = sorted({s.type for s in container.streams})
         if not found:
-            raise VideoReadError(f"video {path.name}: the file holds no streams (zero-length?)")
+            raise VideoReadError(f"video {_name(path)}: the file holds no streams (zero-length?)")
         raise VideoReadError(
-            f"video {path.name}: has no video stream (found: {', '.join(found)}); send a video file"
+            f"video {_name(path)}: has no video stream (found: {', '.join(found)}); "
+            "send a video file"
         )
     stream = container.streams.video[0]
     try:
@@ -146,17 +153,17 @@ def _video_stream(container: Any, path: Path) -> Any:
         codec = ctx.codec.canonical_name
     except (av.FFmpegError, AttributeError) as exc:
         raise VideoReadError(
-            f"video {path.name}: no decoder for its video codec ({exc}); re-encode it to "
+            f"video {_name(path)}: no decoder for its video codec ({exc}); re-encode it to "
             "H.264, HEVC, VP9 or AV1"
         ) from exc
     if codec not in VIDEO_CODECS:
         raise VideoReadError(
-            f"video {path.name}: its video codec is {codec} ({ctx.codec.long_name}), which this "
+            f"video {_name(path)}: its video codec is {codec} ({ctx.codec.long_name}), which this "
             f"server does not decode; allowed codecs: {', '.join(sorted(VIDEO_CODECS))}. "
             "Re-encode it, e.g. to H.264"
         )
     if not ctx.width or not ctx.height:
-        raise VideoReadError(f"video {path.name}: the {codec} stream states no frame size")
+        raise VideoReadError(f"video {_name(path)}: the {codec} stream states no frame size")
     return stream
 
 
@@ -196,7 +203,7 @@ def probe_video(
                     break
         except av.FFmpegError as exc:
             raise VideoReadError(
-                f"video {path.name}: damaged after {len(stamps)} frames ({exc})"
+                f"video {_name(path)}: damaged after {len(stamps)} frames ({exc})"
             ) from exc
         rate = stream.average_rate or stream.guessed_rate or stream.base_rate
         fps = float(rate) if rate else 0.0
@@ -212,7 +219,7 @@ def probe_video(
             complete = False
             pts_arr = pts_arr[: max_frames + 1]
         if len(pts_arr) == 0:
-            raise VideoReadError(f"video {path.name}: the video stream holds no frames")
+            raise VideoReadError(f"video {_name(path)}: the video stream holds no frames")
         times = (pts_arr - start).astype(np.float64) * float(tb)
         if not fps:
             fps = (len(times) - 1) / times[-1] if times[-1] > 0 else 25.0
@@ -258,7 +265,7 @@ def read_frames(
         info = probe_video(path)
     if min(wanted_list) < 0 or max(wanted_list) >= info.num_frames:
         raise ValueError(
-            f"indices: {wanted_list} reach outside frames 0..{info.num_frames - 1} of {path.name}"
+            f"indices: {wanted_list} reach outside frames 0..{info.num_frames - 1} of {_name(path)}"
         )
     wanted = set(wanted_list)
     last = max(wanted)
@@ -295,14 +302,15 @@ def read_frames(
                     break
         except av.FFmpegError as exc:
             raise VideoReadError(
-                f"video {path.name}: decoding failed after frame {position} ({exc}): the file "
+                f"video {_name(path)}: decoding failed after frame {position} ({exc}): the file "
                 f"is damaged, or a frame is larger than the stream's stated "
                 f"{info.width}x{info.height} (refused)"
             ) from exc
     missing = sorted(wanted - got.keys())
     if missing:
         raise VideoReadError(
-            f"video {path.name}: frames {missing[:8]}{' ...' if len(missing) > 8 else ''} did not "
+            f"video {_name(path)}: frames {missing[:8]}{' ...' if len(missing) > 8 else ''} "
+            "did not "
             f"decode (the decoder stopped after frame {position} of the {info.num_frames} the "
             "file lists); the file is truncated or damaged",
             frames_decoded=position + 1,
@@ -314,7 +322,7 @@ def refuse_larger_frames(info: VideoInfo, max_pixels: int) -> None:
     """ValueError when the stream's stated frames are over `max_pixels`."""
     if info.width * info.height > max_pixels:
         raise ValueError(
-            f"video {info.path.name} is {info.width}x{info.height}; frames up to "
+            f"video {_name(info.path)} is {info.width}x{info.height}; frames up to "
             f"{max_pixels / 1e6:.0f} MP are accepted: downscale it first"
         )
 
