@@ -17,14 +17,19 @@ from cogvx.errors import LoraError, WeightsError
 from cogvx.log import clip
 from cogvx.lora.files import extract_safetensors
 from cogvx.lora.sources import hf_endpoint, parse_source, pick_repo_file
-from cogvx.net.http import content_range, open_first
+from cogvx.net.http import Deadline, DeadlineExceeded, TimedBody, content_range, open_first
 from cogvx.net.urls import UrlPolicy, fetch_failed, safe_url, user_url_policy
 from cogvx.settings import LORA_MAX_BYTES_ENV
 from cogvx.weights.tensors import safetensors_header
 
 Log = Callable[[str], None]
 
-STALL_TIMEOUT = 60.0
+STALL_TIMEOUT = 60.0  # one read may wait this long
+# One LoRA download as a whole (redirects, retries, every read): DEADLINE_S per DEADLINE_BYTES of
+# the size cap, DEADLINE_S at least (600 s for the default 2 GiB: 3.6 MB/s for the largest file).
+DEADLINE_S = 600.0
+DEADLINE_BYTES = 2 << 30
+LISTING_DEADLINE_S = 120.0  # a Hugging Face file listing as a whole
 MAX_LISTING = 4 << 20  # bytes of a Hugging Face file listing read at most
 STALE_PARTIAL_S = 3600.0  # a partial download untouched this long belongs to a dead fetch
 
@@ -130,18 +135,8 @@ class LoraCache:
         if key not in self._repo_files:
             api = f"{hf_endpoint()}/api/models/{repo}/revision/{rev}"
             failed = LoraError(fetch_failed("lora_url", f"{hf_endpoint()}/{repo}"))
-            try:
-                _, conn, resp = open_first(
-                    api, MAX_LISTING, STALL_TIMEOUT, self.log, policy=self.policy
-                )
-            except WeightsError:
-                raise failed from None
-            try:
-                body = b""
-                while (chunk := _read(resp, failed)) and len(body) <= MAX_LISTING:
-                    body += chunk
-            finally:
-                conn.close()
+            with Deadline("lora_url", f"{hf_endpoint()}/{repo}", LISTING_DEADLINE_S) as deadline:
+                body = self._read_listing(api, failed, deadline)
             try:
                 listing = json.loads(body)
                 files = [str(s["rfilename"]) for s in listing["siblings"]]
@@ -151,6 +146,28 @@ class LoraCache:
             self._repo_files[key] = f"{hf_endpoint()}/{repo}/resolve/{rev}/{name}"
             self.log(f"lora: {repo} holds {clip(name, 80)}")
         return self._repo_files[key]
+
+    def _read_listing(self, api: str, failed: LoraError, deadline: Deadline) -> bytes:
+        """The listing's bytes (MAX_LISTING and a little more at most), under `deadline`."""
+        try:
+            _, conn, resp = open_first(
+                api, MAX_LISTING, STALL_TIMEOUT, self.log, policy=self.policy, deadline=deadline
+            )
+        except WeightsError:
+            raise failed from None
+        except DeadlineExceeded as e:
+            raise LoraError(str(e)) from None
+        try:
+            body = b""
+            while (chunk := _read(deadline.body(resp), failed)) and len(body) <= MAX_LISTING:
+                body += chunk
+        finally:
+            conn.close()
+        return body
+
+    def deadline_s(self) -> float:
+        """Seconds one download may take as a whole: DEADLINE_S per DEADLINE_BYTES of the cap."""
+        return DEADLINE_S * max(1.0, self.max_bytes / DEADLINE_BYTES)
 
     def make_room(self, need: int, keep: Path | None = None) -> None:
         """Evict least recently used files until `need` bytes fit above the free-space floor."""
@@ -171,14 +188,30 @@ class LoraCache:
 
     def _download(self, url: str, dest: Path, label: str, keep: Path) -> int:
         """Fetch `url` into `dest`. Every network failure gives the same `fetch_failed` message
-        (no port-scan oracle) and response bytes are never quoted."""
+        (no port-scan oracle) and response bytes are never quoted; a download that takes longer
+        than `deadline_s()` as a whole says so."""
+        with Deadline("lora_url", url, self.deadline_s()) as deadline:
+            try:
+                return self._download_within(url, dest, label, keep, deadline)
+            except DeadlineExceeded as e:
+                raise LoraError(str(e)) from None
+
+    def _download_within(
+        self, url: str, dest: Path, label: str, keep: Path, deadline: Deadline
+    ) -> int:
         failed = LoraError(fetch_failed("lora_url", url))
         try:
             _, conn, resp = open_first(
-                url, self.max_bytes + 1, STALL_TIMEOUT, self.log, policy=self.policy
+                url,
+                self.max_bytes + 1,
+                STALL_TIMEOUT,
+                self.log,
+                policy=self.policy,
+                deadline=deadline,
             )
         except WeightsError:
             raise failed from None
+        body = deadline.body(resp)
         total: int | None
         try:
             if resp.status == 206:
@@ -192,7 +225,7 @@ class LoraCache:
             self.make_room(total or 0, keep=keep)
             got = 0
             with open(dest, "wb") as f:
-                while chunk := _read(resp, failed):
+                while chunk := _read(body, failed):
                     got += len(chunk)
                     if got > self.max_bytes:
                         raise LoraError(self._too_big(label, got, at_least=True))
@@ -224,9 +257,12 @@ def _complete(path: Path) -> bool:
     return True
 
 
-def _read(resp: http.client.HTTPResponse, failed: LoraError) -> bytes:
-    """The next MiB of the body; a network error, stall or unreadable framing raises `failed`."""
+def _read(body: TimedBody, failed: LoraError) -> bytes:
+    """The next MiB of the body; a network error, stall or unreadable framing raises `failed`,
+    the deadline passing a LoraError that says so."""
     try:
-        return resp.read(1 << 20)
+        return body.read(1 << 20)
+    except DeadlineExceeded as e:
+        raise LoraError(str(e)) from None
     except (OSError, http.client.HTTPException, ValueError):
         raise failed from None

@@ -48,8 +48,7 @@ def safe_url(url: str, limit: int = ECHO_CHARS) -> str:
     if sep:
         netloc, slash, path = rest.partition("/")
         text = f"{scheme}://{netloc.rpartition('@')[2]}{slash}{path}"
-    shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text[:limit])
-    return shown if len(text) <= limit else f"{shown}… ({len(text)} chars)"
+    return clip(text, limit)  # one printable line: controls escaped
 
 
 @dataclass(frozen=True)
@@ -223,8 +222,8 @@ def user_url_policy(name: str, resolver: Resolver | None = None) -> UrlPolicy:
         hosts = frozenset(_host_entry(e) for e in value.split(",") if e.strip())
     except ValueError as e:
         raise ValueError(
-            f"{ALLOW_PRIVATE_ENV}={clip(value, 100)!r}: {clip(str(e), 100)!r} is not a host or "
-            "host:port; use 1 (every address), 0 (public only) or host[:port],..."
+            f"{ALLOW_PRIVATE_ENV}={clip(repr(value), 100)}: {clip(repr(str(e)), 100)} is not a "
+            "host or host:port; use 1 (every address), 0 (public only) or host[:port],..."
         ) from None
     return UrlPolicy(name, allowed_hosts=hosts, **kw)
 

@@ -176,8 +176,9 @@ def caption_batch_file(
 ) -> Path:
     """The predictor's batch input: unpack `source`, caption every clip, write one JSONL file.
 
-    Rows keep the input's order and name each clip by its member name or URL (never a server
-    path); a clip that could not be unpacked or fetched is a row with its error."""
+    Rows keep the input's order and name each clip by its member name or URL without its query
+    (never a server path; a list line that is not a URL by its number only, never its text); a
+    clip that could not be unpacked or fetched is a row with its error."""
     import json
     import shutil
 

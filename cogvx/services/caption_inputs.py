@@ -7,7 +7,10 @@ while streaming, never trusted from headers (zip bombs stop at the cap). A tar i
 metered stream: every decompressed byte counts, skipped data and headers included, so an archive
 unpacks to at most its cap (50 times its own size, 256 MiB at least, 50 GiB at most); headers of
 any kind (folders too) count against `MAX_MEMBERS`. URL lists go through the user URL policy (no
-private addresses, every redirect checked) and never name local files.
+private addresses, every redirect checked), each URL within CLIP_DEADLINE_S, and never name local
+files. The list may be a body the runtime fetched from anywhere: a line that is not an http(s) URL
+is named by its number only, never quoted (rows, errors, logs), and a file without one valid URL
+line is refused whole.
 """
 
 from __future__ import annotations
@@ -25,12 +28,12 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import IO
+from typing import IO, Protocol
 
 from cogvx.errors import InputError, WeightsError
 from cogvx.log import clip
-from cogvx.net.http import open_first
-from cogvx.net.urls import UrlError, UrlPolicy, fetch_failed, safe_url, user_url_policy
+from cogvx.net.http import Deadline, open_first
+from cogvx.net.urls import UrlError, UrlPolicy, fetch_failed, safe_url, split_url, user_url_policy
 
 Log = Callable[[str], None]
 
@@ -47,7 +50,8 @@ MAX_ZIP_DIRECTORY = 32 << 20  # a zip's central directory (about 40,000 names of
 VIDEO_SUFFIXES = (".mp4", ".webm", ".mov", ".mkv", ".avi", ".m4v", ".gif")
 LABEL_CHARS = 300
 CHUNK = 1 << 20
-STALL_TIMEOUT = 60.0
+STALL_TIMEOUT = 60.0  # one read of a listed URL may wait this long
+CLIP_DEADLINE_S = 300.0  # one listed URL as a whole (redirects, retries, reads): 2 GiB at 7 MB/s
 
 
 class BatchTooLarge(InputError):
@@ -76,6 +80,10 @@ def _size(n: int) -> str:
     return f"{n >> 30} GiB" if n >= 1 << 30 else f"{n >> 20} MiB"
 
 
+class _Source(Protocol):
+    def read(self, size: int, /) -> bytes: ...
+
+
 class _Budget:
     """Bytes written so far against the per-clip and total caps."""
 
@@ -101,7 +109,7 @@ class _Budget:
             f"{NAME}: {label} is over {_size(self.max_clip)}; clips up to that size are accepted"
         )
 
-    def copy(self, src: IO[bytes], dest: Path, label: str) -> int:
+    def copy(self, src: _Source, dest: Path, label: str) -> int:
         """Copy src to a new file dest under the caps; returns the bytes written."""
         written = 0
         with open(dest, "xb") as out:
@@ -323,17 +331,24 @@ def _from_list(
         raise InputError(
             f"{NAME}: not a .zip, a .tar or a UTF-8 text file with one https URL per line"
         ) from None
-    lines = [line.strip() for line in text.splitlines()]
-    urls = [line for line in lines if line and not line.startswith("#")]
-    _count(len(urls), max_clips)
+    entries = []  # (line number, the line, why it is not a URL or None)
+    for number, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if line and not line.startswith("#"):
+            entries.append((number, line, _not_a_url(line)))
+    if entries and all(why for _, _, why in entries):
+        raise InputError(
+            f"{NAME}: neither a zip/tar archive nor a list of http(s) URLs (no line is an "
+            "http(s) URL; send a .zip or .tar of clips or a text file with one URL per line)"
+        )
+    _count(len(entries), max_clips)
     policy = user_url_policy(NAME)
     items = []
-    for n, url in enumerate(urls, 1):
-        label = safe_url(url, LABEL_CHARS)
-        if not url.lower().startswith(("https://", "http://")):
-            items.append(BatchItem(label, None, f"{label}: not an http(s) URL (local paths are "
-                                                "never read)"))  # fmt: skip
+    for n, (number, url, why) in enumerate(entries, 1):
+        if why:  # named by its number only: the file may be any server's answer (a secret)
+            items.append(BatchItem(f"line {number}", None, f"line {number}: {why}"))
             continue
+        label = safe_url(url, LABEL_CHARS)
         dest = folder / f"{n:05d}{_suffix(url.split('?', 1)[0])}"
         try:
             _download(url, dest, budget, policy, log)
@@ -346,15 +361,38 @@ def _from_list(
     return items
 
 
+def _not_a_url(line: str) -> str | None:
+    """Why a list line is not a URL to fetch (in words that never quote it), or None."""
+    if not line.lower().startswith(("https://", "http://")):
+        return "not an http(s) URL (local paths are never read; the line is not quoted)"
+    try:
+        split_url(line, NAME)
+    except UrlError:
+        return (
+            "not a valid http(s) URL (spaces, control or non-ASCII characters, a bad port or "
+            "host, or too long; the line is not quoted)"
+        )
+    return None
+
+
 def _download(url: str, dest: Path, budget: _Budget, policy: UrlPolicy, log: Log) -> None:
     """Fetch a user URL under the policy; every network failure gives one generic message."""
+    with Deadline(NAME, url, CLIP_DEADLINE_S) as deadline:
+        _download_within(url, dest, budget, policy, log, deadline)
+
+
+def _download_within(
+    url: str, dest: Path, budget: _Budget, policy: UrlPolicy, log: Log, deadline: Deadline
+) -> None:
     failed = InputError(fetch_failed(NAME, url))
-    try:
-        _, conn, resp = open_first(url, budget.max_clip + 1, STALL_TIMEOUT, log, policy=policy)
+    try:  # the deadline passing raises DeadlineExceeded, an InputError: that clip's row
+        _, conn, resp = open_first(
+            url, budget.max_clip + 1, STALL_TIMEOUT, log, policy=policy, deadline=deadline
+        )
     except (WeightsError, UrlError):
         raise failed from None
     try:
-        written = budget.copy(resp, dest, safe_url(url, LABEL_CHARS))
+        written = budget.copy(deadline.body(resp), dest, safe_url(url, LABEL_CHARS))
         said = resp.getheader("Content-Length")
         if said is not None and said.strip().isdigit() and int(said) != written:
             raise OSError("the body is shorter than its Content-Length")  # a cut transfer

@@ -256,3 +256,80 @@ def test_a_cut_or_garbled_download_is_its_row_only(tmp_path, monkeypatch):
     assert "could not download it" in items[0].error
     assert "could not download it" in items[1].error
     assert items[2].error is None and items[2].path.read_bytes() == CLIP
+
+
+# A `videos` URL is fetched by the runtime with no address check, so a "URL list" may be any
+# internal answer (a metadata service's credentials): its lines must never come back.
+SECRETS = ("ASIAEXAMPLESECRET123", "wJalrXUtnFEMI/K7MDENG", "IQoJb3JpZ2luX2VjTOKEN", "QUERYTOKEN")
+METADATA = (
+    '{\n  "Code" : "Success",\n  "AccessKeyId" : "ASIAEXAMPLESECRET123",\n'
+    '  "SecretAccessKey" : "wJalrXUtnFEMI/K7MDENG/bPxRfiCYSECRETKEY",\n'
+    '  "Token" : "IQoJb3JpZ2luX2VjTOKEN"\n}\n'
+)
+
+
+class _NoModel:
+    """The caption service's surface the batch touches when no clip is readable."""
+
+    captioner = None
+
+    def __init__(self) -> None:
+        self.logs: list[str] = []
+
+    def log(self, message: str) -> None:
+        self.logs.append(message)
+
+
+def test_lines_that_are_not_urls_are_named_by_number_never_quoted(tmp_path, monkeypatch):
+    import json
+
+    from cogvx.services.caption_batch import caption_batch_file
+
+    monkeypatch.setenv("COGVX_OUTPUT_DIR", str(tmp_path / "out"))
+    monkeypatch.delenv("COGVX_ALLOW_PRIVATE_URLS", raising=False)  # the URL line is refused
+    listing = tmp_path / "body"
+    lines = [
+        '"AccessKeyId" : "ASIAEXAMPLESECRET123",',
+        "# wJalrXUtnFEMI/K7MDENG a comment",
+        "http://x/ wJalrXUtnFEMI/K7MDENG",  # http(s) at the start, but not a URL
+        "",
+        "http://127.0.0.1:9/a.mp4?t=QUERYTOKEN",  # a URL: shown without its query
+        "IQoJb3JpZ2luX2VjTOKEN",
+    ]
+    listing.write_text("\n".join(lines))
+    service = _NoModel()
+    out = caption_batch_file(service, listing, "Describe.", "chat", 16, batch_size=1)
+    text = out.read_text()
+    rows = [json.loads(line) for line in text.splitlines()]
+    assert [r["path"] for r in rows] == ["line 1", "line 3", "http://127.0.0.1:9/a.mp4", "line 6"]
+    assert rows[0]["error"].endswith("line 1: not an http(s) URL (local paths are never read; "
+                                     "the line is not quoted)")  # fmt: skip
+    assert "line 3: not a valid http(s) URL" in rows[1]["error"]
+    assert "could not download it" in rows[2]["error"]
+    for secret in SECRETS:
+        assert secret not in text and not any(secret in m for m in service.logs), secret
+
+
+def test_a_body_without_one_url_is_refused_whole(tmp_path):
+    source = tmp_path / "role"
+    source.write_text(METADATA)
+    with pytest.raises(InputError) as err:
+        _unpack(source, tmp_path)
+    message = str(err.value)
+    assert message.startswith("videos: neither a zip/tar archive nor a list of http(s) URLs")
+    assert not any(secret in message for secret in SECRETS)
+
+
+def test_a_trickling_clip_url_stops_at_its_deadline_and_is_its_row_only(tmp_path, monkeypatch):
+    from tests.net.slow_server import SlowServer
+
+    monkeypatch.setattr(ci, "CLIP_DEADLINE_S", 0.5)
+    with SlowServer("body") as slow, WeightsServer({"/b.mp4": CLIP}) as good:
+        listing = tmp_path / "urls.txt"
+        listing.write_text(f"{slow.url('/a.mp4')}?sig=s\n{good.url('/b.mp4')}\n")
+        items, _ = _unpack(listing, tmp_path)
+    assert items[0].path is None and items[0].error == (
+        f"videos {slow.url('/a.mp4')}: the download took longer than 0.5 s (the limit for one "
+        "file); give a faster host or a smaller file"
+    )
+    assert items[1].error is None and items[1].path.read_bytes() == CLIP
