@@ -2,12 +2,16 @@
 
 Values are read at call time, so a test or an operator can change them between calls. Parsing
 that needs domain knowledge (allowed modes, host lists) stays with the module that uses the value;
-the messages name the variable.
+the messages name the variable. The multi-GPU ranks' socket interface (gloo's and NCCL's own
+variables) is set here too: `pin_rank_sockets`.
 """
 
 from __future__ import annotations
 
+import math
 import os
+import socket
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 OFFLOAD_ENV = "COGVX_OFFLOAD"  # force a mode: none | model | sequential
@@ -17,6 +21,7 @@ QUANTIZE_ENV = "COGVX_QUANTIZE"
 COMPILE_ENV = "COGVX_COMPILE"  # video models: regional torch.compile 1 | 0 | auto (default auto)
 ATTENTION_ENV = "COGVX_ATTENTION"  # video models: auto | off | a diffusers attention backend name
 PARALLEL_ENV = "COGVX_PARALLEL"  # video models on N GPUs: ulysses=a,ring=b,cfg=c | off
+PARALLEL_STALL_ENV = "COGVX_PARALLEL_STALL_S"  # N GPUs: seconds rank 0 may be silent | off
 PROMPT_WEIGHTS_ENV = "COGVX_PROMPT_WEIGHTS"  # T2V/I2V: tarball URL or folder of the prompt LLM
 FAST_WEIGHTS_ENV = "COGVX_FAST_WEIGHTS"  # T2V/I2V images: tarball URL or folder of `fast/`
 OUTPUT_ENV = "COGVX_OUTPUT_DIR"  # per-prediction output folders live here
@@ -28,6 +33,9 @@ LORA_MAX_BYTES_ENV = "COGVX_LORA_MAX_BYTES"  # largest LoRA file accepted
 ALLOW_PRIVATE_ENV = "COGVX_ALLOW_PRIVATE_URLS"  # user URLs: 1 | 0 | host[:port],...
 SOURCE_DATE_ENV = "SOURCE_DATE_EPOCH"  # reproducible-builds.org: packed tarballs' member mtime
 HF_ENDPOINT_ENV = "HF_ENDPOINT"  # huggingface_hub's variable: a mirror of huggingface.co
+# gloo's and NCCL's own variables: the network interface of the ranks' sockets (set to loopback
+# unless the user set them: every rank runs on this machine)
+RANK_SOCKET_ENVS = ("GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME")
 
 # GNU tar's own variables: TAR_OPTIONS adds options to every run (an --exclude would drop
 # weight files), TAPE names a default archive, POSIXLY_CORRECT changes option parsing, and
@@ -43,6 +51,7 @@ TAR_ENV_DROPPED = (
 DEFAULT_OUTPUT_ROOT = "/tmp/cogvx-outputs"
 DEFAULT_LORA_MIN_FREE = 10 << 30
 DEFAULT_LORA_MAX_BYTES = 2 << 30  # rank 256 on every attention layer of a 5B model is ~0.5 GB
+DEFAULT_PARALLEL_STALL_S = 1800.0  # the process group's own timeout (cogvx.parallel.engine)
 
 
 def _text(name: str) -> str:
@@ -82,6 +91,53 @@ def attention_mode() -> str | None:
 def parallel_override() -> str:
     """COGVX_PARALLEL as given (checked by `cogvx.parallel.plan`); '' when unset (automatic)."""
     return _text(PARALLEL_ENV)
+
+
+def parallel_stall_seconds() -> float | None:
+    """COGVX_PARALLEL_STALL_S: how long rank 0 may send nothing while a request runs before the
+    request fails as stalled (default 1800); None for `off` (wait forever)."""
+    value = _text(PARALLEL_STALL_ENV)
+    if not value:
+        return DEFAULT_PARALLEL_STALL_S
+    if value.lower() == "off":
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ValueError(
+            f"{PARALLEL_STALL_ENV}={value[:40]!r}: expected seconds above 0 (e.g. 1800) or off"
+        )
+    return seconds
+
+
+def loopback_interface(names: Iterable[str]) -> str:
+    """The loopback interface among the interface `names`: `lo`, else the first `lo*` (`lo0`
+    on BSD and macOS), else `lo`."""
+    names = list(names)
+    if "lo" in names:
+        return "lo"
+    return next((n for n in names if n.startswith("lo")), "lo")
+
+
+def rank_socket_values(environ: Mapping[str, str], interfaces: Iterable[str]) -> dict[str, str]:
+    """GLOO_SOCKET_IFNAME and NCCL_SOCKET_IFNAME for the ranks: the user's value where one is
+    set (not blank), else the loopback interface among `interfaces`."""
+    loopback = loopback_interface(interfaces)
+    return {name: environ.get(name, "").strip() or loopback for name in RANK_SOCKET_ENVS}
+
+
+def pin_rank_sockets() -> dict[str, str]:
+    """Keep gloo's and NCCL's sockets on loopback in this process (user values kept): set
+    `rank_socket_values` in the environment, before the process group starts; returns them."""
+    try:
+        interfaces = [name for _, name in socket.if_nameindex()]
+    except OSError:  # no interface list on this platform: the usual name
+        interfaces = []
+    values = rank_socket_values(os.environ, interfaces)
+    os.environ.update(values)
+    return values
 
 
 def prompt_weights_source() -> str:

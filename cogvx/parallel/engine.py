@@ -25,6 +25,7 @@ from diffusers.models._modeling_parallel import (
 )
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 
+from cogvx import settings
 from cogvx.errors import SetupError
 from cogvx.parallel.plan import Degrees, ulysses_accepts
 from cogvx.speed.attention import DispatchCogVideoXAttnProcessor, use_dispatch_processor
@@ -48,7 +49,10 @@ COGVIDEOX_CP_PLAN: dict[str, Any] = {
 def init_group(rank: int, world: int, address: str, device_type: str) -> None:
     """Join the process group: NCCL for CUDA tensors, gloo for the CPU ones (diffusers gathers
     uneven shard sizes on a CPU group). `address`: the rendezvous, a `file://` URL in the
-    predictor's private folder (a `tcp://` store would listen on every interface)."""
+    predictor's private folder (a `tcp://` store would listen on every interface). gloo's and
+    NCCL's own sockets stay on loopback (every rank is on this machine) unless the user named an
+    interface (GLOO_SOCKET_IFNAME, NCCL_SOCKET_IFNAME)."""
+    settings.pin_rank_sockets()
     backend = "cpu:gloo,cuda:nccl" if device_type == "cuda" else "cpu:gloo"
     if device_type == "cuda":
         torch.cuda.set_device(rank)

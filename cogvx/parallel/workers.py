@@ -7,6 +7,8 @@ once, by the predictor, into the cache every rank reads. A cancel or an error re
 at the same step (they agree once per step); a rank that dies or stops answering restarts the
 whole pool, and the request fails with the reason (the first failure, and how a dead rank
 exited); a rank found dead between requests restarts the pool before the next request runs.
+Rank 0 reports each denoising step; a request during which rank 0 sends nothing for
+COGVX_PARALLEL_STALL_S seconds (a rank stuck in a collective) fails and restarts the pool too.
 Messages travel over the predictor's own pipes (never a user source), and every request carries
 an id: its replies, and its cancel, never reach another request. The ranks meet through a file in
 a private folder (no listening socket for the rendezvous).
@@ -26,8 +28,9 @@ from collections.abc import Callable
 from dataclasses import replace
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
+from cogvx import settings
 from cogvx.children import PARENT_GONE_EXIT, exit_with_parent
 from cogvx.cogvideox.generate import Request, Result, VideoModel, resolve_weights
 from cogvx.errors import InputError, SetupError
@@ -39,6 +42,7 @@ from cogvx.parallel.plan import Degrees, request_fast_mode
 
 READY_TIMEOUT_S = 3600.0  # every rank loads the pipeline (and warms up on a GPU)
 STRAGGLER_S = 120.0  # after one rank fails or cancels, how long the others get to answer
+CLOSE_S = 10.0  # how long every rank together gets to leave on "stop" before it is terminated
 
 
 class Canceled(Exception):
@@ -65,7 +69,8 @@ def worker_main(
     (None: no warm-up), then serve requests until stop.
 
     Replies are (kind, request id, ...): ("ready", 0, pid), ("done", id, result),
-    ("canceled", id), ("error", id, what, message[, more]); log lines are ("log", line).
+    ("canceled", id), ("error", id, what, message[, more]); log lines are ("log", line), and
+    rank 0's heartbeat after each denoising step is ("step", id) (not a reply).
     `cancel` holds the id of the request to stop (every rank agrees at the same step)."""
     exit_with_parent()  # not PR_SET_PDEATHSIG: it fires when the starting *thread* exits
     from cogvx.parallel.engine import agree, check_ring_backend, enable_parallel, init_group
@@ -88,6 +93,8 @@ def worker_main(
             check_ring_backend(vm.pipe.transformer, degrees)  # a fallback may reach native
 
         def after_step() -> None:
+            if rank == 0:
+                conn.send(("step", running[0]))  # the predictor's stall watch
             if agree(cancel.value == running[0]):
                 raise Canceled
 
@@ -137,6 +144,23 @@ def _read(rank: int, conn: Connection, inbox: queue.Queue) -> None:
         inbox.put((rank, message))
 
 
+def stop_processes(procs: list[Any], grace: float = CLOSE_S) -> None:
+    """Wait up to `grace` seconds in all for `procs` to exit (one deadline, not one per process),
+    then terminate the ones left, and kill those still alive 5 s later."""
+    deadline = time.monotonic() + grace
+    for proc in procs:
+        proc.join(timeout=max(0.0, deadline - time.monotonic()))
+    left = [p for p in procs if p.is_alive()]
+    for proc in left:
+        proc.terminate()
+    deadline = time.monotonic() + 5
+    for proc in left:
+        proc.join(timeout=max(0.0, deadline - time.monotonic()))
+        if proc.is_alive():
+            proc.kill()
+            proc.join(timeout=5)
+
+
 def exit_status(proc: Any) -> str:
     """How a rank's process ended: "exit code 1", "killed by SIGKILL", or "still running"."""
     proc.join(timeout=5)  # its pipe closes a moment before the process is reaped
@@ -178,6 +202,7 @@ class ParallelVideoModel:
         self._tokenizer: Any = None
         self._loras: LoraCache | None = None
         self._inbox: queue.Queue = queue.Queue()
+        self.stall_s = settings.parallel_stall_seconds()  # a bad value fails setup, not a request
 
     @classmethod
     def start(
@@ -254,29 +279,53 @@ class ParallelVideoModel:
             reader.start()
         return self._collect(0, READY_TIMEOUT_S)
 
-    def _collect(self, rid: int, timeout: float) -> dict[int, tuple]:
+    def _collect(self, rid: int, timeout: float, stall: float | None = None) -> dict[int, tuple]:
         """Wait for one final reply per rank to request `rid` (0: setup), in arrival order; log
-        lines are relayed on the way, replies to earlier requests dropped.
+        lines are relayed on the way, heartbeats and replies of earlier requests dropped. With
+        `stall`: WorkerError (the pool stopped) once rank 0 has sent nothing for `rid` (a log
+        line, a heartbeat, its reply) for that many seconds while replies are missing (after an
+        error reply the stragglers' own limit applies instead).
 
         Pipes are read by one thread per rank, so a cancel raised in this thread (coglet's, at
         any bytecode) interrupts a queue wait, never a half-read message."""
         replies: dict[int, tuple] = {}
         deadline = time.monotonic() + timeout
+        heard = time.monotonic()  # rank 0's last word on this request
         while len(replies) < len(self.conns):
-            left = deadline - time.monotonic()
+            now = time.monotonic()
+            left = deadline - now
             if left <= 0:
                 break
+            failed = any(m[0] == "error" for m in replies.values())
+            if stall is not None and now - heard >= stall and not failed:
+                self._stalled(rid, stall, replies)
             try:
                 rank, message = self._inbox.get(timeout=min(left, 1.0))
             except queue.Empty:
                 continue
+            if rank == 0 and (message[0] == "log" or message[1] == rid):
+                heard = time.monotonic()
             if message[0] == "log":
                 self.log(message[1])
+            elif message[0] == "step":
+                pass  # a heartbeat, of this request or an earlier one: never a reply
             elif message[1] in (None, rid) and rank not in replies:
                 replies[rank] = message
             if any(m[0] == "error" for m in replies.values()):
                 deadline = min(deadline, time.monotonic() + STRAGGLER_S)
         return replies
+
+    def _stalled(self, rid: int, stall: float, replies: dict[int, tuple]) -> NoReturn:
+        """Stop the pool and raise WorkerError: request `rid` stalled (no word from rank 0)."""
+        silent = ", ".join(str(r) for r in range(len(self.conns)) if r not in replies)
+        self.close()
+        self.log("parallel: workers stopped; the next request starts them again")
+        raise WorkerError(
+            f"the workers stalled: rank 0 sent nothing for {stall:g} s while request {rid} ran "
+            f"(COGVX_PARALLEL_STALL_S={stall:g}; no reply from ranks {silent}); a rank may be "
+            "stuck in a collective. The workers were stopped and the next request starts them "
+            "again"
+        )
 
     def count_tokens(self, text: str) -> int:
         """T5 tokens of `text` including the end-of-sequence token (the workers' tokenizer)."""
@@ -351,7 +400,7 @@ class ParallelVideoModel:
         rid = self._rid
         try:
             self._send_all(("run", rid, req))
-            replies = self._collect(rid, float("inf"))
+            replies = self._collect(rid, float("inf"), self.stall_s)
         except WorkerError:
             raise
         except BaseException:  # a cancel from the server arrives here: stop every rank
@@ -390,19 +439,14 @@ class ParallelVideoModel:
         return replies[0][2]
 
     def close(self) -> None:
-        """Stop every worker (ask, then terminate) and remove their rendezvous folder."""
+        """Stop every worker (ask; terminate those still running after CLOSE_S in all) and
+        remove their rendezvous folder."""
         for conn in self.conns:
             try:
                 conn.send(("stop",))
             except (OSError, ValueError):
                 pass
-        for proc in self.procs:
-            proc.join(timeout=10)
-            if proc.is_alive():
-                proc.terminate()
-                proc.join(timeout=5)
-            if proc.is_alive():
-                proc.kill()
+        stop_processes(self.procs, CLOSE_S)
         for conn in self.conns:
             conn.close()
         self.procs, self.conns = [], []

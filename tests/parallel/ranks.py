@@ -50,3 +50,35 @@ def ranks_fail_in_turn(rank: int, *args: Any) -> None:
     if rank == 1:
         args[6] = _MarkAfterError(args[6], marker)  # conn, after world .. device_type
     worker_main(rank, *args)
+
+
+STUCK_PROMPT = "stuck"  # rank 1 never finishes step 1: rank 0 waits in that step's agreement
+SLOW_PROMPT = "slow"  # every rank sleeps SLOW_STEP_S after each step (heartbeats keep coming)
+SLOW_STEP_S = 1.0
+
+
+def ranks_stick_or_crawl(rank: int, *args: Any) -> None:
+    """worker_main whose steps follow the request's prompt: STUCK_PROMPT hangs rank 1 for good
+    at step 1 (a rank stuck in a collective; only terminating it ends it), SLOW_PROMPT slows
+    every step by SLOW_STEP_S on every rank; other prompts run as usual."""
+    import threading
+
+    from cogvx.cogvideox.generate import VideoModel
+
+    generate, after_step = VideoModel.generate, VideoModel._after_step
+    prompt = [""]
+
+    def remember(self: Any, req: Any) -> Any:
+        prompt[0] = req.prompt
+        return generate(self, req)
+
+    def crawl(self: Any, pipe: Any, step: int, timestep: Any, tensors: dict) -> dict:
+        if prompt[0] == STUCK_PROMPT and rank == 1 and step == 1:
+            threading.Event().wait()
+        if prompt[0] == SLOW_PROMPT:
+            time.sleep(SLOW_STEP_S)
+        return after_step(self, pipe, step, timestep, tensors)
+
+    VideoModel.generate = remember  # type: ignore[method-assign]
+    VideoModel._after_step = crawl  # type: ignore[method-assign]
+    worker_main(rank, *args)

@@ -7,6 +7,7 @@ weights."""
 from __future__ import annotations
 
 import ctypes
+import ipaddress
 import os
 import stat
 import threading
@@ -349,11 +350,19 @@ def _listening_addresses(pid: int) -> list[str]:
     return found
 
 
+def _address(hexed: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """An address as /proc/net/tcp* writes it: 32-bit words, each in this machine's order."""
+    raw = bytes.fromhex(hexed)
+    words = [raw[i : i + 4] for i in range(0, len(raw), 4)]
+    return ipaddress.ip_address(b"".join(w[::-1] for w in words))
+
+
 def test_the_ranks_meet_in_a_private_folder_not_on_a_public_socket(pool):
+    """No rendezvous socket, and gloo's own sockets listen on loopback only."""
     pool.generate(_request(num_inference_steps=1))  # a live pool
-    wildcard = {"00000000", "00000000000000000000000000000000"}  # 0.0.0.0, ::
     for proc in pool.procs:
-        assert not wildcard & set(_listening_addresses(proc.pid)), proc.pid
+        addresses = [_address(a) for a in _listening_addresses(proc.pid)]
+        assert addresses and all(a.is_loopback for a in addresses), (proc.pid, addresses)
     folder = Path(pool._rendezvous)
     assert folder.is_dir() and stat.S_IMODE(folder.stat().st_mode) == 0o700
     procs = list(pool.procs)
