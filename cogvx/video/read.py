@@ -1,8 +1,13 @@
-"""Video input: `probe_video` (timestamps from packets) and `read_frames` (one decoding pass)."""
+"""Video input: `probe_video` (timestamps from packets) and `read_frames` (one decoding pass).
+
+Both give frames as they are meant to be shown: a display matrix (phones store portrait video as
+landscape frames turned by 90 or 270 degrees) is applied as FFmpeg's own autorotate applies it."""
 
 from __future__ import annotations
 
 import functools
+import math
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -25,6 +30,9 @@ MAX_PROBE_FRAMES = 100_000  # a probe lists at most this many frames + 1 (55 min
 # the floor the buffers some decoders size by it (mpeg4 at 64x48 needs 53,760).
 DECODE_PIXELS_SLACK = 2
 DECODE_PIXELS_FLOOR = 1 << 20
+# A display matrix whose angle is this many degrees or less from a multiple of 90 counts as that
+# multiple (FFmpeg's rule: 89.6 -> 90); other angles are refused (see `_orientation`).
+ANGLE_TOLERANCE = 1.0
 
 
 class VideoReadError(InputError):
@@ -41,7 +49,7 @@ class VideoInfo:
 
     path: Path
     codec: str
-    width: int
+    width: int  # as displayed: the stored frame's height when `rotation` is 90 or 270
     height: int
     fps: float  # average frame rate, as the container states it (decord's get_avg_fps)
     duration: float  # seconds; the container's figure, else the last scanned frame's end
@@ -49,6 +57,15 @@ class VideoInfo:
     pts: np.ndarray = field(repr=False)  # (N,) int64 presentation stamps in the stream time base
     complete: bool = True  # False: the scan stopped at `scan_seconds`; the file goes on
     index_frames: int = 0  # frames the container's index lists (0 when it has none)
+    rotation: int = 0  # degrees clockwise (0, 90, 180, 270) the stored frames turn to display
+    mirrored: bool = False  # and flipped left-right after the turn (a display matrix's flip)
+
+    @property
+    def stored_size(self) -> tuple[int, int]:
+        """(width, height) of the frames as the stream stores them, before the turn."""
+        return (
+            (self.height, self.width) if self.rotation in (90, 270) else (self.width, self.height)
+        )
 
     @property
     def num_frames(self) -> int:
@@ -167,10 +184,60 @@ def _video_stream(container: Any, path: Path) -> Any:
     return stream
 
 
+def _orientation(frame: Any, path: Path) -> tuple[int, bool]:
+    """(clockwise turn, mirrored) that stand `frame` upright, from its display matrix.
+
+    FFmpeg's autorotate (fftools/ffmpeg_filter.c), so the frames equal `ffmpeg -i file` output:
+    the angle is the matrix's rotation rounded to a degree; at 90/270 a negative/positive matrix
+    entry c selects the transposing variant, at 180 and 0 the signs of a and d select the flips.
+    FFmpeg turns other angles with its `rotate` filter (black corners, same frame size); phones
+    and editors write multiples of 90 only, so another angle is refused rather than guessed.
+    """
+    side = frame.side_data.get("DISPLAYMATRIX")
+    if side is None:
+        return 0, False
+    a, b, _, c, d = struct.unpack("<9i", bytes(side))[:5]  # 16.16 fixed point; only ratios used
+    if not math.hypot(a, c) or not math.hypot(b, d):
+        return 0, False  # a degenerate matrix: FFmpeg's angle is NaN and it applies nothing
+    turn = math.degrees(math.atan2(b / math.hypot(b, d), a / math.hypot(a, c)))
+    turn = math.copysign(math.floor(abs(turn) + 0.5), turn) % 360  # C's round, then 0..359
+    quarter = round(turn / 90) % 4
+    if abs(turn - 90 * round(turn / 90)) > ANGLE_TOLERANCE:
+        raise VideoReadError(
+            f"video {_name(path)}: its display matrix turns the picture {turn:.0f} degrees "
+            "clockwise; only turns by multiples of 90 degrees are applied here. Re-encode it "
+            "upright first (e.g. ffmpeg -i in.mp4 out.mp4, which applies the turn)"
+        )
+    if quarter == 1:  # transpose=cclock_flip (a plain transpose) or transpose=clock
+        return 90, c > 0
+    if quarter == 3:  # transpose=clock_flip or transpose=cclock
+        return 270, c < 0
+    if quarter == 2:  # hflip and/or vflip
+        hflip, vflip = a < 0, d < 0
+        return (180, not hflip) if vflip else (0, hflip)
+    return (180, True) if d < 0 else (0, False)  # vflip
+
+
+def _upright(frame: np.ndarray, rotation: int, mirrored: bool) -> np.ndarray:
+    """(H, W, C) stored frame turned `rotation` degrees clockwise, then mirrored: a view."""
+    if rotation:
+        frame = np.rot90(frame, -(rotation // 90))
+    return frame[:, ::-1] if mirrored else frame
+
+
+def _set_decoder(stream: Any, width: int, height: int) -> None:
+    """Decoder limits: frames up to about `width`x`height`, only the allowed decoders."""
+    stream.codec_context.options = {
+        "max_pixels": str(_decode_pixels(width, height)),
+        "codec_whitelist": _decoders(),  # the stream's codec was checked; its decoder too
+    }
+
+
 def probe_video(
     path: str | Path, scan_seconds: float | None = None, max_frames: int = MAX_PROBE_FRAMES
 ) -> VideoInfo:
-    """Stream facts and per-frame timestamps, from packets only (nothing is decoded).
+    """Stream facts and per-frame timestamps, from packets (only the first frame is decoded,
+    for its display matrix: FFmpeg hands the stream's matrix to decoded frames only).
 
     scan_seconds: stop after that much of the video (its later frames are not listed and
     `complete` is False); None scans the whole file. max_frames: stop after max_frames + 1
@@ -182,6 +249,9 @@ def probe_video(
     path = Path(path)
     with _open(path) as container:
         stream = _video_stream(container, path)
+        ctx = stream.codec_context
+        _set_decoder(stream, ctx.width, ctx.height)
+        orientation: tuple[int, bool] | None = None
         tb = stream.time_base
         start = stream.start_time or 0
         limit = None if scan_seconds is None else start + int(scan_seconds / tb)
@@ -190,6 +260,10 @@ def probe_video(
         capped = False
         try:
             for packet in container.demux(stream):
+                if orientation is None:  # until the first frame comes out (a flush packet too)
+                    decoded = packet.decode()
+                    if decoded:
+                        orientation = _orientation(decoded[0], path)
                 if packet.size == 0 or packet.is_discard:
                     continue  # flush packets; frames an edit list cuts away
                 pts = packet.pts if packet.pts is not None else packet.dts
@@ -205,6 +279,12 @@ def probe_video(
             raise VideoReadError(
                 f"video {_name(path)}: damaged after {len(stamps)} frames ({exc})"
             ) from exc
+        if orientation is None:  # the scan stopped before a frame came out (or none decodes)
+            try:
+                decoded = ctx.decode(None)  # flush
+            except av.FFmpegError:  # already flushed: read_frames says what does not decode
+                decoded = []
+            orientation = _orientation(decoded[0], path) if decoded else (0, False)
         rate = stream.average_rate or stream.guessed_rate or stream.base_rate
         fps = float(rate) if rate else 0.0
         if None in stamps:  # no timestamps (raw streams): frames follow each other at fps
@@ -229,17 +309,23 @@ def probe_video(
             duration = container.duration / 1e6
         else:
             duration = float(times[-1]) + 1 / fps
+        rotation, mirrored = orientation
+        width, height = ctx.width, ctx.height
+        if rotation in (90, 270):
+            width, height = height, width
         return VideoInfo(
             path=path,
-            codec=stream.codec_context.codec.name,
-            width=stream.codec_context.width,
-            height=stream.codec_context.height,
+            codec=ctx.codec.name,
+            width=width,
+            height=height,
             fps=fps,
             duration=duration,
             timestamps=times,
             pts=pts_arr,
             complete=complete,
             index_frames=int(stream.frames or 0),
+            rotation=rotation,
+            mirrored=mirrored,
         )
 
 
@@ -249,11 +335,13 @@ def read_frames(
     info: VideoInfo | None = None,
     size: tuple[int, int] | None = None,
 ) -> np.ndarray:
-    """Frames `indices` (presentation order, repeats allowed) as (T, H, W, 3) uint8 RGB.
+    """Frames `indices` (presentation order, repeats allowed) as (T, H, W, 3) uint8 RGB, upright.
 
     One decoding pass from the start that converts only the wanted frames and stops after the
     last; raises VideoReadError if any of them does not come back (truncated or damaged file).
-    size: (width, height) to scale every frame to (area filter); None keeps the stream's size.
+    size: (width, height) as displayed to scale every frame to (area filter, before the turn);
+    None keeps the probe's `width`x`height`. Every frame is turned as the probe's first frame
+    says (`info.rotation`, `info.mirrored`), so all of them have one size.
     """
     import av
 
@@ -272,17 +360,17 @@ def read_frames(
     index_of: dict[int, int] = {}
     for i, p in enumerate(info.pts):
         index_of.setdefault(int(p), i)  # a repeated timestamp: its first frame's index
+    turned = info.rotation in (90, 270)
     width, height = size or (info.width, info.height)
+    if turned:  # scaled in the stored orientation, then turned
+        width, height = height, width
     same_size = bitexact_scaling(accurate_rounding=False)
     area = bitexact_scaling("AREA", accurate_rounding=False)
     got: dict[int, np.ndarray] = {}
     position = -1
     with _open(path) as container:
         stream = _video_stream(container, path)
-        stream.codec_context.options = {
-            "max_pixels": str(_decode_pixels(info)),
-            "codec_whitelist": _decoders(),  # the stream's codec was checked; its decoder too
-        }
+        _set_decoder(stream, *info.stored_size)
         stream.thread_type = "AUTO"
         try:
             for frame in container.decode(stream):
@@ -293,18 +381,19 @@ def read_frames(
                 if position in wanted and position not in got:
                     # bit-exact colour conversion: the same pixels on every CPU
                     if (frame.width, frame.height) == (width, height):
-                        got[position] = frame.to_ndarray(format="rgb24", interpolation=same_size)
+                        rgb = frame.to_ndarray(format="rgb24", interpolation=same_size)
                     else:
-                        got[position] = frame.to_ndarray(
+                        rgb = frame.to_ndarray(
                             format="rgb24", width=width, height=height, interpolation=area
                         )
+                    got[position] = _upright(rgb, info.rotation, info.mirrored)
                 if position >= last:
                     break
         except av.FFmpegError as exc:
             raise VideoReadError(
                 f"video {_name(path)}: decoding failed after frame {position} ({exc}): the file "
-                f"is damaged, or a frame is larger than the stream's stated "
-                f"{info.width}x{info.height} (refused)"
+                "is damaged, or a frame is larger than the stream's stated "
+                f"{'x'.join(map(str, info.stored_size))} (refused)"
             ) from exc
     missing = sorted(wanted - got.keys())
     if missing:
@@ -315,11 +404,15 @@ def read_frames(
             "file lists); the file is truncated or damaged",
             frames_decoded=position + 1,
         )
-    return np.stack([got[i] for i in wanted_list])
+    first = got[wanted_list[0]]
+    out = np.empty((len(wanted_list), *first.shape), first.dtype)  # C order: the turned views
+    for k, i in enumerate(wanted_list):  # are copied once (np.stack would keep their strides)
+        out[k] = got[i]
+    return out
 
 
 def refuse_larger_frames(info: VideoInfo, max_pixels: int) -> None:
-    """ValueError when the stream's stated frames are over `max_pixels`."""
+    """ValueError when the stream's stated frames are over `max_pixels` (as displayed)."""
     if info.width * info.height > max_pixels:
         raise ValueError(
             f"video {_name(info.path)} is {info.width}x{info.height}; frames up to "
@@ -327,6 +420,6 @@ def refuse_larger_frames(info: VideoInfo, max_pixels: int) -> None:
         )
 
 
-def _decode_pixels(info: VideoInfo) -> int:
-    """The decoder's per-frame pixel limit for a stream stated as `info`'s size."""
-    return max(DECODE_PIXELS_FLOOR, DECODE_PIXELS_SLACK * (info.width + 64) * (info.height + 64))
+def _decode_pixels(width: int, height: int) -> int:
+    """The decoder's per-frame pixel limit for a stream stated as `width`x`height`."""
+    return max(DECODE_PIXELS_FLOOR, DECODE_PIXELS_SLACK * (width + 64) * (height + 64))
