@@ -41,6 +41,9 @@ MAX_FRAME_PIXELS = 3840 * 2160  # larger frames are downscaled before preprocess
 DOWNSCALE_SHORT_SIDE = 1080  # ...to this short side (the model crops a 224 px square anyway)
 MAX_ASPECT = 32.0  # width/height (or height/width) above this is refused
 MAX_SOURCE_PIXELS = 8192 * 8192  # stated frame sizes above this are refused (decoding cost)
+# Longer prompts are refused before any tokenizing (10 MB took 21 s to tokenize): 8 characters a
+# position of the model's 8,192, so no prompt that could fit is refused for its characters.
+PROMPT_CHARS = 65_536
 
 QUANTIZE_CHOICES = ("none", "int8", "nf4")
 # Peak GPU memory (GiB) per mode, 24 frames and 2048 new tokens: 12.5 B parameters (bf16 25 GB;
@@ -208,14 +211,26 @@ def load_clip(
     return Clip(frames, indices, info)
 
 
-def check_request(prompt: str, strategy: str, max_new_tokens: object) -> tuple[str, int]:
-    """The prompt (stripped, not empty) and max_new_tokens of a caption request, checked with
-    the strategy; InputError names the input otherwise."""
-    prompt = (prompt or "").strip()
+def check_prompt(prompt: str | None) -> str:
+    """The prompt stripped, valid Unicode, not empty and at most PROMPT_CHARS characters, checked
+    before any tokenizing; InputError names it otherwise."""
+    prompt = checks.plain_text(prompt, "prompt")
     if not prompt:
         raise InputError(
             f'prompt must not be empty; ask something about the video, e.g. "{DEFAULT_PROMPT}"'
         )
+    if len(prompt) > PROMPT_CHARS:
+        raise InputError(
+            f"prompt is {len(prompt)} characters; at most {PROMPT_CHARS} are accepted (the model "
+            "reads 8,192 tokens in all, frames and caption included). Shorten the prompt"
+        )
+    return prompt
+
+
+def check_request(prompt: str | None, strategy: str, max_new_tokens: object) -> tuple[str, int]:
+    """The prompt (`check_prompt`) and max_new_tokens of a caption request, checked with the
+    strategy; InputError names the input otherwise."""
+    prompt = check_prompt(prompt)
     checks.choice("strategy", strategy, STRATEGIES)
     lo, hi = map(int, RANGES["max_new_tokens"])
     return prompt, checks.integer("max_new_tokens", max_new_tokens, lo, hi)
@@ -261,26 +276,34 @@ class CaptionService:
     def check_length(
         self, num_frames: int, prompt: str, strategy: str, max_new_tokens: int
     ) -> None:
-        """ValueError if the prompt plus new tokens would run past the model's positions."""
+        """InputError if the prompt plus new tokens would run past the model's positions (one
+        tokenization of the prompt: pass it through `check_prompt` first)."""
         from cogvx.cogvlm2 import build_inputs, build_position_ids
+        from cogvx.cogvlm2.prompt import VISION
 
         model = self.captioner.model
         cfg = model.config
+        tokenizer = self.captioner.tokenizer
         ids, types = build_inputs(
-            self.captioner.tokenizer,
-            prompt,
-            num_frames,
-            strategy,
-            cfg.tokens_per_frame,
-            cfg.pad_token_id,
+            tokenizer, prompt, num_frames, strategy, cfg.tokens_per_frame, cfg.pad_token_id
         )
         needed = int(build_position_ids(types[None]).max()) + 1 + max_new_tokens
-        if needed > cfg.max_position_embeddings:
-            raise ValueError(
-                f"prompt is too long: with {num_frames} frames and max_new_tokens={max_new_tokens} "
-                f"the sequence needs {needed} positions; the model has "
-                f"{cfg.max_position_embeddings}. Shorten the prompt or lower max_new_tokens"
-            )
+        if needed <= cfg.max_position_embeddings:
+            return
+        # The question is the text after the last frame (and, for 'chat', that frame's number).
+        vision = (types == VISION).nonzero()
+        before = int(vision[-1]) + 1 if len(vision) else 1
+        if strategy == "chat" and num_frames:
+            before += len(tokenizer.encode(str(num_frames - 1), add_special_tokens=False))
+        text = len(ids) - before
+        room = cfg.max_position_embeddings - (needed - text)
+        raise InputError(
+            f"prompt is too long: with {num_frames} frames and max_new_tokens={max_new_tokens} "
+            f"the sequence needs {needed} positions; the model has "
+            f"{cfg.max_position_embeddings}, so the question (with the '{strategy}' template) "
+            f"may take {max(room, 0)} tokens and takes {text}. Shorten the prompt or lower "
+            "max_new_tokens"
+        )
 
     @releasing_openmp_pool
     def run(

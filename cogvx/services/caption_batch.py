@@ -16,6 +16,7 @@ from typing import Any
 
 from cogvx import checks
 from cogvx.cogvlm2.batching import MAX_BATCH, choose_batch_size
+from cogvx.errors import InputError
 from cogvx.log import log as log_line
 from cogvx.services.caption import (
     HF_REPO,
@@ -91,7 +92,10 @@ def caption_many(
     batch_size: int | None = None,
     readers: int = 2,
 ) -> Iterator[CaptionRow]:
-    """Greedy captions of `paths`, batched (None: sized from free memory), in input order."""
+    """Greedy captions of `paths`, batched (None: sized from free memory), in input order.
+
+    A clip whose frames leave no room for the prompt is an error row; the prompt is tokenized
+    once per frame count, not once per clip."""
     captioner = service.captioner
     if batch_size is None:
         free = _free_bytes(service)
@@ -99,15 +103,41 @@ def caption_many(
             free, captioner.model.config, MAX_FRAMES, max_new_tokens
         )
         service.log(f"caption batch: {why}")
+    fits = _LengthCheck(service, prompt, strategy, max_new_tokens)
     rows: list[tuple[str, Clip | BaseException, float]] = []
     clips = read_ahead(paths, strategy, readers, lookahead=2 * batch_size, log=service.log)
     for item in clips:
         rows.append(item)
         if len(rows) == batch_size:
-            yield from _caption_batch(service, rows, prompt, strategy, max_new_tokens)
+            yield from _caption_batch(service, rows, prompt, strategy, max_new_tokens, fits)
             rows = []
     if rows:
-        yield from _caption_batch(service, rows, prompt, strategy, max_new_tokens)
+        yield from _caption_batch(service, rows, prompt, strategy, max_new_tokens, fits)
+
+
+class _LengthCheck:
+    """`CaptionService.check_length` for one prompt, remembered per frame count."""
+
+    def __init__(
+        self, service: CaptionService, prompt: str, strategy: str, max_new_tokens: int
+    ) -> None:
+        self.service, self.prompt, self.strategy = service, prompt, strategy
+        self.max_new_tokens = max_new_tokens
+        self.refused: dict[int, str | None] = {}  # frame count -> the refusal, None: it fits
+
+    def __call__(self, num_frames: int) -> None:
+        """InputError if the prompt does not fit beside `num_frames` frames."""
+        if num_frames not in self.refused:
+            try:
+                self.service.check_length(
+                    num_frames, self.prompt, self.strategy, self.max_new_tokens
+                )
+                self.refused[num_frames] = None
+            except InputError as exc:
+                self.refused[num_frames] = str(exc)
+        message = self.refused[num_frames]
+        if message is not None:
+            raise InputError(message)
 
 
 def _caption_batch(
@@ -116,6 +146,7 @@ def _caption_batch(
     prompt: str,
     strategy: str,
     max_new_tokens: int,
+    fits: Callable[[int], None],
 ) -> Iterator[CaptionRow]:
     """Rows for one batch; a failing batch is retried clip by clip to find the bad one."""
     good = [i for i, (_, c, _) in enumerate(items) if isinstance(c, Clip)]
@@ -129,7 +160,7 @@ def _caption_batch(
 
     def caption(indices: list[int]) -> list[str]:
         for i in indices:
-            service.check_length(len(clip(i).indices), prompt, strategy, max_new_tokens)
+            fits(len(clip(i).indices))
         frames = [clip(i).frames for i in indices]
         return service.captioner.caption_batch(frames, prompt, strategy, max_new_tokens)
 
@@ -176,9 +207,11 @@ def caption_batch_file(
 ) -> Path:
     """The predictor's batch input: unpack `source`, caption every clip, write one JSONL file.
 
-    Rows keep the input's order and name each clip by its member name or URL without its query
-    (never a server path; a list line that is not a URL by its number only, never its text); a
-    clip that could not be unpacked or fetched is a row with its error."""
+    The prompt is refused (InputError) before anything is unpacked unless it fits beside
+    MAX_FRAMES frames, the most a clip gets, so every row's copy of it is bounded by the model's
+    positions. Rows keep the input's order and name each clip by its member name or URL without
+    its query (never a server path; a list line that is not a URL by its number only, never its
+    text); a clip that could not be unpacked or fetched is a row with its error."""
     import json
     import shutil
 
@@ -189,6 +222,7 @@ def caption_batch_file(
     prompt, max_new_tokens = check_request(prompt, strategy, max_new_tokens)
     if batch_size is not None:
         batch_size = checks.integer("batch_size", batch_size, 1, MAX_BATCH)
+    service.check_length(MAX_FRAMES, prompt, strategy, max_new_tokens)
     out = fresh_output_path(settings.output_root(), "jsonl", stem="captions")
     work = out.parent / "clips"
     t0 = time.perf_counter()

@@ -47,6 +47,7 @@ from cogvx.services.caption import (
     HF_REPO,
     RANGES,
     CaptionService,
+    check_prompt,
     find_caption_root,
     missing_weights_message,
 )
@@ -96,7 +97,7 @@ class DatasetJob:
 
     def checked(self) -> DatasetJob:
         """The job with its values checked (InputError names the bad one)."""
-        prompt = checks.prompt(self.prompt)
+        prompt = check_prompt(self.prompt)  # bounded: every row holds a copy
         checks.choice("strategy", self.strategy, STRATEGIES)
         lo, hi = map(int, RANGES["max_new_tokens"])
         checks.integer("max_new_tokens", self.max_new_tokens, lo, hi)

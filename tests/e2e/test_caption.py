@@ -242,3 +242,23 @@ def test_batch_of_clips_returns_jsonl_in_order_with_error_rows(
     status, body = batch_server.predict({"videos": "/etc/passwd"}, timeout=60)
     assert status != 200 or body["status"] == "failed"
     assert batch_server.wait_idle(timeout=60)["status"] == "READY"
+
+
+def test_batch_refuses_an_over_long_prompt_before_unpacking(batch_server, media):
+    """A 1 MB prompt used to 'succeed' with one 1 MB error row per clip."""
+    import base64
+    import io
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for i in range(3):
+            zf.write(media / "clip.mp4", f"clip{i}.mp4")
+    uri = "data:application/zip;base64," + base64.b64encode(buf.getvalue()).decode()
+    status, body = batch_server.predict(
+        {"videos": uri, "prompt": "word " * 200_000, "max_new_tokens": TOKENS}, timeout=300
+    )
+    assert status == 200 and body["status"] == "failed", body
+    assert "InputError: prompt is 999999 characters; at most 65536 are accepted" in body["error"]
+    assert "videos:" not in (body.get("logs") or "")  # nothing was unpacked
+    assert batch_server.wait_idle(timeout=60)["status"] == "READY"
