@@ -9,7 +9,7 @@ refused. Seeds go through `seed`: 0 to SEED_MAX.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from cogvx.errors import InputError
@@ -17,6 +17,8 @@ from cogvx.log import clip
 
 VALUE_LIMIT = 100  # characters of a value's repr quoted in a message
 SEED_MAX = 2**32 - 1  # seeds are 0..2^32-1, as numpy and most Replicate models take
+PROMPT_CHARS = 20_000  # longer prompts are cut before tokenizing (text encoders read < 2,000)
+MAX_ASPECT = 32.0  # a video's width/height (or height/width) above this is refused
 
 
 def shown(value: Any, limit: int = VALUE_LIMIT) -> str:
@@ -44,6 +46,28 @@ def prompt(text: str | None, name: str = "prompt") -> str:
     if not text:
         raise InputError(f"{name} must not be empty; describe the video you want")
     return text
+
+
+def cut_text(name: str, text: str, log: Callable[[str], None], limit: int = PROMPT_CHARS) -> str:
+    """At most `limit` characters, cut at a space in the second half (else hard), logged.
+
+    Tokenizers' pieces never cross a space, so the leading tokens (all a text encoder reads)
+    stay the same; tokenizing 1 MB costs seconds of CPU each time."""
+    if len(text) <= limit:
+        return text
+    cut = text[:limit]
+    space = cut.rfind(" ")
+    cut = cut[:space] if space > limit // 2 else cut
+    log(f"{name} is {len(text)} characters; the first {len(cut)} are tokenized")
+    return cut
+
+
+def aspect_ratio(what: str, width: int, height: int, limit: float = MAX_ASPECT) -> None:
+    """InputError when width/height or height/width is above `limit` (`what` names the file)."""
+    if max(width, height) > limit * min(width, height):
+        raise InputError(
+            f"{what}: {width}x{height} has an aspect ratio above {limit:g}:1; crop it first"
+        )
 
 
 def choice(name: str, value: Any, allowed: Sequence[Any]) -> Any:

@@ -34,7 +34,6 @@ from cogvx.weights.install import find_weights_root, install_model
 
 STEPS_RANGE = (1, 100)  # denoising steps a request may ask for
 STRENGTH_RANGE = (0.0, 1.0)  # video-to-video: share of the input re-noised
-PROMPT_CHARS = 20_000  # longer prompts are cut before tokenizing (the model reads 226 tokens)
 
 Log = Callable[[str], None]
 
@@ -177,17 +176,11 @@ class VideoModel:
         return len(self.pipe.tokenizer(text, truncation=False).input_ids)
 
     def _cut(self, name: str, text: str) -> str:
-        """At most PROMPT_CHARS characters, cut at a space: tokenizing 1 MB costs ~10 s of CPU.
+        """At most checks.PROMPT_CHARS characters, cut at a space (tokenizing 1 MB costs ~10 s).
 
         The model reads the first max_tokens T5 tokens (226: under ~2,000 characters of text),
         and T5 pieces never cross a space, so those tokens are the same as the whole text's."""
-        if not text or len(text) <= PROMPT_CHARS:
-            return text
-        cut = text[:PROMPT_CHARS]
-        space = cut.rfind(" ")
-        cut = cut[:space] if space > PROMPT_CHARS // 2 else cut
-        self.log(f"{name} is {len(text)} characters; the first {len(cut)} are tokenized")
-        return cut
+        return checks.cut_text(name, text, self.log) if text else text
 
     def check(self, req: Request) -> None:
         """Validate a request against this variant; InputError names the input."""

@@ -39,7 +39,6 @@ MAX_FRAMES = 24  # frames the model sees ('chat': one per second; 'base': spread
 READ_SECONDS = BASE_CLIP_SECONDS + 2  # neither rule looks further; longer videos are cut here
 MAX_FRAME_PIXELS = 3840 * 2160  # larger frames are downscaled before preprocessing
 DOWNSCALE_SHORT_SIDE = 1080  # ...to this short side (the model crops a 224 px square anyway)
-MAX_ASPECT = 32.0  # width/height (or height/width) above this is refused
 MAX_SOURCE_PIXELS = 8192 * 8192  # stated frame sizes above this are refused (decoding cost)
 # Longer prompts are refused before any tokenizing (10 MB took 21 s to tokenize): 8 characters a
 # position of the model's 8,192, so no prompt that could fit is refused for its characters.
@@ -172,10 +171,7 @@ def load_clip(
     name = clip(info.path.name)  # for messages: a URL's file name may hold a newline
     w, h = info.width, info.height
     refuse_larger_frames(info, MAX_SOURCE_PIXELS)
-    if max(w, h) / min(w, h) > MAX_ASPECT:
-        raise ValueError(
-            f"video {name}: {w}x{h} has an aspect ratio above {MAX_ASPECT:g}:1; crop it first"
-        )
+    checks.aspect_ratio(f"video {name}", w, h)
     if not info.complete:
         seen = "one frame per second from the start" if strategy == "chat" else "the first 60 s"
         log(

@@ -28,6 +28,7 @@ from cogvx.fast.models import (
     fast_enhance,
     fast_factor,
 )
+from cogvx.fast.rife import FACTORS
 from cogvx.gpu import available_memory_gib, measure_gpu, release_openmp_pool, releasing_openmp_pool
 from cogvx.log import bound_library_logs
 from cogvx.log import log as log_line
@@ -38,6 +39,7 @@ from cogvx.services.enhance_request import (
     PRECISIONS,
     ProgressLog,
     Request,
+    check_gif_rate,
     check_request,
     device_dtype,
     probe_input,
@@ -174,7 +176,7 @@ class EnhanceService:
             steps, float(guidance_scale), chunk_overlap, precision, seed, output_format,
             output_quality,
         )  # fmt: skip
-        req = check_request(req)
+        req = check_request(req, self.log)
         if method == "venhancer" and self.venhancer is None:
             raise ValueError(
                 f"method=venhancer is not available: the weights hold no {VENHANCER_DIR}/ "
@@ -186,7 +188,7 @@ class EnhanceService:
                 "use method=venhancer"
             )
         info = probe_input(video)
-        fps = resolve_target_fps(req.target_fps, info.fps)
+        fps = resolve_target_fps(req.target_fps, info.fps, req.output_format, self.log)
         if method == "venhancer":
             frames, out_fps = self._venhancer(video, info, req, fps)
         else:
@@ -234,6 +236,7 @@ class EnhanceService:
             info.num_frames, info.fps, info.height, info.width, req.up_scale, target_fps,
             req.chunk_overlap, req.size_policy,
         )  # fmt: skip
+        check_gif_rate(req, info.fps, plan.out_fps, range(1, arith.MAX_INTERP + 2))
         check_latent_size(*plan.latent_shape[2:])
         check_output_frames(plan.out_frames, self.device)
         if plan.out_fps < target_fps - 1e-6:
@@ -302,6 +305,7 @@ class EnhanceService:
         assert self.fast is not None
         factor = fast_factor(info.fps, target_fps)
         out_fps = info.fps * factor
+        check_gif_rate(req, info.fps, out_fps, FACTORS)
         if abs(out_fps - target_fps) > 1e-6:
             self.log(
                 f"target_fps={target_fps:g}: RIFE multiplies the frame rate by 1, 2, 4, 8 or 16; "

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -14,6 +14,7 @@ from cogvx import checks
 from cogvx.log import clip
 from cogvx.venhancer.schedule import SOLVER_MODES
 from cogvx.video import OUTPUT_FORMATS, VideoInfo, probe_video, refuse_larger_frames
+from cogvx.video.write import GIF_MAX_FPS, check_gif_fps
 
 Log = Callable[[str], None]
 
@@ -69,9 +70,11 @@ class Request:
     output_quality: int
 
 
-def check_request(req: Request) -> Request:
+def check_request(req: Request, log: Log = print) -> Request:
     """ValueError naming the first input outside what the predictor allows; else the request
-    with integer inputs as ints (JSON 2.0 arrives as a float)."""
+    with integer inputs as ints (JSON 2.0 arrives as a float) and the prompt stripped and cut
+    to checks.PROMPT_CHARS (logged), before anything tokenizes it."""
+    prompt = checks.cut_text("prompt", checks.plain_text(req.prompt, "prompt"), log)
     for name in ("method", "size_policy", "solver_mode", "precision", "output_format"):
         checks.choice(name, getattr(req, name), CHOICES[name])
     for name in ("up_scale", "target_fps", "guidance_scale"):
@@ -82,7 +85,7 @@ def check_request(req: Request) -> Request:
         name: checks.integer(name, getattr(req, name), int(RANGES[name][0]), int(RANGES[name][1]))
         for name in ("noise_aug", "steps", "chunk_overlap", "output_quality")
     }
-    return replace(req, **whole, seed=checks.seed(req.seed))
+    return replace(req, **whole, prompt=prompt, seed=checks.seed(req.seed))
 
 
 def probe_input(path: str | Path) -> VideoInfo:
@@ -106,11 +109,20 @@ def probe_input(path: str | Path) -> VideoInfo:
     return info
 
 
-def resolve_target_fps(target_fps: float | None, in_fps: float) -> float:
-    """target_fps, or twice the input rate when blank; never below the input rate, and within
-    the target_fps range either way."""
+def resolve_target_fps(
+    target_fps: float | None, in_fps: float, output_format: str = "mp4", log: Log = print
+) -> float:
+    """target_fps, or twice the input rate when blank (for a GIF the input rate when twice it is
+    over GIF_MAX_FPS); never below the input rate, and within the target_fps range either way."""
     lo, hi = RANGES["target_fps"]
     if target_fps is None:
+        if output_format == "gif" and 2 * in_fps > GIF_MAX_FPS:
+            check_gif_fps(output_format, in_fps, f"the input video's {in_fps:.4g} fps")
+            log(
+                f"target_fps is blank and output_format=gif: twice the input's {in_fps:.4g} fps "
+                f"is over the {GIF_MAX_FPS} fps a GIF plays, so the output keeps {in_fps:.4g} fps"
+            )
+            return in_fps
         if not lo <= 2 * in_fps <= hi:
             raise ValueError(
                 f"target_fps: left blank it is twice the input video's {in_fps:.3g} fps, "
@@ -123,6 +135,17 @@ def resolve_target_fps(target_fps: float | None, in_fps: float) -> float:
             f"only adds frames: use target_fps >= {in_fps:.3g} (= keeps the frame rate)"
         )
     return target_fps
+
+
+def check_gif_rate(req: Request, in_fps: float, out_fps: float, factors: Sequence[int]) -> None:
+    """Refuse a GIF over GIF_MAX_FPS, naming target_fps and the highest one that fits.
+
+    factors: the frame-rate multiples the method makes (VEnhancer 1-9, RIFE 1, 2, 4, 8, 16)."""
+    fits = [f for f in factors if in_fps * f <= GIF_MAX_FPS + 1e-6]
+    fix = f"set target_fps to at most {in_fps * max(fits):.4g}" if fits else ""
+    target = "blank" if req.target_fps is None else f"{req.target_fps:g}"
+    inputs = f"target_fps={target} on this {in_fps:.4g} fps video"
+    check_gif_fps(req.output_format, out_fps, inputs, fix)
 
 
 def prompt_note(tokenizer: Any, prompt: str) -> str | None:

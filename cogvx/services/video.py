@@ -19,6 +19,7 @@ from cogvx.parallel import load_video_model
 from cogvx.prompting.extend import load_extender_from_env, require
 from cogvx.speed.cache import DEFAULT_FAST_MODE, FAST_MODES
 from cogvx.video import OUTPUT_FORMATS, save_video
+from cogvx.video.write import GIF_MAX_FPS, check_gif_fps
 
 EXTENDED_LOG_CHARS = 1500  # the extension fits 226 T5 tokens (~1000 characters): logged whole
 UPSCALES = (1, 2, 4)  # Real-ESRGAN output option (fast path)
@@ -97,6 +98,11 @@ class VideoService:
             raise ValueError(fast_missing_message(" and ".join(post)))
         output_quality = _whole("output_quality", output_quality)
         fps = _whole("fps", fps)
+        if interpolate:  # RIFE x2 doubles the rate the file plays at
+            inputs, fix = f"fps={fps} with interpolate", f"use fps up to {GIF_MAX_FPS // 2}"
+        else:
+            inputs, fix = f"fps={fps}", f"use fps up to {GIF_MAX_FPS}"
+        check_gif_fps(output_format, fps * factor, inputs, fix)
         num_inference_steps = _whole("num_inference_steps", num_inference_steps)
         seed = checks.seed(seed)
         checks.in_range("lora_scale", float(lora_scale), *RANGES["lora_scale"])

@@ -15,7 +15,14 @@ from typing import Any, cast
 
 import numpy as np
 
+from cogvx.errors import InputError
+
 OUTPUT_FORMATS = ("mp4", "webm", "gif")
+# GIF frame delays are whole hundredths of a second, and browsers (Chrome, Firefox, Safari) play
+# a delay of 0 or 1 as 10: above 50 fps FFmpeg mixes 1/100 s delays in (60 fps: 1, 2, 2, 1, ...)
+# and the GIF plays several times too slowly. Up to 50 fps every delay is 2/100 s or more, and
+# FFmpeg's muxer rounds each frame's start time, so the delays add up to the clip's length.
+GIF_MAX_FPS = 50
 CONVERT_AHEAD = 4  # frames converted ahead of the encoder
 
 
@@ -183,6 +190,19 @@ def _encode_gif(data: np.ndarray, path: Path, fps: float, global_args: Sequence[
             raise RuntimeError(f"ffmpeg failed writing {path.name}: {err.read().decode()[-2000:]}")
 
 
+def check_gif_fps(fmt: str, fps: float, inputs: str, fix: str = "") -> None:
+    """InputError when a GIF would play faster than GIF_MAX_FPS.
+
+    inputs: which inputs make `fps` ("fps=30 with interpolate"); fix: what to set instead."""
+    if fmt == "gif" and fps > GIF_MAX_FPS + 1e-6:
+        instead = f"{fix}, or choose" if fix else "choose"
+        raise InputError(
+            f"{inputs} gives {fps:.4g} fps, but output_format=gif plays at most {GIF_MAX_FPS} fps "
+            "(GIF frame delays are whole 1/100 s and browsers play delays under 2/100 s as "
+            f"1/10 s): {instead} output_format mp4 or webm"
+        )
+
+
 def write_video(
     frames: np.ndarray | Sequence, path: str | Path, fps: float, fmt: str = "mp4", quality: int = 80
 ) -> Path:
@@ -195,6 +215,7 @@ def write_video(
         raise ValueError(f"output_quality must be between 1 and 100; got {quality}")
     if not fps > 0:
         raise ValueError(f"fps must be positive; got {fps}")
+    check_gif_fps(fmt, fps, f"fps={fps:g}", f"use fps up to {GIF_MAX_FPS}")
     data = _as_array(frames)
     path = Path(path)
     if fmt == "gif":

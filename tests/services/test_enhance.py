@@ -9,6 +9,7 @@ import subprocess
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import save_file
 
 from cogvx.dev.enhance import tiny_ifnet_state_dict, tiny_realesrgan_state_dict
@@ -255,3 +256,110 @@ def test_generators_output_options_use_the_fast_path(tmp_path, monkeypatch):
     assert any("fast: RIFE x2 over 8 frame pairs -> 17 frames" in line for line in lines)
     with pytest.raises(ValueError, match=r"upscale=3 is not allowed; choose one of \[1, 2, 4\]"):
         service.run(**kw, upscale=3)
+
+
+def test_a_blank_target_fps_keeps_a_gif_at_or_under_50_fps():
+    lines: list[str] = []
+    assert resolve_target_fps(None, 25.0, "gif", lines.append) == 50.0 and lines == []
+    assert resolve_target_fps(None, 30.0, "gif", lines.append) == 30.0
+    assert lines == [
+        "target_fps is blank and output_format=gif: twice the input's 30 fps is over the 50 fps "
+        "a GIF plays, so the output keeps 30 fps"
+    ]
+    assert resolve_target_fps(None, 30.0, "mp4", lines.append) == 60.0
+    with pytest.raises(ValueError, match=r"the input video's 60 fps gives 60 fps, but output_"):
+        resolve_target_fps(None, 60.0, "gif", lines.append)
+
+
+@pytest.fixture(scope="module")
+def full_service(tmp_path_factory):
+    """The enhance service over tiny VEnhancer + fast-path weights, and clips at 8 and 30 fps."""
+    from cogvx.dev.venhancer import save_tiny_venhancer
+
+    tmp = tmp_path_factory.mktemp("enhance-full")
+    (tmp / "w" / "fast").mkdir(parents=True)
+    save_file(tiny_realesrgan_state_dict("compact", 4), str(tmp / "w/fast/realesrgan.safetensors"))
+    save_file(tiny_ifnet_state_dict(), str(tmp / "w" / "fast" / "flownet.safetensors"))
+    save_tiny_venhancer(tmp / "w" / "venhancer")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("COGVX_OUTPUT_DIR", str(tmp / "outputs"))
+        lines: list[str] = []
+        service = EnhanceService(str(tmp / "w"), log=lines.append)
+        service.lines = lines  # type: ignore[attr-defined]
+        service.clip8 = _clip(tmp / "c8.mp4")  # type: ignore[attr-defined]
+        service.clip30 = _clip(tmp / "c30.mp4", rate=30, seconds=0.3)  # type: ignore[attr-defined]
+        yield service
+
+
+def _refused_before_reading(service, message: str, **inputs) -> None:
+    before = len(service.lines)
+    with pytest.raises(ValueError, match=message):
+        service.run(**inputs)
+    assert not any(line.startswith("read ") for line in service.lines[before:])
+
+
+def test_an_enhanced_gif_never_plays_over_50_fps(full_service):
+    svc = full_service
+    before = len(svc.lines)
+    out = svc.run(video=svc.clip30, method="fast", up_scale=1, output_format="gif")
+    with Image.open(out) as im:  # blank: twice 30 fps would be 60 (delays of 1 and 2 / 100 s)
+        delays = [im.seek(i) or im.info["duration"] for i in range(im.n_frames)]
+    assert len(delays) == 9 and set(delays) == {30, 40}  # 30 fps: 3.33 / 100 s a frame
+    assert any("so the output keeps 30 fps" in line for line in svc.lines[before:])
+    _refused_before_reading(
+        svc, r"target_fps=60 on this 30 fps video gives 60 fps, but output_format=gif plays at "
+        r"most 50 fps .*: set target_fps to at most 30, or choose output_format mp4 or webm",
+        video=svc.clip30, method="fast", up_scale=1, target_fps=60, output_format="gif",
+    )  # fmt: skip
+    _refused_before_reading(  # VEnhancer makes whole multiples: 8 fps x 7; x6 = 48 fits
+        svc, r"target_fps=56 on this 8 fps video gives 56 fps, .* set target_fps to at most 48,",
+        video=svc.clip8, target_fps=56, output_format="gif", **CHEAP,
+    )  # fmt: skip
+    _refused_before_reading(  # round(45 / 30) = 2: 60 fps
+        svc, r"target_fps=45 on this 30 fps video gives 60 fps",
+        video=svc.clip30, target_fps=45, output_format="gif", **CHEAP,
+    )  # fmt: skip
+
+
+class _Recording:
+    """The real tokenizer, noting the longest text it is given."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer, self.longest = tokenizer, 0
+
+    def __call__(self, text, *args, **kwargs):
+        self.longest = max(
+            self.longest, *(len(t) for t in ([text] if isinstance(text, str) else text))
+        )
+        return self.tokenizer(text, *args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.tokenizer, name)
+
+
+def test_a_megabyte_prompt_is_cut_before_it_is_tokenized(full_service, monkeypatch):
+    from cogvx.checks import PROMPT_CHARS
+    from cogvx.venhancer.text import POSITIVE_PROMPT
+
+    svc = full_service
+    recording = _Recording(svc.venhancer.tokenizer)
+    monkeypatch.setattr(svc.venhancer, "tokenizer", recording)
+    huge = "a cat on a red sofa " * 50_000  # 1 MB
+    before = len(svc.lines)
+    run = dict(video=svc.clip8, up_scale=1.5, target_fps=8, seed=1, **CHEAP)
+    a = svc.run(prompt=huge, **run).read_bytes()
+    assert (
+        f"prompt is {len(huge.strip())} characters; the first 19999 are tokenized"
+        in (svc.lines[before:])
+    )
+    assert recording.longest <= PROMPT_CHARS + len(POSITIVE_PROMPT) + 2
+    # the tiny tokenizer reads one character per token, 75 of them: the cut changes nothing
+    assert a == svc.run(prompt=huge[:200], **run).read_bytes()
+
+
+@pytest.mark.parametrize("method", ["venhancer", "fast"])
+def test_a_prompt_with_a_lone_surrogate_is_refused_first(full_service, method):
+    before = len(full_service.lines)
+    with pytest.raises(ValueError, match=r"prompt holds an invalid character at position 6"):
+        full_service.run(video=full_service.clip8, method=method, prompt="a cat \ud800")
+    assert full_service.lines[before:] == []
