@@ -156,15 +156,18 @@ def _open(path: Path) -> Any:
 def _video_stream(container: Any, path: Path) -> Any:
     import av
 
-    if not container.streams.video:
-        found = sorted({s.type for s in container.streams})
+    cover = av.stream.Disposition.attached_pic  # a song's or a film's cover art: one picture
+    videos = [s for s in container.streams.video if not s.disposition & cover]
+    if not videos:
+        found = sorted({s.type for s in container.streams if s.type != "video"})
+        found += ["a cover picture"] if container.streams.video else []
         if not found:
             raise VideoReadError(f"video {_name(path)}: the file holds no streams (zero-length?)")
         raise VideoReadError(
             f"video {_name(path)}: has no video stream (found: {', '.join(found)}); "
             "send a video file"
         )
-    stream = container.streams.video[0]
+    stream = videos[0]
     try:
         ctx = stream.codec_context
         codec = ctx.codec.canonical_name
