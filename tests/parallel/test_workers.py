@@ -367,7 +367,8 @@ def test_the_ranks_meet_in_a_private_folder_not_on_a_public_socket(pool):
     assert folder.is_dir() and stat.S_IMODE(folder.stat().st_mode) == 0o700
     procs = list(pool.procs)
     pool.close()
-    assert not folder.exists() and all(p.exitcode == 0 for p in procs)
+    assert not folder.exists()
+    assert [p.exitcode for p in procs] == [0] * len(procs)
 
 
 def test_ranks_started_from_a_thread_that_ends_keep_running(folder):
