@@ -218,21 +218,34 @@ class CogletServer:
     ) -> tuple[int, dict]:
         """POST /predictions {"input": inputs}; return (HTTP status, response JSON).
 
-        Waits (up to 30 s) while the server still reports BUSY: coglet can answer a sync
-        prediction a moment before its slot is free, and a POST then would get 409.
+        Waits (up to 30 s) while the server still reports BUSY, and retries a 409 for as
+        long: coglet can answer a sync prediction a moment before its slot is free (even
+        after /health-check says READY), and a POST then would get 409.
         """
-        deadline = time.monotonic() + (30 if wait_busy else 0)
+        deadline = time.monotonic() + 30
+        while True:
+            if wait_busy:
+                self._wait_not_busy(30)
+            try:
+                status, body = self.request(
+                    "POST", "/predictions", {"input": inputs}, headers, timeout
+                )
+            except OSError as exc:
+                raise self._fail(f"POST /predictions failed: {exc}") from exc
+            if not wait_busy or status != 409 or time.monotonic() > deadline:
+                return status, body
+            time.sleep(0.05)  # READY, but the slot of the last answer is not free yet
+
+    def _wait_not_busy(self, seconds: float) -> None:
+        """Poll /health-check while it says BUSY, for at most `seconds`."""
+        deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
             try:
                 if self.health().get("status") != "BUSY":
-                    break
+                    return
             except (OSError, ServerError):
-                break
+                return
             time.sleep(0.05)
-        try:
-            return self.request("POST", "/predictions", {"input": inputs}, headers, timeout)
-        except OSError as exc:
-            raise self._fail(f"POST /predictions failed: {exc}") from exc
 
     def predict_async(self, inputs: dict) -> str:
         """Start a prediction with `Prefer: respond-async` (202); return its id.
@@ -240,9 +253,16 @@ class CogletServer:
         coglet has no GET /predictions/<id>: results of async predictions only go to a
         webhook, so use this for cancel tests and wait_idle() for the end.
         """
-        status, body = self.request(
-            "POST", "/predictions", {"input": inputs}, {"Prefer": "respond-async"}
-        )
+        deadline = time.monotonic() + 30
+        while True:
+            self._wait_not_busy(30)
+            status, body = self.request(
+                "POST", "/predictions", {"input": inputs}, {"Prefer": "respond-async"}
+            )
+            # A slot can still be held a moment after READY: the last sync answer came first.
+            if status != 409 or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
         if status != 202:
             raise self._fail(f"async POST /predictions answered {status}: {body!r}")
         return body["id"]
