@@ -42,7 +42,7 @@ DOWNSCALE_SHORT_SIDE = 1080  # ...to this short side (the model crops a 224 px s
 MAX_SOURCE_PIXELS = 8192 * 8192  # stated frame sizes above this are refused (decoding cost)
 # Longer prompts are refused before any tokenizing (10 MB took 21 s to tokenize): 8 characters a
 # position of the model's 8,192, so no prompt that could fit is refused for its characters.
-PROMPT_CHARS = 65_536
+PROMPT_MAX_CHARS = 65_536  # refused above (checks.PROMPT_CHARS is where other prompts are cut)
 
 QUANTIZE_CHOICES = ("none", "int8", "nf4")
 # Peak GPU memory (GiB) per mode, 24 frames and 2048 new tokens: 12.5 B parameters (bf16 25 GB;
@@ -208,17 +208,17 @@ def load_clip(
 
 
 def check_prompt(prompt: str | None) -> str:
-    """The prompt stripped, valid Unicode, not empty and at most PROMPT_CHARS characters, checked
-    before any tokenizing; InputError names it otherwise."""
+    """The prompt stripped, valid Unicode, not empty and at most PROMPT_MAX_CHARS characters,
+    checked before any tokenizing; InputError names it otherwise."""
     prompt = checks.plain_text(prompt, "prompt")
     if not prompt:
         raise InputError(
             f'prompt must not be empty; ask something about the video, e.g. "{DEFAULT_PROMPT}"'
         )
-    if len(prompt) > PROMPT_CHARS:
+    if len(prompt) > PROMPT_MAX_CHARS:
         raise InputError(
-            f"prompt is {len(prompt)} characters; at most {PROMPT_CHARS} are accepted (the model "
-            "reads 8,192 tokens in all, frames and caption included). Shorten the prompt"
+            f"prompt is {len(prompt)} characters; at most {PROMPT_MAX_CHARS} are accepted (the "
+            "model reads 8,192 tokens in all, frames and caption included). Shorten the prompt"
         )
     return prompt
 

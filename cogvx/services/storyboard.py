@@ -143,6 +143,8 @@ def _show(key: str, value: Any) -> str:
         return "none (the LLM writes them)"
     if key == "prompts" and isinstance(value, list):
         return f"{len(value)} prompts"
+    if isinstance(value, str) and len(value) > 56:
+        return repr(value[:53] + "...")  # cut inside its quotes
     text = str(value) if isinstance(value, int | float) else repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
 

@@ -8,7 +8,16 @@ import time
 from pathlib import Path
 from typing import Any
 
+from cogvx.cogvideox.generate import Request
 from cogvx.parallel.workers import worker_main
+
+
+def fox_request(**kw: Any) -> Request:
+    """The worker tests' request: 9 frames, 4 steps, seed 3; `kw` overrides."""
+    base = dict(prompt="a red fox runs", negative_prompt="", num_frames=9, num_inference_steps=4,
+                guidance_scale=6.0, use_dynamic_cfg=True, seed=3, fast_mode="off")  # fmt: skip
+    return Request(**{**base, **kw})
+
 
 RANK_1_FAULT = "planned: rank 1 fails first"
 RANK_0_FAULT = "planned: rank 0 fails after rank 1 reported"

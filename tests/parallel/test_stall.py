@@ -12,20 +12,19 @@ import time
 
 import pytest
 
-from cogvx.cogvideox.generate import Request
 from cogvx.dev.tiny import save_tiny_weights
 from cogvx.parallel.plan import Degrees
 from cogvx.parallel.workers import ParallelVideoModel, WorkerError, stop_processes
-from tests.parallel.ranks import SLOW_PROMPT, SLOW_STEP_S, STUCK_PROMPT, ranks_stick_or_crawl
+from tests.parallel.ranks import (
+    SLOW_PROMPT,
+    SLOW_STEP_S,
+    STUCK_PROMPT,
+    fox_request,
+    ranks_stick_or_crawl,
+)
 from tests.parallel.sleepers import ignore_sigterm_forever, sleep_forever
 
 STALL_S = 4 * SLOW_STEP_S  # a slow request runs longer than this, each of its steps shorter
-
-
-def _request(**kw) -> Request:
-    base = dict(prompt="a red fox runs", negative_prompt="", num_frames=9, num_inference_steps=2,
-                guidance_scale=6.0, use_dynamic_cfg=True, seed=3, fast_mode="off")  # fmt: skip
-    return Request(**{**base, **kw})
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +46,7 @@ def test_heartbeats_keep_a_request_longer_than_the_stall_limit_running(pool):
     steps = 6  # 6 s of sleeping alone, every step well under the 4 s limit
     assert steps * SLOW_STEP_S > STALL_S
     procs = list(pool.procs)
-    result = pool.generate(_request(prompt=SLOW_PROMPT, num_inference_steps=steps))
+    result = pool.generate(fox_request(prompt=SLOW_PROMPT, num_inference_steps=steps))
     assert result.frames.shape == (9, 32, 48, 3)
     assert pool.procs == procs  # no restart
 
@@ -58,7 +57,7 @@ def test_a_rank_stuck_in_a_step_fails_the_request_after_the_limit_and_the_pool_r
 
     def run() -> None:
         try:
-            pool.generate(_request(prompt=STUCK_PROMPT, num_inference_steps=4))
+            pool.generate(fox_request(prompt=STUCK_PROMPT, num_inference_steps=4))
         except BaseException as exc:  # noqa: BLE001
             outcome["exc"] = exc
 
@@ -72,7 +71,7 @@ def test_a_rank_stuck_in_a_step_fails_the_request_after_the_limit_and_the_pool_r
     assert f"COGVX_PARALLEL_STALL_S={STALL_S:g}" in str(exc)
     assert "no reply from ranks 0, 1" in str(exc)
     assert pool.procs == [] and not any(p.is_alive() for p in old)  # stopped, stuck rank too
-    result = pool.generate(_request())  # a new pool
+    result = pool.generate(fox_request(num_inference_steps=2))  # a new pool
     assert result.frames.shape == (9, 32, 48, 3)
     assert len(pool.procs) == 2 and all(p not in old for p in pool.procs)
 

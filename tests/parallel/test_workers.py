@@ -17,23 +17,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cogvx.cogvideox.generate import Request, VideoModel
+from cogvx.cogvideox.generate import VideoModel
 from cogvx.dev.tiny import save_tiny_weights
 from cogvx.errors import InputError, SetupError
 from cogvx.parallel.plan import Degrees
 from cogvx.parallel.workers import ParallelVideoModel, WorkerError
-from tests.parallel.ranks import RANK_1_FAULT, ranks_fail_in_turn
+from tests.parallel.ranks import RANK_1_FAULT, fox_request, ranks_fail_in_turn
 from tests.support.faulty_rank import FAULT, rank_1_fails_first_warm_up
 
 # Split runs sum in other orders (shards, batch of one): the frames may differ by a level or two.
 # Measured on AMD Zen 4: Ulysses max 1 level (off) / identical (balanced); CFG split identical.
 FRAME_TOLERANCE = 3
-
-
-def _request(**kw) -> Request:
-    base = dict(prompt="a red fox runs", negative_prompt="", num_frames=9, num_inference_steps=4,
-                guidance_scale=6.0, use_dynamic_cfg=True, seed=3, fast_mode="off")  # fmt: skip
-    return Request(**{**base, **kw})
 
 
 @pytest.fixture(scope="module")
@@ -70,12 +64,12 @@ def _max_diff(a: np.ndarray, b: np.ndarray) -> int:
 
 def test_ulysses_split_matches_the_single_process_run(pool, single):
     for mode in ("off", "balanced"):
-        split = pool.generate(_request(fast_mode=mode))
-        alone = single.generate(_request(fast_mode=mode))
+        split = pool.generate(fox_request(fast_mode=mode))
+        alone = single.generate(fox_request(fast_mode=mode))
         assert split.frames.shape == alone.frames.shape == (9, 32, 48, 3)
         assert split.seed == alone.seed == 3
         assert _max_diff(split.frames, alone.frames) <= FRAME_TOLERANCE
-    again = pool.generate(_request(fast_mode="balanced"))
+    again = pool.generate(fox_request(fast_mode="balanced"))
     assert np.array_equal(again.frames, split.frames)  # same seed, same split: same frames
     text = "\n".join(pool.lines)
     assert "parallel: 2 workers ready" in text and "seed: 3" in text  # rank 0's logs relayed
@@ -83,8 +77,8 @@ def test_ulysses_split_matches_the_single_process_run(pool, single):
 
 
 def test_blank_seed_is_drawn_once_for_every_rank(pool, single):
-    blank = pool.generate(_request(seed=None, num_inference_steps=2))
-    alone = single.generate(_request(seed=blank.seed, num_inference_steps=2))
+    blank = pool.generate(fox_request(seed=None, num_inference_steps=2))
+    alone = single.generate(fox_request(seed=blank.seed, num_inference_steps=2))
     assert _max_diff(blank.frames, alone.frames) <= FRAME_TOLERANCE  # the logged seed reproduces
 
 
@@ -97,11 +91,11 @@ def test_a_lora_is_downloaded_once_for_every_rank(pool, single, tmp_path):
     lora = save_diffusers_lora(tmp_path / "style.safetensors")
     with WeightsServer({"/style.safetensors": lora}) as server:
         url = server.url("/style.safetensors")
-        base = pool.generate(_request())
-        with_lora = pool.generate(_request(lora_url=url))
-        again = pool.generate(_request(lora_url=url, lora_scale=0.5))
+        base = pool.generate(fox_request())
+        with_lora = pool.generate(fox_request(lora_url=url))
+        again = pool.generate(fox_request(lora_url=url, lora_scale=0.5))
         assert server.count("/style.safetensors") == 1
-        alone = single.generate(_request(lora_url=url))
+        alone = single.generate(fox_request(lora_url=url))
         assert server.count("/style.safetensors") == 1  # the single process hit the cache too
         single.lora.apply(None)
     assert _max_diff(with_lora.frames, alone.frames) <= FRAME_TOLERANCE
@@ -117,10 +111,10 @@ def test_only_rank_0_decodes(folder):
     calls = []
     decode = model.pipe.vae.decode
     model.pipe.vae.decode = lambda *a, **k: calls.append(1) or decode(*a, **k)
-    assert model.generate(_request()).frames.shape == (9, 32, 48, 3) and len(calls) > 0
+    assert model.generate(fox_request()).frames.shape == (9, 32, 48, 3) and len(calls) > 0
     calls.clear()
     model.decode = False
-    result = model.generate(_request())
+    result = model.generate(fox_request())
     assert result.frames.shape == (0, 32, 48, 3) and result.seed == 3 and calls == []
 
 
@@ -128,11 +122,11 @@ def test_cfg_split_matches_and_turns_the_step_caches_off(folder, single):
     lines: list[str] = []
     model = ParallelVideoModel.start("t2v-5b", str(folder), Degrees(cfg=2), "cpu", lines.append)
     try:
-        split = model.generate(_request(fast_mode="balanced"))
-        alone = single.generate(_request(fast_mode="off"))
+        split = model.generate(fox_request(fast_mode="balanced"))
+        alone = single.generate(fox_request(fast_mode="off"))
         assert _max_diff(split.frames, alone.frames) <= FRAME_TOLERANCE
         assert any("fast_mode=balanced runs as off" in line for line in lines)
-        one_pass = model.generate(_request(guidance_scale=1.0))  # batch of one: not split
+        one_pass = model.generate(fox_request(guidance_scale=1.0))  # batch of one: not split
         assert one_pass.frames.shape == (9, 32, 48, 3)
     finally:
         model.close()
@@ -141,8 +135,8 @@ def test_cfg_split_matches_and_turns_the_step_caches_off(folder, single):
 
 def test_an_input_error_on_the_ranks_reaches_the_caller_and_the_pool_keeps_serving(pool):
     with pytest.raises(InputError, match="num_frames"):
-        pool.generate(_request(num_frames=10))
-    assert pool.generate(_request(num_inference_steps=1)).frames.shape == (9, 32, 48, 3)
+        pool.generate(fox_request(num_frames=10))
+    assert pool.generate(fox_request(num_inference_steps=1)).frames.shape == (9, 32, 48, 3)
 
 
 class _Cancel(BaseException):
@@ -156,7 +150,7 @@ def _long_run_started(pool) -> tuple[threading.Thread, dict]:
 
     def run() -> None:
         try:
-            pool.generate(_request(num_inference_steps=100))
+            pool.generate(fox_request(num_inference_steps=100))
         except BaseException as exc:  # noqa: BLE001
             outcome["exc"] = exc
 
@@ -181,7 +175,7 @@ def test_cancel_in_the_waiting_thread_stops_every_rank_then_the_next_request_run
     assert time.monotonic() - t0 < 30  # stopped at a step, not after 100 of them
     assert not any("generated in" in line for line in pool.lines[outcome["before"] :])
     assert len(pool.procs) == 2 and all(p.is_alive() for p in pool.procs)  # no restart needed
-    assert pool.generate(_request(num_inference_steps=1)).frames.shape == (9, 32, 48, 3)
+    assert pool.generate(fox_request(num_inference_steps=1)).frames.shape == (9, 32, 48, 3)
 
 
 def test_a_rank_that_dies_fails_the_request_and_the_pool_restarts(pool):
@@ -192,7 +186,7 @@ def test_a_rank_that_dies_fails_the_request_and_the_pool_restarts(pool):
     assert isinstance(outcome.get("exc"), WorkerError), outcome
     assert "rank" in str(outcome["exc"])
     assert not any(p.is_alive() for p in old)  # the survivor was stopped too
-    result = pool.generate(_request(num_inference_steps=1))  # a new pool
+    result = pool.generate(fox_request(num_inference_steps=1))  # a new pool
     assert result.frames.shape == (9, 32, 48, 3)
     assert pool.procs and all(p not in old for p in pool.procs)
 
@@ -223,8 +217,8 @@ def test_a_warm_up_failing_on_one_rank_restarts_every_rank_one_step_further(
         assert f"parallel: warm-up failed on rank 1 (as planned: RuntimeError: {FAULT})" in text
         assert text.count("parallel: starting 2 workers") == 2 and model.rung == 1
         assert "speed: warm-up took" in text and "parallel: 2 workers ready" in text
-        split = model.generate(_request())
-        alone = single.generate(_request())
+        split = model.generate(fox_request())
+        alone = single.generate(fox_request())
         assert _max_diff(split.frames, alone.frames) <= FRAME_TOLERANCE
     finally:
         model.close()
@@ -240,11 +234,11 @@ def test_a_warm_up_failure_with_nothing_left_to_drop_fails_setup_naming_the_rank
 
 
 def test_a_rank_that_died_between_requests_is_restarted_before_the_next_one(pool):
-    pool.generate(_request(num_inference_steps=1))
+    pool.generate(fox_request(num_inference_steps=1))
     old = list(pool.procs)
     old[1].kill()
     old[1].join()
-    result = pool.generate(_request(num_inference_steps=1))  # not a BrokenPipeError
+    result = pool.generate(fox_request(num_inference_steps=1))  # not a BrokenPipeError
     assert result.frames.shape == (9, 32, 48, 3)
     assert len(pool.procs) == 2 and all(p not in old for p in pool.procs)
     assert not any(p.is_alive() for p in old)
@@ -254,14 +248,14 @@ def test_a_rank_that_died_between_requests_is_restarted_before_the_next_one(pool
 
 def test_a_rank_that_cannot_be_reached_fails_clearly_and_the_next_request_restarts(pool):
     """A rank that dies after the liveness check: its broken pipe becomes a WorkerError."""
-    pool.generate(_request(num_inference_steps=1))
+    pool.generate(fox_request(num_inference_steps=1))
     old = list(pool.procs)
     old[1].kill()
     old[1].join()
     with pytest.raises(WorkerError, match=r"rank 1 could not be reached \(BrokenPipeError"):
         pool._send_all(("stop",))
     assert pool.procs == [] and not any(p.is_alive() for p in old)
-    assert pool.generate(_request(num_inference_steps=1)).frames.shape == (9, 32, 48, 3)
+    assert pool.generate(fox_request(num_inference_steps=1)).frames.shape == (9, 32, 48, 3)
 
 
 class _CancelBetweenSends:
@@ -288,20 +282,20 @@ class _CancelBetweenSends:
 def test_a_cancel_between_the_ranks_sends_leaves_them_in_step(pool):
     """Every rank gets the canceled request (or none does), so the next request's frames are
     its own, not a mix of two requests."""
-    clean = pool.generate(_request(seed=11))
+    clean = pool.generate(fox_request(seed=11))
     inner = pool.conns[1]
     pool.conns[1] = _CancelBetweenSends(inner, threading.get_ident())
     try:
         with pytest.raises(_Cancel):
-            pool.generate(_request(prompt="a blue whale swims", seed=5))  # as many steps
+            pool.generate(fox_request(prompt="a blue whale swims", seed=5))  # as many steps
     finally:
         pool.conns[1] = inner
-    after = pool.generate(_request(seed=11))
+    after = pool.generate(fox_request(seed=11))
     assert np.array_equal(after.frames, clean.frames)
     assert len(pool.procs) == 2 and all(p.is_alive() for p in pool.procs)
 
 
-def test_two_cancels_in_a_row_cancel_only_that_request(pool):
+def test_two_cancels_in_a_row_cancel_only_thatfox_request(pool):
     thread, outcome = _long_run_started(pool)
     procs = list(pool.procs)
 
@@ -319,7 +313,7 @@ def test_two_cancels_in_a_row_cancel_only_that_request(pool):
     thread.join(120)
     assert isinstance(outcome.get("exc"), _Cancel)
     for _ in range(2):  # later requests are not canceled
-        assert pool.generate(_request(num_inference_steps=1)).frames.shape == (9, 32, 48, 3)
+        assert pool.generate(fox_request(num_inference_steps=1)).frames.shape == (9, 32, 48, 3)
     assert pool.procs == procs  # no restart was needed
 
 
@@ -359,7 +353,7 @@ def _address(hexed: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
 
 def test_the_ranks_meet_in_a_private_folder_not_on_a_public_socket(pool):
     """No rendezvous socket, and gloo's own sockets listen on loopback only."""
-    pool.generate(_request(num_inference_steps=1))  # a live pool
+    pool.generate(fox_request(num_inference_steps=1))  # a live pool
     for proc in pool.procs:
         addresses = [_address(a) for a in _listening_addresses(proc.pid)]
         assert addresses and all(a.is_loopback for a in addresses), (proc.pid, addresses)
@@ -386,7 +380,7 @@ def test_ranks_started_from_a_thread_that_ends_keep_running(folder):
     model = box["pool"]
     try:
         procs = list(model.procs)
-        assert model.generate(_request(num_inference_steps=1)).frames.shape == (9, 32, 48, 3)
+        assert model.generate(fox_request(num_inference_steps=1)).frames.shape == (9, 32, 48, 3)
         assert model.procs == procs and all(p.exitcode is None for p in procs)
     finally:
         model.close()
@@ -401,7 +395,7 @@ def test_the_first_failure_is_reported_and_only_input_errors_count_as_input(fold
     )  # fmt: skip
     try:
         with pytest.raises(WorkerError, match=f"^rank 1: ValueError: {RANK_1_FAULT}$"):
-            model.generate(_request(prompt=str(tmp_path / "rank-1-replied")))
+            model.generate(fox_request(prompt=str(tmp_path / "rank-1-replied")))
     finally:
         model.close()
 

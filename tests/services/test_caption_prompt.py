@@ -1,4 +1,4 @@
-"""The caption prompt is checked before any work: valid Unicode, at most PROMPT_CHARS characters
+"""The caption prompt is checked before any work: valid Unicode, at most PROMPT_MAX_CHARS characters
 (refused before tokenizing), and for a batch, room beside the most frames a clip gets (refused
 before anything is unpacked). The real service with the tiny CogVLM2 (2048 positions) on CPU."""
 
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from cogvx.errors import InputError
-from cogvx.services.caption import MAX_FRAMES, PROMPT_CHARS, CaptionService
+from cogvx.services.caption import MAX_FRAMES, PROMPT_MAX_CHARS, CaptionService
 from cogvx.services.caption_batch import caption_batch_file
 from cogvx.video import write_video
 from tests.support.e2e import tiny_caption_folder
@@ -70,7 +70,7 @@ def test_batch_refuses_an_over_long_prompt_before_unpacking(
         _batch(service, clips, tmp_path, monkeypatch, prompt)
     message = str(err.value)
     assert message.startswith(f"prompt is {len(prompt.strip())} characters; at most ")
-    assert f"at most {PROMPT_CHARS} are accepted" in message
+    assert f"at most {PROMPT_MAX_CHARS} are accepted" in message
     assert logs == []  # nothing unpacked ("videos: 4 clips"), no clip read ("read N frames")
     assert not (tmp_path / "out").exists()  # no output folder, no clips folder
 
@@ -78,8 +78,8 @@ def test_batch_refuses_an_over_long_prompt_before_unpacking(
 def test_batch_refuses_a_prompt_with_no_room_beside_the_frames_before_unpacking(
     service, clips, logs, tmp_path, monkeypatch
 ):
-    prompt = "describe " * 3000  # under PROMPT_CHARS, past the tiny model's 2048 positions
-    assert len(prompt) < PROMPT_CHARS
+    prompt = "describe " * 3000  # under PROMPT_MAX_CHARS, past the tiny model's 2048 positions
+    assert len(prompt) < PROMPT_MAX_CHARS
     with pytest.raises(InputError) as err:
         _batch(service, clips, tmp_path, monkeypatch, prompt)
     message = str(err.value)
@@ -134,7 +134,7 @@ def test_single_caption_refuses_a_10_mb_prompt_before_tokenizing(service, tmp_pa
     # the character cap, not the token count: the whole text never reached the tokenizer
     assert str(err.value).startswith(f"prompt is {len(prompt) - 1} characters; at most ")
     with pytest.raises(InputError, match="prompt is 65537 characters; at most 65536"):
-        _single(service, video, "x" * (PROMPT_CHARS + 1))
+        _single(service, video, "x" * (PROMPT_MAX_CHARS + 1))
     assert _single(service, video, "  Describe.  ") is not None
 
 

@@ -149,7 +149,7 @@ def test_changed_prompts_are_named_by_count_or_by_the_first_that_differs(tmp_pat
     ]
     assert changed_settings(tmp_path, _settings(topic="x" * 100)) == [
         "--prompts: 2 prompts in its manifest, none (the LLM writes them) now",
-        f"--topic: 'the sea' in its manifest, '{'x' * 56}... now",
+        f"--topic: 'the sea' in its manifest, '{'x' * 53}...' now",  # still in quotes
     ]
 
 
