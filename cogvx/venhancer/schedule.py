@@ -15,6 +15,7 @@ T_MAX = 899  # SDEdit start: sampling begins at t = 899 (total_noise_levels 900)
 FAST_STEPS = 14  # model evaluations in 'fast' mode (t = 899, 799, ..., 90)
 SOLVER_MODES = ("fast", "normal")
 MAX_NOISE_AUG = 300
+TIE_GRID = 1024  # t is snapped to 1/TIE_GRID before rounding (see model_timestep)
 
 
 def _logsnr_cosine(n: int, logsnr_min: float = -15.0, logsnr_max: float = 15.0) -> torch.Tensor:
@@ -67,8 +68,14 @@ class Schedule:
         return ((1 - w) * low + w * (low + 1)).view(sigma.shape).reshape(1)
 
     def model_timestep(self, sigma: torch.Tensor) -> int:
-        """The integer timestep the model receives at a solver sigma."""
-        return int(self.sigma_to_t(sigma).round().long())
+        """The integer timestep the model receives at a solver sigma.
+
+        t is first snapped to a 1/1024 grid: 'normal' grids put some t exactly on .5 (15 steps:
+        786.5, 561.5, 336.5, 111.5), where one ulp of sigma from another CPU's log/exp would
+        flip round-half-to-even; snapped, every machine gives the original's integer.
+        """
+        t = self.sigma_to_t(sigma).double()
+        return int(torch.round(torch.round(t * TIE_GRID) / TIE_GRID).long())
 
     def grid(self, solver_mode: str, steps: int, t_max: int = T_MAX) -> torch.Tensor:
         """The float timestep grid ('trailing'); 'fast' ignores `steps` (15 points)."""

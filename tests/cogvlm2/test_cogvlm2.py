@@ -32,6 +32,7 @@ FIXTURE = fixture_dir("cogvlm2")
 PROMPT = "Please describe this video in detail."
 TEMPLATES = ["chat", "base"]
 TOKENIZER_FILES = ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"]
+LOGITS_ATOL = 5e-4
 
 
 @pytest.fixture(scope="module")
@@ -110,10 +111,27 @@ def test_forward_matches_original(captioner, ref, template):
     close(out.hidden_states[1], ref[f"{t}.hidden_after_layer0"], 1e-4)
     close(out.hidden_states[-1], ref[f"{t}.final_hidden"], 1e-4)
     logits = out.logits
-    close(logits[:, -1], ref[f"{t}.logits_last"], 5e-4)
-    close(logits[..., ref[f"{t}.logits_cols"]], ref[f"{t}.logits_sub"], 5e-4)
-    close(logits.logsumexp(-1), ref[f"{t}.logits_logsumexp"], 5e-4)
-    assert torch.equal(logits.argmax(-1), ref[f"{t}.logits_argmax"])
+    close(logits[:, -1], ref[f"{t}.logits_last"], LOGITS_ATOL)
+    close(logits[..., ref[f"{t}.logits_cols"]], ref[f"{t}.logits_sub"], LOGITS_ATOL)
+    close(logits.logsumexp(-1), ref[f"{t}.logits_logsumexp"], LOGITS_ATOL)
+    check_argmax(logits, ref[f"{t}.logits_argmax"], LOGITS_ATOL)
+
+
+def check_argmax(logits: torch.Tensor, want: torch.Tensor, atol: float) -> None:
+    """The reference's top-1 token at every position, letting near-ties flip.
+
+    Some prefill positions have top-1/top-2 gaps of 5e-5 ("base") and 5e-4 ("chat"), below the
+    logits tolerance, so another CPU's matmul kernels may pick the other token. With logits
+    within atol of the reference (the fixture keeps only some columns, so the gap is measured
+    here), the argmaxes must agree where the gap exceeds 2 * atol, and elsewhere the
+    reference's token can trail the max by at most 2 * atol.
+    """
+    top2 = logits.topk(2, dim=-1).values
+    clear = top2[..., 0] - top2[..., 1] > 2 * atol
+    assert clear.float().mean() > 0.9, "most positions must have a clear winner"
+    assert torch.equal(logits.argmax(-1)[clear], want[clear])
+    shortfall = logits.max(-1).values - logits.gather(-1, want[..., None])[..., 0]
+    assert shortfall.max().item() <= 2 * atol, f"reference token trails by {shortfall.max()}"
 
 
 @pytest.mark.parametrize("template", TEMPLATES)

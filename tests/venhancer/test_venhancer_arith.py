@@ -94,6 +94,21 @@ def test_timesteps_match_original(name):
     torch.testing.assert_close(s.sigmas[t], _f32(seq["sigma_vp_at_model_t"]), rtol=1e-5, atol=0)
 
 
+@pytest.mark.parametrize("name", ["fast_8", "fast_15", "normal_8", "normal_15"])
+def test_an_ulp_of_sigma_never_changes_a_model_timestep(name):
+    """Another CPU's log/exp may move a solver sigma by an ulp; 'normal' grids put t on .5 ties
+    (normal_15: 786.5, 561.5, 336.5, 111.5), where round-half-to-even alone would then flip."""
+    seq = json.loads((SCHED / "timesteps.json").read_text())["sequences"][name]
+    s = Schedule()
+    sig = s.solver_sigmas(seq["solver_mode"], seq["steps_arg"])[:-1]
+    for ulps in (1, 2, 4):
+        for way in (torch.inf, -torch.inf):
+            moved = sig
+            for _ in range(ulps):
+                moved = torch.nextafter(moved, torch.full_like(moved, way))
+            assert [s.model_timestep(x) for x in moved] == seq["model_timesteps_int"], (ulps, way)
+
+
 def test_noise_aug():
     na = json.loads((SCHED / "noise_aug.json").read_text())
     s = Schedule()
