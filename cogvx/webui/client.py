@@ -115,8 +115,8 @@ class CogClient:
                 raise ServerError(f"{self.url}: not ready after {timeout:.0f} s")
             time.sleep(0.2)
 
-    def _wait_not_busy(self) -> None:
-        deadline = time.monotonic() + BUSY_WAIT_S
+    def _wait_not_busy(self, deadline: float) -> None:
+        """Poll /health-check while it says BUSY, until `deadline` (monotonic)."""
         while time.monotonic() < deadline:
             try:
                 if self.health().get("status") != "BUSY":
@@ -126,9 +126,17 @@ class CogClient:
             time.sleep(0.1)
 
     def predict(self, inputs: dict[str, Any]) -> Prediction:
-        """POST /predictions and wait for the result (sync)."""
-        self._wait_not_busy()
-        status, body = self._request("POST", "/predictions", {"input": inputs}, self.timeout)
+        """POST /predictions and wait for the result (sync).
+
+        Waits out BUSY and retries a 409 (coglet can hold the slot of its last answer a
+        moment after READY), both within one BUSY_WAIT_S budget."""
+        deadline = time.monotonic() + BUSY_WAIT_S
+        while True:
+            self._wait_not_busy(deadline)
+            status, body = self._request("POST", "/predictions", {"input": inputs}, self.timeout)
+            if status != 409 or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
         if not isinstance(body, dict):
             raise ServerError(f"{self.url}/predictions answered {status}: {body!r}")
         if status >= 400:

@@ -6,6 +6,8 @@ import json
 import socket
 import subprocess
 import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -139,6 +141,8 @@ def test_value_error_fails_the_prediction_and_server_stays_ready(server):
 
 def test_busy_server_refuses_a_second_prediction_and_cancel_frees_it(server):
     prediction_id = server.predict_async({"prompt": "sleep:30"})
+    # coglet drops a cancel that reaches the worker before run() starts: wait until it runs.
+    server.wait_log(prediction_id, "sleeping 30 s", timeout=30)
     assert server.health()["status"] == "BUSY"
     status, body = server.predict({"prompt": "x"}, wait_busy=False)
     assert status == 409, body
@@ -184,6 +188,40 @@ def test_harness_moves_to_a_new_port_when_its_free_port_is_taken():
         with srv:
             assert srv.wait_ready(timeout=60)["status"] == "READY"
             assert srv.port != taken.getsockname()[1]
+
+
+class _Flaky(BaseHTTPRequestHandler):
+    """/health-check: the 1st request is dropped unanswered, the 2nd gets 503, then READY."""
+
+    count = 0
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+        type(self).count += 1
+        if self.count == 1:
+            self.close_connection = True  # no status line: the client's read fails (OSError)
+            return
+        status = 503 if self.count == 2 else 200
+        body = json.dumps({"status": "READY"}).encode()
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+def test_harness_wait_idle_polls_on_through_failed_health_checks():
+    """A loaded machine can time out or fail a health check: wait_idle keeps polling."""
+    flaky = ThreadingHTTPServer(("127.0.0.1", 0), _Flaky)
+    threading.Thread(target=flaky.serve_forever, daemon=True).start()
+    try:
+        srv = CogletServer(SAMPLE / "cog.yaml", port=flaky.server_address[1])
+        assert srv.wait_idle(timeout=30)["status"] == "READY"
+        assert _Flaky.count == 3
+    finally:
+        flaky.shutdown()
+        flaky.server_close()
 
 
 def serve(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:

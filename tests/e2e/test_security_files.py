@@ -229,21 +229,35 @@ def test_output_folder_keeps_other_files(t2v, enhance, media, outputs, tmp_path)
     assert len(ours) == 1 and [f.name for f in ours[0].iterdir()][0].startswith("enhanced-fast")
 
 
-class _Trickle(BaseHTTPRequestHandler):
-    """1 KiB every 0.1 s for `seconds`: a slow client upload Cog has to download."""
+class _TrickleServer(ThreadingHTTPServer):
+    """Serves one slow download; says when it was asked for and when its last piece went out."""
 
-    seconds = 4.0
+    seconds = 4.0  # 1 KiB every 0.1 s for this long
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _Trickle)
+        self.requested = threading.Event()
+        self.last_piece_at: float | None = None  # monotonic time just before the last write
+
+
+class _Trickle(BaseHTTPRequestHandler):
+    """A slow client upload Cog has to download."""
+
+    server: _TrickleServer
 
     def log_message(self, *args: object) -> None:
         pass
 
     def do_GET(self) -> None:  # noqa: N802
-        pieces = int(self.seconds / 0.1)
+        pieces = int(self.server.seconds / 0.1)
+        self.server.requested.set()
         self.send_response(200)
         self.send_header("Content-Length", str(pieces * 1024))
         self.end_headers()
         try:
-            for _ in range(pieces):
+            for i in range(pieces):
+                if i == pieces - 1:
+                    self.server.last_piece_at = time.monotonic()
                 self.wfile.write(b"\0" * 1024)
                 self.wfile.flush()
                 time.sleep(0.1)
@@ -254,24 +268,26 @@ class _Trickle(BaseHTTPRequestHandler):
 def test_cancel_during_the_input_download_waits_for_the_runtimes_download(t2v):
     """Measured, not fixed: coglet downloads inputs before run(), and a cancel is acted on only
     when that download ends (the project's code is not running yet)."""
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), _Trickle)
+    srv = _TrickleServer()
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     name = f"trickle-{uuid.uuid4().hex[:8]}.mp4"
     try:
-        started = time.monotonic()
         pid = t2v.predict_async(
             {**RUNNERS["t2v"][1], "video": f"http://127.0.0.1:{srv.server_port}/{name}"}
         )
-        time.sleep(0.5)
+        assert srv.requested.wait(30), t2v.logs()[-3000:]  # coglet is downloading the input
         cancelled = time.monotonic()
         assert t2v.cancel(pid)[0] == 200
         assert t2v.wait_idle(timeout=120)["status"] == "READY"
-        waited = time.monotonic() - cancelled
-        print(f"READY {waited:.1f} s after the cancel ({_Trickle.seconds:.0f} s download)")
-        assert waited > _Trickle.seconds - 1.5  # the download ran to its end first
-        assert time.monotonic() - started < _Trickle.seconds + 10
+        ready = time.monotonic()
+        print(f"READY {ready - cancelled:.1f} s after the cancel ({srv.seconds:.0f} s download)")
+        # the download ran to its end first: READY cannot come before its last piece was sent
+        assert srv.last_piece_at is not None and ready > srv.last_piece_at
+        assert f'"Prediction cancelled","prediction_id":"{pid}"' in t2v.logs()  # not lost
+        assert ready - srv.last_piece_at < 20  # acted on once the download ended
     finally:
         srv.shutdown()
+        srv.server_close()
         # coglet leaves a cancelled prediction's download behind in the temp dir
         for left in glob.glob(os.path.join(tempfile.gettempdir(), f"tmp*{name}")):
             os.unlink(left)

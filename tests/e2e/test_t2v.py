@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 
 import pytest
 
@@ -176,11 +175,8 @@ def test_cancel_stops_a_long_run_and_server_stays_ready(server_5b, tmp_path):
     pid = server_5b.predict_async(
         {"prompt": "a cat", "num_frames": 49, "num_inference_steps": 100, "seed": 5}
     )
-    # A cancel that lands before run() has started is lost by coglet: wait until it runs.
-    deadline = time.monotonic() + 30
-    while server_5b.health()["status"] != "BUSY" and time.monotonic() < deadline:
-        time.sleep(0.02)
-    time.sleep(0.3)
+    # A cancel that lands before run() has started is lost by coglet: wait until it denoises.
+    server_5b.wait_log(pid, "generating", timeout=60)
     status, _ = server_5b.cancel(pid)
     assert status == 200
     assert server_5b.wait_idle(timeout=300)["status"] == "READY"

@@ -39,6 +39,7 @@ class Runner(BaseRunner):
         if prompt == "fail":
             raise ValueError("prompt: 'fail' is not allowed; use any other text")
         if prompt.startswith("sleep:"):  # lets tests cancel or overlap a running prediction
+            print(f"sleeping {prompt[6:]} s", flush=True)  # run() has started: tests wait for it
             deadline = time.monotonic() + float(prompt[6:])
             while time.monotonic() < deadline:
                 time.sleep(0.02)

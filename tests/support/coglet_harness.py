@@ -272,10 +272,44 @@ class CogletServer:
         return self.request("POST", f"/predictions/{prediction_id}/cancel")
 
     def wait_idle(self, timeout: float = 60.0) -> dict:
-        """Poll /health-check until it is READY again (not BUSY); return the health JSON."""
+        """Poll /health-check until it is READY again (not BUSY); return the health JSON.
+
+        A health check that times out or fails (a loaded machine) is polled again until the
+        deadline; SETUP_FAILED or DEFUNCT ends the wait at once.
+        """
         deadline = time.monotonic() + timeout
-        while (health := self.health())["status"] != "READY":
-            if health["status"] in TERMINAL or time.monotonic() > deadline:
-                raise self._fail(f"server is {health['status']}, not READY")
+        status = "not answering"
+        while True:
+            try:
+                health = self.health()
+                status = str(health.get("status"))
+                if status == "READY":
+                    return health
+                if status in TERMINAL:
+                    break
+            except (OSError, ServerError) as exc:
+                reason = str(exc).split("\n", 1)[0] or type(exc).__name__
+                status = f"not answering ({reason})"
+                if self.proc is not None and self.proc.poll() is not None:
+                    raise self._fail(f"server exited with code {self.proc.returncode}") from exc
+            if time.monotonic() > deadline:
+                break
             time.sleep(0.05)
-        return health
+        raise self._fail(f"server is {status}, not READY")
+
+    def wait_log(self, *texts: str, timeout: float = 30.0) -> str:
+        """Poll the logs until one line holds every one of `texts`; return that line.
+
+        Pass a prediction id among `texts` to wait for that prediction's own line (e.g. its
+        first line from run(): a cancel sent before run() starts is lost by coglet).
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            for line in self.logs().splitlines():
+                if all(text in line for text in texts):
+                    return line
+            if self.proc is not None and self.proc.poll() is not None:
+                raise self._fail(f"server exited before a log line with {texts!r}")
+            if time.monotonic() > deadline:
+                raise self._fail(f"no log line with {texts!r} after {timeout:.0f} s")
+            time.sleep(0.05)
