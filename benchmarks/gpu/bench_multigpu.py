@@ -22,15 +22,17 @@ from __future__ import annotations
 import argparse
 import queue as queues
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.multiprocessing as mp
 
 from benchmarks.gpu.bench_speed import E2E_STEPS, SHAPES, StepClock, build, decode_seconds, denoise
-from cogvx.children import exit_with_parent, free_port
+from cogvx.children import exit_with_parent
 from cogvx.parallel.plan import Degrees
 from cogvx.parallel.workers import exit_status, stop_processes
 
@@ -110,23 +112,27 @@ def wait_for_row(setting: str, queue: Any, procs: list[Any], limit: float) -> di
 
 def run_setting(d: Degrees, args: argparse.Namespace, target: Callable[..., None] = _rank) -> dict:
     """One row: start the ranks (`target`: their entry point), wait at most `args.budget`
-    seconds for rank 0's numbers, stop the ranks. RowFailed when the row does not come."""
-    address = f"tcp://127.0.0.1:{free_port()}"
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    procs = [
-        ctx.Process(
-            target=target, args=(r, d, address, args, queue), daemon=True, name=f"bench-rank{r}"
-        )
-        for r in range(d.world)
-    ]
-    try:
-        for p in procs:
-            p.start()
-        row = wait_for_row(d.describe(), queue, procs, args.budget)
-        stop_processes(procs, grace=60)  # they leave after destroy_process_group
-    finally:  # a failed row: stop the ranks now
-        stop_processes([p for p in procs if p.pid is not None], grace=0)
+    seconds for rank 0's numbers, stop the ranks. RowFailed when the row does not come.
+
+    The ranks meet at a file store in a fresh folder (as the predictor's workers do): no port to
+    pick, so none another process can take first, and nothing listening on the network."""
+    with tempfile.TemporaryDirectory(prefix="bench-multigpu-") as folder:
+        address = Path(folder, "rendezvous").as_uri()
+        ctx = mp.get_context("spawn")
+        queue = ctx.Queue()
+        procs = [
+            ctx.Process(
+                target=target, args=(r, d, address, args, queue), daemon=True, name=f"bench-rank{r}"
+            )
+            for r in range(d.world)
+        ]
+        try:
+            for p in procs:
+                p.start()
+            row = wait_for_row(d.describe(), queue, procs, args.budget)
+            stop_processes(procs, grace=60)  # they leave after destroy_process_group
+        finally:  # a failed row: stop the ranks now
+            stop_processes([p for p in procs if p.pid is not None], grace=0)
     row["e2e"] = E2E_STEPS * row["step"] + row["decode"]
     return {"setting": d.describe(), "gpus": d.world, **row}
 

@@ -176,8 +176,9 @@ def compile_clock() -> CompileClock:
 class Forecast:
     """A row's expected seconds from what this run has measured, against the deadline."""
 
-    def __init__(self, deadline: float):
-        self.deadline = deadline  # time.monotonic()
+    def __init__(self, deadline: float, clock: Callable[[], float] = time.monotonic):
+        self.deadline = deadline  # on `clock`'s scale (time.monotonic())
+        self.clock = clock
         self.s_step: dict[tuple[str, str], float] = {}  # (model, setting) -> measured s/step
         self.last: dict[str, str] = {}  # model -> its cumulative fast_mode=off row measured last
         self.compile_s = 0.0  # the longest compile measured
@@ -213,7 +214,7 @@ class Forecast:
         return ROW_OVERHEAD_S + steps * self.step(model, setting) + compile_s
 
     def left(self) -> float:
-        return self.deadline - time.monotonic()
+        return self.deadline - self.clock()
 
     def fits(self, seconds: float) -> bool:
         return MARGIN * seconds <= self.left()

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import IO
 
@@ -20,6 +21,8 @@ from cogvx.webui.client import READY, CogClient, ServerError
 REPO = Path(__file__).resolve().parents[2]
 SERVE = REPO / "tools" / "serve.py"
 SETUP_TIMEOUT_S = 1800.0  # real weights: download + load
+PORT_RETRIES = 3  # new ports tried when another process bound the free one first
+ADDRESS_IN_USE = "Address already in use"  # coglet's words when its port is taken
 
 
 def default_python() -> str:
@@ -30,7 +33,10 @@ def default_python() -> str:
 
 
 class LocalServer:
-    """A coglet server of `config` owned by the page: started, waited for, stopped."""
+    """A coglet server of `config` owned by the page: started, waited for, stopped.
+
+    `port`: fixed; default a free one, replaced by another (up to PORT_RETRIES times) when some
+    other process binds it between the pick and the server's start."""
 
     def __init__(
         self,
@@ -44,6 +50,7 @@ class LocalServer:
             raise ValueError(f"config {config}: no such file (e.g. cog.yaml, cog.i2v.yaml)")
         self.weights = weights
         self.python = python or default_python()
+        self._auto_port = port is None
         self.port = port or free_port()
         self.client = CogClient(f"http://127.0.0.1:{self.port}")
         self._tmp = Path(tempfile.mkdtemp(prefix="cogvx-web-server-"))
@@ -65,6 +72,30 @@ class LocalServer:
                 "it from the main thread (PR_SET_PDEATHSIG stops the server when the thread that "
                 "started it exits)"
             )
+        deadline = time.monotonic() + timeout
+        retries = PORT_RETRIES if self._auto_port else 0
+        while True:
+            self._launch()
+            try:
+                left = max(0.0, deadline - time.monotonic())
+                health = self.client.wait_ready(left, alive=self._alive)
+                break
+            except ServerError as exc:
+                exited = not self._alive()
+                self.stop()
+                if retries and exited and ADDRESS_IN_USE in self.log_tail():
+                    retries -= 1  # another process took the free port first: take a new one
+                    self.port = free_port()
+                    self.client = CogClient(f"http://127.0.0.1:{self.port}")
+                    continue
+                raise ServerError(f"{exc}\n--- server log ---\n{self.log_tail()}") from exc
+        if health.get("status") != READY:
+            self.stop()
+            raise ServerError(f"setup failed ({health.get('status')}):\n{self.log_tail()}")
+        return self.client
+
+    def _launch(self) -> None:
+        """Start tools/serve.py on self.port, its output in a fresh log."""
         cmd = [self.python, str(SERVE), str(self.config), "--host", "127.0.0.1"]
         cmd += ["--port", str(self.port), "--workdir", str(self._tmp)]
         if self.weights:
@@ -78,15 +109,9 @@ class LocalServer:
             start_new_session=True,  # its own process group: stop() ends coglet's worker too
             preexec_fn=die_with_parent,  # SIGTERM when this (the main) thread exits
         )
-        try:
-            health = self.client.wait_ready(timeout, alive=lambda: self.proc.poll() is None)
-        except ServerError as exc:
-            self.stop()
-            raise ServerError(f"{exc}\n--- server log ---\n{self.log_tail()}") from exc
-        if health.get("status") != READY:
-            self.stop()
-            raise ServerError(f"setup failed ({health.get('status')}):\n{self.log_tail()}")
-        return self.client
+
+    def _alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
 
     def log_tail(self, chars: int = 4000) -> str:
         """The end of the server's output."""

@@ -4,6 +4,9 @@ rank that never reports or fails ends the row with the reason, its ranks stopped
 from __future__ import annotations
 
 import multiprocessing as mp
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -51,4 +54,24 @@ def test_a_failing_rank_fails_the_row_naming_it_without_waiting_for_the_budget()
     with pytest.raises(bench_multigpu.RowFailed) as caught:
         bench_multigpu.run_setting(Degrees(ulysses=2), args, target=bench_rank_1_fails)
     assert str(caught.value) == f"{SETTING}: rank 1 failed (exit code 1); see its log"
+    assert _no_bench_ranks_left()
+
+
+def _report_address(rank: int, d: Degrees, address: str, args: Any, queue: Any) -> None:
+    """A benchmark rank 0 whose row is the rendezvous it was given (and whether its folder is)."""
+    if rank == 0:
+        folder = Path(urlsplit(address).path).parent
+        queue.put({"step": 1.0, "decode": 0.0, "peak": 0.0, "address": address,
+                   "folder_there": folder.is_dir()})  # fmt: skip
+
+
+def test_the_ranks_meet_at_a_file_store_in_a_fresh_folder_removed_after_the_row():
+    """No port is picked, so no other process can take it between the pick and the bind."""
+    args = bench_multigpu.parse_args(["--tiny", "--budget", "120"])
+    rows = [bench_multigpu.run_setting(Degrees(ulysses=2), args, target=_report_address)
+            for _ in range(2)]  # fmt: skip
+    addresses = [row["address"] for row in rows]
+    assert all(a.startswith("file://") for a in addresses) and addresses[0] != addresses[1]
+    assert all(row["folder_there"] for row in rows)
+    assert not any(Path(urlsplit(a).path).parent.exists() for a in addresses)
     assert _no_bench_ranks_left()

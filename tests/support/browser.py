@@ -14,7 +14,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-from tests.support.coglet_harness import free_port
+from cogvx.children import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 WEB_PYTHON = REPO / ".venv-web" / "bin" / "python"
@@ -29,21 +29,35 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
+PORT_RETRIES = 3  # new ports tried when another process bound the free one first
+PORT_TAKEN = ("cannot find empty port", "address already in use")  # Gradio's, uvicorn's words
 
 
 class WebPage:
-    """`tools/web.py ARGS` on a free port, run by the web environment's python."""
+    """`tools/web.py ARGS` on a free port, run by the web environment's python.
 
-    def __init__(self, args: list[str], env: dict[str, str] | None = None):
+    `port`: fixed; default a free one, replaced by another (up to PORT_RETRIES times, in
+    `wait_up`) when some other process binds it between the pick and the page's start."""
+
+    def __init__(self, args: list[str], env: dict[str, str] | None = None, port: int | None = None):
         if not WEB_PYTHON.is_file():
             raise RuntimeError(f"{WEB_PYTHON} missing: run `bash tools/setup_env.sh`")
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.args = list(args)
+        self.env = {**os.environ, **(env or {})}
+        self._auto_port = port is None
+        self.port = port or free_port()
         self._log = tempfile.NamedTemporaryFile(prefix="web_", suffix=".log", delete=False)  # noqa: SIM115
-        cmd = [str(WEB_PYTHON), str(REPO / "tools" / "web.py"), *args, "--port", str(self.port)]
-        self.proc = subprocess.Popen(
-            cmd,
-            env={**os.environ, **(env or {})},
+        self.proc = self._launch()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _launch(self) -> subprocess.Popen:
+        cmd = [str(WEB_PYTHON), str(REPO / "tools" / "web.py"), *self.args]
+        return subprocess.Popen(
+            [*cmd, "--port", str(self.port)],
+            env=self.env,
             stdout=self._log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -56,8 +70,16 @@ class WebPage:
     def wait_up(self, timeout: float = 300.0) -> WebPage:
         """Poll the page until it answers 200 (the model server's setup comes first)."""
         deadline = time.monotonic() + timeout
+        retries = PORT_RETRIES if self._auto_port else 0
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
+                if retries and any(t in self.logs().lower() for t in PORT_TAKEN):
+                    retries -= 1  # another process took the free port first: take a new one
+                    self._log.seek(0)  # the next page's log starts afresh
+                    self._log.truncate()
+                    self.port = free_port()
+                    self.proc = self._launch()
+                    continue
                 raise RuntimeError(f"web.py exited with {self.proc.returncode}:\n{self.logs()}")
             try:
                 with urllib.request.urlopen(self.url, timeout=5) as resp:

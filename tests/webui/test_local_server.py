@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from cogvx.webui.client import ServerError
 from cogvx.webui.local_server import LocalServer
 
 REPO = Path(__file__).resolve().parents[2]
@@ -105,3 +107,30 @@ def test_starting_from_another_thread_is_refused(tmp_path):
             raise caught[0]
     finally:
         server.close()
+
+
+def test_a_free_port_taken_before_the_server_binds_it_is_replaced():
+    """Another process binds the picked port first: the server starts on a new one."""
+    server = LocalServer(SAMPLE, python=sys.executable)
+    try:
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", server.port))  # someone else got the port first
+            client = server.start(timeout=300)
+            assert server.port != taken.getsockname()[1]
+            assert client.url == f"http://127.0.0.1:{server.port}"
+            assert client.health()["status"] == "READY"
+    finally:
+        server.close()
+
+
+def test_a_fixed_port_that_is_taken_fails_naming_the_cause():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        port = taken.getsockname()[1]
+        server = LocalServer(SAMPLE, python=sys.executable, port=port)
+        try:
+            with pytest.raises(ServerError, match="Address already in use"):
+                server.start(timeout=300)
+            assert server.port == port
+        finally:
+            server.close()

@@ -242,7 +242,9 @@ SLOW_PGET = """#!{python}
 import os, sys, time
 dest = [a for a in sys.argv[1:] if not a.startswith("-")][-1]
 os.makedirs(os.path.join(dest, "sub"))
-open(os.path.join(dest, "sub", "part.bin"), "wb").write(b"half")
+with open(os.path.join(dest, "sub", ".part.tmp"), "wb") as f:
+    f.write(b"half")
+os.rename(f.name, os.path.join(dest, "sub", "part.bin"))  # the test waits for it: whole at once
 while not os.path.exists(os.environ["SLOW_PGET_GO"]):
     time.sleep(0.02)
 """
